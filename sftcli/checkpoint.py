@@ -1,0 +1,215 @@
+"""Checkpoints: atomic save, manifest, verification, retention, and finding what to resume from.
+
+A checkpoint is committed in this order: files written into a temporary directory on the same
+filesystem and fsynced; `manifest.json` (every file's size and sha256) written last and fsynced; the
+directory renamed to `step-NNNNNN`; the parent directory fsynced. A directory without a valid manifest
+is not a checkpoint: a save killed at any point leaves the previous checkpoint as the newest valid one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sftcli.errors import CheckpointError
+
+log = logging.getLogger("sft")
+
+MANIFEST = "manifest.json"
+TRAIN_STATE = "train_state.pt"
+NAME_RE = re.compile(r"^step-(\d{6,})$")
+TMP_PREFIX = ".tmp-"
+FORMAT_VERSION = 1
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems do not support fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def _test_pause(point: str) -> None:
+    # Test-only hook: SFT_TEST_SAVE_PAUSE=<point>:<seconds> sleeps at that point of a save so a test can
+    # kill the process there. Points: files (after the first file), manifest (before it), rename.
+    spec = os.environ.get("SFT_TEST_SAVE_PAUSE", "")
+    if spec.startswith(point + ":"):
+        marker = os.environ.get("SFT_TEST_SAVE_PAUSE_MARKER")
+        if marker:
+            Path(marker).write_text(point)
+        time.sleep(float(spec.split(":", 1)[1]))
+
+
+def save(root: Path, step: int, write: Callable[[Path], None], meta: dict[str, Any]) -> Path:
+    """Commit a checkpoint for `step` under `root`: write(tmp_dir) fills it, then manifest, rename."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_name(step)
+    tmp = root / f"{TMP_PREFIX}{checkpoint_name(step)}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    write(tmp)
+    files = {}
+    for i, path in enumerate(sorted(p for p in tmp.rglob("*") if p.is_file())):
+        _fsync_file(path)
+        files[path.relative_to(tmp).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+        if i == 0:
+            _test_pause("files")
+    _test_pause("manifest")
+    manifest = {"format": FORMAT_VERSION, "step": step, "files": files, **meta}
+    mpath = tmp / MANIFEST
+    with mpath.open("w") as fh:
+        json.dump(manifest, fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+    _test_pause("rename")
+    if final.exists():  # a checkpoint for this step already exists (e.g. re-saved after resume): replace it
+        old = root / f"{TMP_PREFIX}old-{checkpoint_name(step)}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(root)
+    return final
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise CheckpointError(f"{path} is not a valid checkpoint: {MANIFEST} is missing (incomplete save?)")
+    try:
+        manifest = json.loads(mpath.read_text())
+        assert isinstance(manifest.get("files"), dict)
+        return manifest
+    except (ValueError, AssertionError) as exc:
+        raise CheckpointError(f"{mpath} is damaged (not a valid manifest)") from exc
+
+
+def verify(path: Path, full: bool = True) -> dict[str, Any]:
+    """Check every file against the manifest (size, and sha256 when `full`); the error names the file."""
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    manifest = read_manifest(path)
+    for name, entry in manifest["files"].items():
+        fpath = path / name
+        if not fpath.is_file():
+            raise CheckpointError(f"checkpoint {path} is damaged: {fpath} is missing")
+        size = fpath.stat().st_size
+        if size != entry["size"]:
+            raise CheckpointError(f"checkpoint {path} is damaged: {fpath} has {size} bytes, "
+                                  f"the manifest says {entry['size']}")
+        if full and _sha256(fpath) != entry["sha256"]:
+            raise CheckpointError(f"checkpoint {path} is damaged: {fpath} does not match its sha256 in the manifest")
+    return manifest
+
+
+def listed(root: Path) -> list[tuple[int, Path]]:
+    """(step, path) of directories named like checkpoints, oldest first (not verified)."""
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        m = NAME_RE.match(p.name)
+        if m and p.is_dir():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def newest_valid(root: Path) -> Path | None:
+    """The newest checkpoint that verifies; damaged newer ones are skipped with a warning."""
+    for _, path in reversed(listed(root)):
+        try:
+            verify(path)
+            return path
+        except CheckpointError as exc:
+            log.warning("skipping damaged checkpoint: %s", exc)
+    return None
+
+
+def clean_temporary(root: Path) -> list[Path]:
+    """Remove leftovers of interrupted saves (they never count as checkpoints)."""
+    removed = []
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(TMP_PREFIX):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
+
+
+def apply_retention(root: Path, keep_last: int, protect: set[Path]) -> list[Path]:
+    """Delete all but the newest `keep_last` checkpoints, never one in `protect` (best, resumed-from)."""
+    items = listed(root)
+    keep = {p.resolve() for _, p in items[-keep_last:]} | {p.resolve() for p in protect if p is not None}
+    removed = []
+    for _, p in items:
+        if p.resolve() not in keep:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint dir as given, or a run dir's best checkpoint (from summary.json, else newest valid)."""
+    if (path / MANIFEST).exists() or NAME_RE.match(path.name):
+        return path
+    summary = path / "summary.json"
+    if summary.is_file():
+        data = json.loads(summary.read_text())
+        best = data.get("best_checkpoint") or data.get("last_checkpoint")
+        if best:
+            return path / best
+    newest = newest_valid(path / "checkpoints")
+    if newest is None:
+        raise CheckpointError(f"{path} holds no valid checkpoint (expected a checkpoint or a run directory)")
+    return newest
+
+
+def probe_writable(directory: Path) -> None:
+    """Fail early, naming the path, when a run directory cannot be written (read-only, full disk)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-probe-{os.getpid()}"
+        with probe.open("wb") as fh:
+            fh.write(b"\0" * 4096)
+            fh.flush()
+            os.fsync(fh.fileno())
+        probe.unlink()
+    except OSError as exc:
+        raise CheckpointError(f"cannot write to {directory}: {exc.strerror or exc}") from exc

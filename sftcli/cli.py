@@ -1,0 +1,258 @@
+"""The `sft` entry point: dispatch to a command. Heavy imports (torch, transformers) happen only inside
+commands, so `sft` and `sft --help` answer at once."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+COMMANDS = {
+    "train": "fine-tune an encoder (Hydra app): sft train [+strategy=mix|alternate] [key=value ...]",
+    "eval": "evaluate a checkpoint or a run's best checkpoint: sft eval checkpoint=PATH [split=validation]",
+    "predict": "label new texts: sft predict checkpoint=PATH input=FILE output=FILE",
+    "report": "tables and plots over run and sweep dirs: sft report PATH... [metric=test/accuracy]",
+}
+HYDRA_COMMANDS = ("train", "eval")
+
+
+def config_dir() -> Path:
+    """The Hydra config directory: the installed package data, or the repository's configs/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "configs", here.parent / "configs"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    try:
+        import importlib.resources
+
+        path = Path(str(importlib.resources.files("sftcli.configs")))
+        if (path / "train.yaml").is_file():
+            return path
+    except ModuleNotFoundError:
+        pass
+    raise RuntimeError("sft's configs directory is missing from the installation")
+
+
+def config_groups() -> dict[str, list[str]]:
+    root = config_dir()
+    groups = {}
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__")):
+        groups[d.name] = sorted(f.stem for f in d.glob("*.yaml"))
+    return groups
+
+
+def usage() -> str:
+    lines = ["usage: sft COMMAND [key=value ...]", "", "Semi-supervised fine-tuning of text encoders:",
+             "  L = L_sup (cross-entropy on labels) + lambda * L_con (InfoNCE towards the frozen encoder)", "",
+             "commands:"]
+    lines += [f"  {name:<8} {text}" for name, text in COMMANDS.items()]
+    lines += ["", "config groups (sft train GROUP=OPTION; strategy is added with +strategy=OPTION):"]
+    for group, options in config_groups().items():
+        default = {"model": "minilm", "data": "trec6", "loss": "infonce", "optim": "adamw",
+                   "trainer": "default"}.get(group)
+        shown = ", ".join(f"{o} (default)" if o == default else o for o in options)
+        lines.append(f"  {group + ':':<10} {shown}")
+    lines += ["", "examples:",
+              "  sft train                                     supervised baseline (embedded MiniLM + TREC-6)",
+              "  sft train +strategy=mix lambda=0.5            semi-supervised",
+              "  sft train -m +strategy=alternate,mix lambda=0.1,0.5   sweep",
+              "  sft train trainer.nproc=2                     2 processes (torch.distributed)",
+              "  sft eval checkpoint=runs/RUN                  evaluate a run's best checkpoint",
+              "", "sft COMMAND --help shows a command's options. SFT_DEBUG=1 (or debug=true) shows tracebacks."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        sys.exit(0)
+    if argv[0] in ("-V", "--version"):
+        from sftcli import __version__
+
+        print(f"sft {__version__}")
+        sys.exit(0)
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        hint = difflib.get_close_matches(command, list(COMMANDS), n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        print(f"sft: unknown command {command!r}{extra}\n\n{usage()}", file=sys.stderr)
+        sys.exit(2)
+    debug = _debug_requested(rest)
+    if command in HYDRA_COMMANDS:
+        code = _run_hydra(command, rest, debug)
+    elif command == "predict":
+        code = _guarded(lambda: _predict(rest), debug)
+    else:
+        code = _guarded(lambda: _report(rest), debug)
+    sys.exit(code)
+
+
+def _debug_requested(args: list[str]) -> bool:
+    return os.environ.get("SFT_DEBUG", "") not in ("", "0") or "debug=true" in args or "debug=True" in args
+
+
+def _guarded(fn: Callable[[], Any], debug: bool) -> int:
+    """Run a command; user errors become one message and exit code 2 (tracebacks only with debug)."""
+    from sftcli.errors import UserError
+
+    try:
+        result = fn()
+        return int(result) if isinstance(result, int) else 0
+    except UserError as exc:
+        _report_error(exc, debug)
+        return exc.exit_code
+    except Exception as exc:
+        code = getattr(exc, "exit_code", None)
+        if code is None:
+            raise
+        _report_error(exc, debug)
+        return int(code)
+
+
+def _report_error(exc: BaseException, debug: bool) -> None:
+    if debug:
+        traceback.print_exception(exc)
+    print(f"sft: error: {exc}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hydra commands
+
+
+_STATE: dict[str, Any] = {}
+
+
+def _run_hydra(command: str, args: list[str], debug: bool) -> int:
+    from sftcli import dist
+
+    if command == "train" and dist.launched_by_torchrun() and os.environ.get("RANK", "0") != "0":
+        # External torchrun: only rank 0 runs Hydra and makes the run dir; the others follow it.
+        from sftcli.launch import follow_external_launch
+
+        return _guarded(follow_external_launch, debug)
+    if command == "train":
+        args = _resolve_auto_resume(args)
+    import hydra
+
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    _STATE.update(command=command, debug=debug, multirun=multirun, failures=[], exit_code=0)
+    task = _train_task if command == "train" else _eval_task
+    app = hydra.main(version_base=None, config_path=str(config_dir()), config_name=command)(task)
+    sys.argv = [f"sft-{command}", *args, f"hydra.job.name={command}"]
+    if any(a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c", "--shell-completion", "-sc")
+           or a.startswith(("--cfg", "--info")) for a in args):
+        sys.argv = sys.argv[:-1]  # Hydra's own flags: leave the job name alone
+    try:
+        app()
+    except SystemExit as exc:
+        if _STATE["failures"]:
+            return _STATE["exit_code"] or 1
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    if multirun and _STATE["failures"]:
+        print(f"sft: {len(_STATE['failures'])} job(s) of the sweep failed: " + "; ".join(_STATE["failures"]),
+              file=sys.stderr)
+        return _STATE["exit_code"] or 1
+    return _STATE["exit_code"]
+
+
+def _job_failed(exc: BaseException, code: int) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:
+        run_dir, overrides = None, []
+    _STATE["failures"].append(f"[{' '.join(overrides)}] {exc}")
+    _STATE["exit_code"] = _STATE["exit_code"] or code
+    if run_dir is not None and run_dir.is_dir() and _STATE["command"] == "train":
+        import json
+
+        summary = run_dir / "summary.json"
+        if not summary.exists():
+            summary.write_text(json.dumps({"status": "failed", "error": str(exc), "exit_code": code}, indent=2))
+
+
+def _handle(fn: Callable[[Any], Any], cfg: Any) -> Any:
+    from sftcli.errors import UserError
+
+    try:
+        return fn(cfg)
+    except (UserError, Exception) as exc:
+        code = getattr(exc, "exit_code", None)
+        if code is None and not isinstance(exc, UserError):
+            if not _STATE["multirun"]:
+                raise
+            code = 1
+            traceback.print_exception(exc)
+        _report_error(exc, _STATE["debug"] and code != 1)
+        _job_failed(exc, int(code))
+        if _STATE["multirun"]:
+            # The sweep goes on; the job's value is missing (NaN for sweepers that need a number).
+            return float("nan")
+        sys.exit(int(code))
+
+
+def _train_task(cfg: Any) -> Any:
+    def run(cfg: Any) -> Any:
+        from hydra.core.hydra_config import HydraConfig
+
+        from sftcli.launch import selection_value, train_in_run_dir
+
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        summary = train_in_run_dir(cfg, run_dir)
+        return selection_value(summary)
+
+    return _handle(run, cfg)
+
+
+def _eval_task(cfg: Any) -> Any:
+    def run(cfg: Any) -> Any:
+        from hydra.core.hydra_config import HydraConfig
+
+        from sftcli.commands import run_eval
+
+        return run_eval(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+    return _handle(run, cfg)
+
+
+def _resolve_auto_resume(args: list[str]) -> list[str]:
+    """`resume=auto`: re-use the newest run dir made by the same command (same overrides) so re-running
+    the command continues it. With no such run, the run starts fresh (resume=auto finds nothing)."""
+    if "resume=auto" not in args or any(a in ("-m", "--multirun") for a in args):
+        return args
+    if any(a.startswith(("hydra.run.dir=", "run_name=")) for a in args):
+        return args  # the user named the run dir
+    from sftcli.runs import find_resumable_run
+
+    found = find_resumable_run(args)
+    if found is None:
+        return args
+    print(f"sft: resume=auto: continuing {found}", file=sys.stderr)
+    return [*args, f"hydra.run.dir={found}"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Plain commands
+
+
+def _predict(args: list[str]) -> int:
+    from sftcli.commands import run_predict
+
+    return run_predict(args)
+
+
+def _report(args: list[str]) -> int:
+    from sftcli.report import run_report
+
+    return run_report(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,372 @@
+"""Typed schema of every config group, and the one place that reads raw config keys.
+
+Hydra composes a plain dict; :func:`parse_train` / :func:`parse_eval` check it against the dataclasses
+below (unknown keys with a "did you mean", wrong types, out-of-range values: all reported at once) and
+return typed objects. Everything after this module works with those objects only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+from sftcli.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    source: Literal["minilm", "hf", "tiny"] = "minilm"
+    name_or_path: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+    pooling: Literal["mean", "cls"] = "mean"
+    max_length: int = 128
+    dropout: float | None = None
+    tiny_hidden_size: int = 32
+    tiny_layers: int = 2
+    tiny_heads: int = 2
+
+    def check(self, err: _Errors, prefix: str) -> None:
+        err.require(self.max_length >= 8, f"{prefix}.max_length", "must be >= 8")
+        if self.dropout is not None:
+            err.require(0.0 <= self.dropout < 1.0, f"{prefix}.dropout", "must be in [0, 1)")
+        if self.source == "hf":
+            err.require(bool(self.name_or_path), f"{prefix}.name_or_path", "is required with model=hf")
+        if self.source == "tiny":
+            err.require(self.tiny_hidden_size % self.tiny_heads == 0, f"{prefix}.tiny_hidden_size",
+                        "must be divisible by tiny_heads")
+
+
+@dataclass
+class DataConfig:
+    source: Literal["trec6", "files", "hub"] = "trec6"
+    # files
+    train: str | None = None
+    validation: str | None = None
+    test: str | None = None
+    unlabeled: str | None = None
+    # hub
+    name: str | None = None
+    config: str | None = None
+    train_split: str = "train"
+    validation_split: str | None = None
+    test_split: str | None = "test"
+    unlabeled_split: str | None = None
+    # columns
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    # few-labels protocol
+    labels_per_class: int | None = 16
+    max_unlabeled: int | None = None
+    validation_fraction: float = 0.1
+    length_grouping: bool = False
+
+    def check(self, err: _Errors, prefix: str) -> None:
+        if self.labels_per_class is not None:
+            err.require(self.labels_per_class >= 1, f"{prefix}.labels_per_class", "must be >= 1 or null")
+        if self.max_unlabeled is not None:
+            err.require(self.max_unlabeled >= 1, f"{prefix}.max_unlabeled", "must be >= 1 or null")
+        err.require(0.0 < self.validation_fraction < 1.0, f"{prefix}.validation_fraction", "must be in (0, 1)")
+        if self.source == "hub":
+            err.require(bool(self.name), f"{prefix}.name", "is required with data=hub")
+
+
+@dataclass
+class StrategyConfig:
+    name: Literal["alternate", "mix"] = "mix"
+    labeled_steps: int = 1
+
+    def check(self, err: _Errors, prefix: str) -> None:
+        err.require(self.labeled_steps >= 1, f"{prefix}.labeled_steps", "must be >= 1")
+
+
+@dataclass
+class LossConfig:
+    weight: float | None = None
+    tau: float | None = None
+    negatives: Literal["finetuned", "pretrained"] = "finetuned"
+    teacher_cache: bool = True
+
+    def check(self, err: _Errors, prefix: str) -> None:
+        if self.weight is not None:
+            err.require(self.weight >= 0, "lambda", "must be >= 0")
+        if self.tau is not None:
+            err.require(self.tau > 0, "tau", "must be > 0")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    max_grad_norm: float | None = 1.0
+
+    def check(self, err: _Errors, prefix: str) -> None:
+        err.require(self.lr > 0, f"{prefix}.lr", "must be > 0")
+        err.require(self.weight_decay >= 0, f"{prefix}.weight_decay", "must be >= 0")
+        err.require(0.0 <= self.warmup_ratio <= 1.0, f"{prefix}.warmup_ratio", "must be in [0, 1]")
+        err.require(0.0 <= self.beta1 < 1.0, f"{prefix}.beta1", "must be in [0, 1)")
+        err.require(0.0 <= self.beta2 < 1.0, f"{prefix}.beta2", "must be in [0, 1)")
+        err.require(self.eps > 0, f"{prefix}.eps", "must be > 0")
+        if self.max_grad_norm is not None:
+            err.require(self.max_grad_norm > 0, f"{prefix}.max_grad_norm", "must be > 0 or null")
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 150
+    batch_size: int = 16
+    unlabeled_batch_size: int = 32
+    eval_batch_size: int = 128
+    eval_every: int = 50
+    save_every: int = 50
+    keep_last: int = 2
+    log_every: int = 10
+    select_metric: str = "val/accuracy"
+    nproc: int = 1
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    nonfinite: Literal["stop", "skip"] = "stop"
+    max_nonfinite_skips: int = 10
+    progress: Literal["auto", "bar", "plain", "none"] = "auto"
+    dist_timeout_s: int = 60
+
+    def check(self, err: _Errors, prefix: str) -> None:
+        for key in ("max_steps", "batch_size", "unlabeled_batch_size", "eval_batch_size", "keep_last",
+                    "log_every", "nproc", "max_nonfinite_skips", "dist_timeout_s"):
+            err.require(getattr(self, key) >= 1, f"{prefix}.{key}", "must be >= 1")
+        for key in ("eval_every", "save_every"):
+            err.require(getattr(self, key) >= 0, f"{prefix}.{key}", "must be >= 0 (0 = only at the end)")
+        err.require(self.select_metric.startswith("val/"), f"{prefix}.select_metric",
+                    "must be a validation metric such as val/accuracy or val/macro_f1")
+
+
+@dataclass
+class TrainConfig:
+    """The whole `sft train` config, typed. `lambda`/`tau` live in :attr:`loss` (weight/tau)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    strategy: StrategyConfig | None = None
+    seed: int = 0
+    resume: str | None = None
+    allow_resume_mismatch: bool = False
+    run_root: str = "runs"
+    run_name: str = "run"
+    cache_dir: str | None = None
+    debug: bool = False
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str = ""
+    split: Literal["test", "validation"] = "test"
+    data: DataConfig | None = None
+    batch_size: int = 128
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    run_root: str = "runs"
+    run_name: str = "eval"
+    cache_dir: str | None = None
+    debug: bool = False
+
+
+@dataclass
+class PredictConfig:
+    checkpoint: str = ""
+    input: str = ""
+    output: str = ""
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    batch_size: int = 128
+    max_length: int | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    debug: bool = False
+
+
+# ----------------------------------------------------------------------------------------------------
+# Validation machinery
+
+
+class _Errors:
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def add(self, key: str, message: str) -> None:
+        self.messages.append(f"{key}: {message}")
+
+    def require(self, ok: bool, key: str, message: str) -> None:
+        if not ok:
+            self.add(key, message)
+
+    def raise_if_any(self, what: str) -> None:
+        if self.messages:
+            lines = "\n".join(f"  - {m}" for m in self.messages)
+            raise ConfigError(f"invalid {what} config ({len(self.messages)} problem(s)):\n{lines}")
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, err: _Errors) -> Any:
+    """Check `value` against the annotation `tp`; returns the (possibly int->float widened) value."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        if len(non_none) == 1:
+            return _coerce(value, non_none[0], key, err)
+    if origin is Literal:
+        if value not in get_args(tp):
+            hint = difflib.get_close_matches(str(value), [str(a) for a in get_args(tp)], n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            err.add(key, f"got {value!r}, expected one of {_type_name(tp)}{extra}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            err.add(key, f"expected a group of keys, got {value!r}")
+            return tp()
+        return _build(tp, value, key, err)
+    ok = True
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+    elif tp is str:
+        ok = isinstance(value, str)
+    if not ok:
+        err.add(key, f"expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str, err: _Errors) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            hint = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+            extra = f" (did you mean {(prefix + '.' if prefix else '') + hint[0]!r}?)" if hint else ""
+            err.add(full, f"unknown key{extra}")
+            continue
+        if value == "???":
+            err.add(full, "is required but missing")
+            continue
+        kwargs[key] = _coerce(value, hints[key], full, err)
+    try:
+        obj = cls(**kwargs)
+    except TypeError as exc:  # pragma: no cover - every field has a default
+        err.add(prefix or "config", str(exc))
+        return cls()
+    if hasattr(obj, "check"):
+        obj.check(err, prefix)
+    return obj
+
+
+def _to_dict(cfg: Any) -> dict[str, Any]:
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig):
+        try:
+            data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+        except Exception as exc:  # interpolation errors name the key themselves
+            raise ConfigError(f"config could not be resolved: {exc}") from exc
+    else:
+        data = dict(cfg)
+    data.pop("hydra", None)
+    return data
+
+
+def parse_train(cfg: Any, overrides: list[str] | None = None) -> TrainConfig:
+    """Validate a composed `sft train` config; raise ConfigError listing every problem."""
+    raw = _to_dict(cfg)
+    err = _Errors()
+    raw.pop("lambda", None)  # mapped into loss.weight by configs/loss/*.yaml
+    raw.pop("tau", None)
+    out: TrainConfig = _build(TrainConfig, raw, "", err)
+    if out.strategy is None:
+        if out.loss.weight is not None:
+            err.add("lambda", "has no effect without a strategy: add +strategy=mix or +strategy=alternate "
+                              "(or drop lambda for the supervised baseline)")
+        if out.loss.tau is not None:
+            err.add("tau", "has no effect without a strategy: add +strategy=mix or +strategy=alternate")
+    else:
+        err.require(out.loss.weight is not None, "lambda", "is required with a strategy")
+        err.require(out.loss.tau is not None, "tau", "is required with a strategy")
+    _check_run_name(out.run_name, err)
+    tr = out.trainer
+    for key, value in (("batch_size", tr.batch_size), ("unlabeled_batch_size", tr.unlabeled_batch_size)):
+        if value >= 1 and tr.nproc >= 1 and value % tr.nproc:
+            err.add(f"trainer.{key}", f"{value} is a global batch size and must be divisible by trainer.nproc={tr.nproc}")
+    if out.data.source == "files":
+        err.require(bool(out.data.train), "data.train", "is required with data=files")
+    if out.resume is not None and out.resume != "auto":
+        err.require(Path(out.resume).exists(), "resume", f"path {out.resume!r} does not exist")
+    err.raise_if_any("train")
+    return out
+
+
+def parse_eval(cfg: Any) -> EvalConfig:
+    raw = _to_dict(cfg)
+    err = _Errors()
+    out: EvalConfig = _build(EvalConfig, raw, "", err)
+    err.require(bool(out.checkpoint), "checkpoint", "is required: sft eval checkpoint=PATH")
+    err.require(out.batch_size >= 1, "batch_size", "must be >= 1")
+    _check_run_name(out.run_name, err)
+    err.raise_if_any("eval")
+    return out
+
+
+def parse_predict(raw: dict[str, Any]) -> PredictConfig:
+    err = _Errors()
+    out: PredictConfig = _build(PredictConfig, raw, "", err)
+    for key in ("checkpoint", "input", "output"):
+        err.require(bool(getattr(out, key)), key, f"is required: sft predict {key}=PATH")
+    err.require(out.batch_size >= 1, "batch_size", "must be >= 1")
+    err.raise_if_any("predict")
+    return out
+
+
+def _check_run_name(name: str, err: _Errors) -> None:
+    # A run name becomes a directory under run_root; it must not climb out of it.
+    bad = "/" in name or "\\" in name or name in ("", ".", "..") or name.startswith("~")
+    err.require(not bad, "run_name", f"{name!r} must be a plain directory name (no '/', '..' or '~')")
+
+
+def to_plain(obj: Any) -> dict[str, Any]:
+    """A typed config back to plain data (for config.yaml and checkpoints)."""
+    return dataclasses.asdict(obj)
+
+
+def from_plain(data: dict[str, Any]) -> TrainConfig:
+    """Rebuild a TrainConfig from :func:`to_plain` output (worker processes, checkpoints)."""
+    err = _Errors()
+    out: TrainConfig = _build(TrainConfig, data, "", err)
+    err.raise_if_any("saved")
+    return out

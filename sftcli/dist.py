@@ -1,0 +1,167 @@
+"""Everything distributed, in one module: process-group setup, collectives, DDP wrapping, launching.
+
+No other module imports torch.distributed. With one process every function here is a cheap no-op, so
+the trainer reads the same for 1 and N processes. Rank 0 writes files; every stop decision goes
+through :func:`any_flag` so all ranks agree and none waits forever.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as td
+
+
+@dataclass
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    """True inside a worker started by torchrun / elastic launch (it sets these variables)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def pick_device(preference: str, local_rank: int) -> torch.device:
+    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        from sftcli.errors import ConfigError
+
+        raise ConfigError("trainer.device: cuda was asked for but no CUDA device is available")
+    torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def init(device_preference: str, timeout_s: int) -> DistEnv:
+    """Join the process group when launched with several processes; otherwise a single-process env."""
+    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+        return DistEnv(device=pick_device(device_preference, 0))
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    device = pick_device(device_preference, local)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not td.is_initialized():
+        # A short timeout turns a dead peer into an error in seconds instead of the 30-minute default.
+        td.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
+                              device_id=device if device.type == "cuda" else None)
+    return DistEnv(rank=rank, world_size=world, local_rank=local, device=device)
+
+
+def close() -> None:
+    if td.is_available() and td.is_initialized():
+        td.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        td.barrier()
+
+
+def all_reduce_sum(env: DistEnv, tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks (in place; returns the tensor)."""
+    if env.distributed:
+        td.all_reduce(tensor, op=td.ReduceOp.SUM)
+    return tensor
+
+
+def any_flag(env: DistEnv, *flags: bool) -> list[bool]:
+    """Agree on boolean flags: each result is True when it is True on any rank (one collective)."""
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=env.device)
+    if env.distributed:
+        td.all_reduce(t, op=td.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+def gather_with_grad(env: DistEnv, tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate equal-shaped tensors from all ranks along dim 0; gradients flow back to each rank."""
+    if not env.distributed:
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+
+
+def all_gather_object(env: DistEnv, obj: Any) -> list[Any]:
+    if not env.distributed:
+        return [obj]
+    out: list[Any] = [None] * env.world_size
+    td.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(env: DistEnv, obj: Any, src: int = 0) -> Any:
+    if not env.distributed:
+        return obj
+    box = [obj]
+    td.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def wrap_model(env: DistEnv, model: torch.nn.Module) -> torch.nn.Module:
+    """DistributedDataParallel around the model when there are several processes."""
+    if not env.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [env.device.index] if env.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch_workers(fn: Callable[..., Any], args: tuple[Any, ...], nproc: int, run_id: str,
+                   nnodes: int = 1, rdzv_endpoint: str | None = None) -> dict[int, Any]:
+    """Start `nproc` processes running fn(*args) through torch.distributed's elastic launcher.
+
+    Returns {rank: return value}. A failing worker raises ChildFailedError, whose per-rank records
+    carry the worker's error message and exit code (see :func:`worker_failures`).
+    """
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    endpoint = rdzv_endpoint or f"127.0.0.1:{_free_port()}"
+    config = LaunchConfig(
+        min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc, run_id=run_id,
+        rdzv_backend="c10d", rdzv_endpoint=endpoint, max_restarts=0, monitor_interval=0.5,
+        start_method="spawn",
+    )
+    return elastic_launch(config, fn)(*args)
+
+
+def worker_failures(exc: BaseException) -> list[tuple[int, int, str]] | None:
+    """(rank, exit code, message) for each failed worker of a ChildFailedError, else None."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    if not isinstance(exc, ChildFailedError):
+        return None
+    out = []
+    for rank, failure in sorted(exc.failures.items()):
+        message = failure.message
+        if isinstance(message, dict):
+            message = message.get("message", str(message))
+        out.append((rank, failure.exitcode, str(message)))
+    return out

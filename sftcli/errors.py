@@ -1,0 +1,47 @@
+"""Exceptions that end a command with a clear message instead of a traceback.
+
+A :class:`UserError` is something the user can fix (a config key, a file, a checkpoint); the CLI prints its
+message and exits with code 2. Anything else is a bug or a fault and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+EXIT_USER_ERROR = 2
+# A run stopped by SIGTERM/SIGINT after saving a checkpoint; `resume=auto` continues it.
+EXIT_PREEMPTED = 75
+# Training stopped on a non-finite loss or gradient (trainer.nonfinite=stop, or too many skips).
+EXIT_NONFINITE = 3
+
+
+class UserError(Exception):
+    """An error the user can fix; reported as one message with exit code 2."""
+
+    exit_code = EXIT_USER_ERROR
+
+
+class ConfigError(UserError):
+    """A bad config key, type or value."""
+
+
+class DataError(UserError):
+    """A missing or malformed data file, column, row or label."""
+
+
+class ModelError(UserError):
+    """A model path that is not a model, or a model that does not fit the data."""
+
+
+class CheckpointError(UserError):
+    """A damaged, missing or mismatching checkpoint."""
+
+
+class NonFiniteError(Exception):
+    """A non-finite loss or gradient stopped training (not a user error: exit code 3)."""
+
+    exit_code = EXIT_NONFINITE
+
+
+class Preempted(Exception):
+    """Training was stopped by a signal after saving a checkpoint."""
+
+    exit_code = EXIT_PREEMPTED

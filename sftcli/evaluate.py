@@ -1,0 +1,94 @@
+"""The evaluation loop shared by training (validation, test) and `sft eval`, and the metrics."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+import torch
+
+from sftcli import dist
+from sftcli.data import Encoded, collate
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, enc: Encoded, batch_size: int, pad_id: int, device: torch.device,
+                   precision: str, env: dist.DistEnv | None = None) -> np.ndarray:
+    """Logits for every example of `enc`, in order. Under several processes each rank scores a strided
+    share (no padded duplicates) and the shares are gathered, so every example counts exactly once."""
+    env = env or dist.DistEnv(device=device)
+    was_training = model.training
+    model.eval()
+    # Length-sorted batches waste little padding; the order is fixed so results are reproducible.
+    order = np.argsort(enc.lengths(), kind="stable")
+    mine = order[env.rank :: env.world_size]
+    parts = []
+    for start in range(0, len(mine), batch_size):
+        index = mine[start : start + batch_size]
+        batch = {k: v.to(device, non_blocking=True) for k, v in collate(enc, index, pad_id).items()}
+        with autocast(device, precision):
+            logits = model(**batch).logits
+        parts.append(logits.float().cpu().numpy())
+    local = np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+    if was_training:
+        model.train()
+    shares = dist.all_gather_object(env, (mine, local))
+    n_classes = max(s[1].shape[1] for s in shares if s[1].size) if any(s[1].size for s in shares) else 0
+    out = np.zeros((len(enc), n_classes), dtype=np.float32)
+    for index, logits in shares:
+        if len(index):
+            out[index] = logits
+    return out
+
+
+def metrics(labels: np.ndarray, preds: np.ndarray, label_names: list[str], prefix: str = "") -> dict[str, Any]:
+    """accuracy, macro-F1, per-class precision/recall/F1/support, and the confusion matrix."""
+    k = len(label_names)
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (labels, preds), 1)
+    tp = np.diag(cm).astype(np.float64)
+    pred_count = cm.sum(0).astype(np.float64)
+    true_count = cm.sum(1).astype(np.float64)
+    precision = np.divide(tp, pred_count, out=np.zeros(k), where=pred_count > 0)
+    recall = np.divide(tp, true_count, out=np.zeros(k), where=true_count > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros(k), where=denom > 0)
+    present = true_count > 0  # macro-F1 over classes that occur in the evaluated labels
+    n = int(len(labels))
+    out: dict[str, Any] = {
+        f"{prefix}accuracy": float(tp.sum() / n) if n else float("nan"),
+        f"{prefix}macro_f1": float(f1[present].mean()) if present.any() else float("nan"),
+        f"{prefix}n": n,
+    }
+    return out | {
+        f"{prefix}per_class": {
+            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                   "support": int(true_count[i])}
+            for i, name in enumerate(label_names)
+        },
+        f"{prefix}confusion_matrix": cm.tolist(),
+    }
+
+
+def evaluate(model: torch.nn.Module, enc: Encoded, labels: np.ndarray, label_names: list[str], batch_size: int,
+             pad_id: int, device: torch.device, precision: str, env: dist.DistEnv | None = None) -> dict[str, Any]:
+    logits = predict_logits(model, enc, batch_size, pad_id, device, precision, env)
+    with np.errstate(invalid="ignore"):
+        preds = logits.argmax(1) if logits.size else np.zeros(0, dtype=np.int64)
+    out = metrics(labels, preds, label_names)
+    if not np.isfinite(logits).all():
+        # Non-finite logits make every metric meaningless; NaN keeps such a model from being chosen as best.
+        out["accuracy"] = out["macro_f1"] = float("nan")
+    return out
+
+
+def scalar_metrics(result: dict[str, Any], prefix: str) -> dict[str, float]:
+    return {f"{prefix}/{k}": v for k, v in result.items() if isinstance(v, (int, float))}

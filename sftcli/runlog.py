@@ -1,0 +1,95 @@
+"""What a run writes besides checkpoints: metrics.jsonl, train.log, the console (rank 0 only)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("sft")
+
+
+def _jsonable(value: Any) -> Any:
+    # JSON has no NaN/inf: write them as null so every line stays parseable by strict readers.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsWriter:
+    """Append-only metrics.jsonl: one JSON object per event, each with "step"."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path = path
+        self.enabled = enabled
+
+    def write(self, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: _jsonable(v) for k, v in values.items()}}
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+
+    def truncate_after(self, step: int) -> int:
+        """Drop events after `step` (a resumed run re-logs them); returns how many were dropped."""
+        if not self.enabled or not self.path.exists():
+            return 0
+        kept, dropped = [], 0
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut by a crash mid-write
+                dropped += 1
+                continue
+            if int(record.get("step", 0)) > step:
+                dropped += 1
+            else:
+                kept.append(line)
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(k + "\n" for k in kept))
+        os.replace(tmp, self.path)
+        return dropped
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    out = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def setup_logging(run_dir: Path | None, is_main: bool, rank: int = 0) -> None:
+    """Console (and, on rank 0, train.log in the run dir) handlers for the "sft" logger."""
+    logger = logging.getLogger("sft")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    console = logging.StreamHandler(sys.stderr)
+    prefix = "" if is_main else f"[rank {rank}] "
+    console.setFormatter(logging.Formatter(f"{prefix}%(message)s"))
+    console.setLevel(logging.INFO if is_main else logging.WARNING)
+    logger.addHandler(console)
+    if is_main and run_dir is not None:
+        fh = logging.FileHandler(run_dir / "train.log")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(fh)
+
+
+def format_metrics(values: dict[str, Any], keys: list[str]) -> str:
+    parts = []
+    for key in keys:
+        if key in values and values[key] is not None:
+            v = values[key]
+            parts.append(f"{key.split('/', 1)[-1]}={v:.4g}" if isinstance(v, float) else f"{key}={v}")
+    return " ".join(parts)

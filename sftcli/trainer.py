@@ -1,0 +1,738 @@
+"""The training loop: setup, then `train()` reads top to bottom (step, log, evaluate, save).
+
+One Trainer runs in each worker process. Everything distributed goes through `sftcli.dist`; rank 0
+writes files; stop decisions (max steps, signals, non-finite values) are agreed across ranks.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sftcli import checkpoint as ckpt
+from sftcli import dist
+from sftcli.config import TrainConfig, to_plain
+from sftcli.data import BatchStream, DataBundle, Encoded, collate, encode, load_data, pad_concat, rank_slice
+from sftcli.errors import CheckpointError, NonFiniteError, Preempted
+from sftcli.evaluate import autocast, evaluate, scalar_metrics
+from sftcli.losses import info_nce, supervised_loss
+from sftcli.model import build_model, load_tokenizer, pool, tokenizer_fingerprint, weights_fingerprint
+from sftcli.runlog import MetricsWriter, format_metrics, setup_logging
+from sftcli.strategy import CONTRASTIVE, MIX, SUPERVISED, step_kind
+from sftcli.teacher import teacher_representations
+
+log = logging.getLogger("sft")
+
+# Fields that must match between a checkpoint and the resuming config (unless allow_resume_mismatch).
+RESUME_FIELDS = ("seed", "model", "data", "strategy", "loss", "trainer.batch_size", "trainer.unlabeled_batch_size",
+                 "trainer.nproc")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def cache_root(cfg: TrainConfig) -> Path:
+    import os
+
+    return Path(cfg.cache_dir or os.environ.get("SFT_CACHE_DIR") or Path.home() / ".cache" / "sft").expanduser()
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, run_dir: Path, env: dist.DistEnv):
+        self.cfg, self.run_dir, self.env = cfg, run_dir, env
+        self.tc = cfg.trainer
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=env.is_main)
+        self.step = 0
+        self.best_metric: float | None = None
+        self.best_step: int | None = None
+        self.nonfinite_skips = 0
+        self.resumed_from: Path | None = None
+        self.stop_requested = 0
+        self.last_local: dict[str, np.ndarray] = {}
+
+    # ------------------------------------------------------------------------------------------------
+    # setup
+
+    def setup(self) -> None:
+        cfg, env = self.cfg, self.env
+        seed_everything(cfg.seed)
+        self.data: DataBundle = load_data(cfg.data, cfg.seed)
+        for note in self.data.notes:
+            log.info("data: %s", note)
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        cache = cache_root(cfg)
+        tok_fp = tokenizer_fingerprint(self.tokenizer)
+
+        def enc(ts: Any, name: str) -> Encoded | None:
+            if ts is None:
+                return None
+            out = encode(ts, self.tokenizer, cfg.model.max_length, cache, tok_fp)
+            if out.truncated:
+                log.info("data: %d of %d %s texts truncated to model.max_length=%d tokens", out.truncated,
+                         len(out), name, cfg.model.max_length)
+            return out
+
+        self.enc_labeled = enc(self.data.labeled, "labeled")
+        self.enc_val = enc(self.data.validation, "validation")
+        self.enc_test = enc(self.data.test, "test")
+        self.use_unlabeled = cfg.strategy is not None
+        self.enc_unlabeled = enc(self.data.unlabeled, "unlabeled") if self.use_unlabeled else None
+        if self.use_unlabeled and (self.enc_unlabeled is None or len(self.enc_unlabeled) == 0):
+            from sftcli.errors import DataError
+
+            raise DataError("a strategy needs unlabeled texts: set data.labels_per_class (the rest of train becomes "
+                            "unlabeled) or data.unlabeled=FILE")
+
+        self.model = build_model(cfg.model, self.data.label_names, cfg.seed)
+        self.teacher: torch.nn.Module | None = None
+        self.teacher_reps: np.ndarray | None = None
+        if self.use_unlabeled:
+            # The frozen pretrained encoder: a copy of the initial weights, eval mode, never updated.
+            teacher = copy.deepcopy(self.model.base_model).eval().requires_grad_(False)
+            if cfg.loss.teacher_cache:
+                self.teacher_reps = teacher_representations(
+                    teacher, self.enc_unlabeled, cfg.model.pooling, self.pad_id, cache,
+                    key_parts=(weights_fingerprint(teacher), tok_fp, str(cfg.model.max_length), cfg.model.pooling,
+                               self.data.fingerprint()),
+                    env=env, batch_size=self.tc.eval_batch_size, precision="fp32")
+            else:
+                self.teacher = teacher.to(env.device)
+        self.model.to(env.device)
+        self.ddp_model = dist.wrap_model(env, self.model)
+
+        self.optimizer = self._build_optimizer()
+        self.scheduler = self._build_scheduler()
+        self.scaler = torch.amp.GradScaler("cuda") if self.tc.precision == "fp16" else None
+        lengths = None
+        if cfg.data.length_grouping:
+            lengths = self.enc_labeled.lengths()
+        self.labeled_stream = BatchStream(len(self.enc_labeled), self.tc.batch_size, cfg.seed, 0, lengths)
+        self.unlabeled_stream = None
+        if self.use_unlabeled:
+            ulen = self.enc_unlabeled.lengths() if cfg.data.length_grouping else None
+            self.unlabeled_stream = BatchStream(len(self.enc_unlabeled), self.tc.unlabeled_batch_size, cfg.seed, 1,
+                                                ulen)
+        if env.is_main:
+            ckpt.clean_temporary(self.ckpt_dir)
+        if cfg.resume is not None:
+            self._resume()
+        n_params = sum(p.numel() for p in self.model.parameters())
+        log.info("model: %s (%.1fM parameters), device %s, %d process(es), precision %s",
+                 type(self.model).__name__, n_params / 1e6, env.device, env.world_size, self.tc.precision)
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            # Biases and normalisation weights are not decayed (standard for BERT fine-tuning).
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(p)
+        groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+
+    def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        total = self.tc.max_steps
+        warmup = int(round(self.cfg.optim.warmup_ratio * total))
+
+        def factor(step: int) -> float:
+            if warmup and step < warmup:
+                return (step + 1) / warmup
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+
+    # ------------------------------------------------------------------------------------------------
+    # the loop
+
+    def train(self) -> dict[str, Any]:
+        tc, env = self.tc, self.env
+        self._install_signal_handlers()
+        window = self._new_window()
+        progress = _Progress(tc.progress, tc.max_steps, self.step, enabled=env.is_main)
+        log.info("training: steps %d -> %d, strategy %s", self.step, tc.max_steps,
+                 self.cfg.strategy.name if self.cfg.strategy else "none (supervised baseline)")
+        try:
+            while self.step < tc.max_steps:
+                t0 = time.perf_counter()
+                kind = step_kind(self.cfg.strategy, self.step)
+                loss, terms, info = self._forward_backward(kind)
+                grad_norm = self._clip_gradients()
+                bad_loss = not bool(torch.isfinite(loss.detach()).item())
+                bad_grad = not math.isfinite(grad_norm)
+                bad, stop = dist.any_flag(env, bad_loss or bad_grad, self.stop_requested > 0)
+                if bad:
+                    self._handle_nonfinite(terms, grad_norm)
+                else:
+                    self._optimizer_step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                self._accumulate(window, terms, info, kind, time.perf_counter() - t0, skipped=bad)
+
+                if self.step % tc.log_every == 0 or self.step == tc.max_steps:
+                    values = self._flush_window(window)
+                    progress.update(self.step, values)
+                    window = self._new_window()
+                last = self.step == tc.max_steps
+                improved = False
+                if (tc.eval_every and self.step % tc.eval_every == 0) or last:
+                    improved = self._validate()
+                if stop:
+                    self.save()
+                    raise Preempted(f"stopped by a signal at step {self.step}; checkpoint saved; "
+                                    f"continue with resume=auto")
+                if (tc.save_every and self.step % tc.save_every == 0) or last or improved:
+                    self.save()
+        finally:
+            progress.close()
+            self._restore_signal_handlers()
+        return self.finish()
+
+    def _unlabeled_batch(self) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+        assert self.unlabeled_stream is not None and self.enc_unlabeled is not None
+        global_idx = self.unlabeled_stream.next()
+        local = rank_slice(global_idx, self.env.rank, self.env.world_size)
+        self._record("unlabeled", global_idx, local)
+        return collate(self.enc_unlabeled, local, self.pad_id), global_idx
+
+    def _labeled_batch(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        global_idx = self.labeled_stream.next()
+        local = rank_slice(global_idx, self.env.rank, self.env.world_size)
+        self._record("labeled", global_idx, local)
+        labels = torch.from_numpy(self.data.labeled.labels[local])
+        return collate(self.enc_labeled, local, self.pad_id), labels
+
+    def _record(self, stream: str, global_idx: np.ndarray, local: np.ndarray) -> None:
+        self.last_local[stream] = local
+        # Test hook: SFT_TEST_RECORD_IDS=FILE appends every consumed global batch (rank 0) so tests can
+        # check that resume neither skips nor repeats an example in either stream.
+        path = os.environ.get("SFT_TEST_RECORD_IDS")
+        if path and self.env.is_main:
+            ids = self.data.labeled.ids if stream == "labeled" else self.data.unlabeled.ids
+            with open(path, "a") as fh:
+                fh.write(json.dumps({"step": self.step + 1, "stream": stream,
+                                     "ids": ids[global_idx].tolist()}) + "\n")
+
+    def _forward_backward(self, kind: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """One step's forward and backward; returns the local loss, its terms and diagnostics (detached)."""
+        env, dev = self.env, self.env.device
+        terms: dict[str, torch.Tensor] = {}
+        info: dict[str, torch.Tensor] = {}
+        lab = unl = None
+        if kind in (SUPERVISED, MIX):
+            lab_batch, labels = self._labeled_batch()
+            lab = (lab_batch, labels.to(dev))
+        if kind in (CONTRASTIVE, MIX):
+            unl = self._unlabeled_batch()
+        # One forward over labeled + unlabeled texts (a mix step) instead of two.
+        if lab is not None and unl is not None:
+            inputs = pad_concat(lab[0], unl[0], self.pad_id)
+        else:
+            inputs = lab[0] if lab is not None else unl[0]  # type: ignore[index]
+        inputs = {k: v.to(dev, non_blocking=True) for k, v in inputs.items()}
+        n_lab = 0 if lab is None else len(lab[1])
+        with autocast(dev, self.tc.precision):
+            out = self.ddp_model(**inputs, output_hidden_states=unl is not None)
+        loss = torch.zeros((), device=dev)
+        if lab is not None:
+            terms["sup"] = supervised_loss(out.logits[:n_lab], lab[1])
+            loss = loss + terms["sup"]
+        if unl is not None:
+            con, info = self._contrastive(out.hidden_states[-1][n_lab:], inputs["attention_mask"][n_lab:], unl[1])
+            terms["con"] = con
+            loss = loss + self.cfg.loss.weight * con
+            if lab is None:
+                # Under DDP every parameter must take part in each backward; the classifier head does
+                # not in an unlabeled-only step, so it joins with a zero-weight term.
+                loss = loss + 0.0 * out.logits.float().sum()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        terms = {k: v.detach() for k, v in terms.items()}
+        return loss.detach(), terms, info
+
+    def _contrastive(self, hidden: torch.Tensor, mask: torch.Tensor, global_idx: np.ndarray
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        env, dev, pooling = self.env, self.env.device, self.cfg.model.pooling
+        b = hidden.shape[0]
+        local_idx = rank_slice(global_idx, env.rank, env.world_size)
+        q = pool(hidden.float(), mask, pooling)
+        if self.teacher_reps is not None:
+            p = torch.from_numpy(np.asarray(self.teacher_reps[local_idx])).to(dev)
+            p_global = None
+            if self.cfg.loss.negatives == "pretrained":
+                p_global = torch.from_numpy(np.asarray(self.teacher_reps[global_idx])).to(dev)
+        else:
+            assert self.teacher is not None and self.enc_unlabeled is not None
+            batch = {k: v.to(dev) for k, v in collate(self.enc_unlabeled, local_idx, self.pad_id).items()}
+            with torch.no_grad():
+                p = pool(self.teacher(**batch).last_hidden_state.float(), batch["attention_mask"], pooling)
+            p_global = dist.gather_with_grad(env, p) if self.cfg.loss.negatives == "pretrained" else None
+        keys = p_global if p_global is not None else dist.gather_with_grad(env, q)
+        total, stats = info_nce(q, p, keys, self.cfg.loss.tau, self_offset=env.rank * b)
+        # Sum over local rows / global batch size, times world size: DDP's gradient averaging then
+        # yields exactly the single-process gradient of the global mean.
+        n_global = len(global_idx)
+        con = total * env.world_size / n_global
+        with torch.no_grad():
+            drift = (1.0 - torch.nn.functional.cosine_similarity(q.detach(), p, dim=-1)).sum()
+        stats = {**stats, "drift": drift, "count": torch.tensor(float(b), device=dev)}
+        return con, stats
+
+    def _clip_gradients(self) -> float:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.optim.max_grad_norm
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if max_norm is None:
+            norms = [p.grad.detach().norm() for p in params]
+            return float(torch.stack(norms).norm()) if norms else 0.0
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    def _optimizer_step(self) -> None:
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+
+    def _handle_nonfinite(self, terms: dict[str, torch.Tensor], grad_norm: float) -> None:
+        """All ranks agreed that some rank saw a non-finite value: stop (default) or skip the step."""
+        mine = [name for name, v in terms.items() if not torch.isfinite(v).all()]
+        if not mine and not math.isfinite(grad_norm):
+            mine = ["gradient"]
+        reports = dist.all_gather_object(self.env, mine)
+        where = "; ".join(f"rank {r}: {', '.join(_TERM_NAMES.get(t, t) for t in names)}"
+                          for r, names in enumerate(reports) if names)
+        step = self.step + 1
+        if self.scaler is not None:
+            self.scaler.update()  # fp16: the scaler lowers its scale; the step is skipped
+        if self.tc.nonfinite == "skip":
+            self.nonfinite_skips += 1
+            log.warning("step %d: non-finite value (%s); update skipped on all ranks (%d/%d skips)", step, where,
+                        self.nonfinite_skips, self.tc.max_nonfinite_skips)
+            self.metrics.write(step, {"train/nonfinite_skips": self.nonfinite_skips})
+            if self.nonfinite_skips >= self.tc.max_nonfinite_skips:
+                raise NonFiniteError(f"step {step}: {self.nonfinite_skips} non-finite steps skipped, the limit "
+                                     f"trainer.max_nonfinite_skips={self.tc.max_nonfinite_skips}; last: {where}")
+            return
+        raise NonFiniteError(f"step {step}: non-finite {where}; stopped before the optimizer step (no checkpoint "
+                             f"holds these weights). Lower optim.lr, or set trainer.nonfinite=skip to skip such steps")
+
+    # ------------------------------------------------------------------------------------------------
+    # logging
+
+    def _new_window(self) -> dict[str, Any]:
+        return {"sums": torch.zeros(10, dtype=torch.float64, device=self.env.device), "steps": 0, "time": 0.0,
+                "skipped": 0}
+
+    def _accumulate(self, window: dict[str, Any], terms: dict[str, torch.Tensor], info: dict[str, torch.Tensor],
+                    kind: str, seconds: float, skipped: bool) -> None:
+        # Local contributions that sum over ranks to global figures; no host sync until the log step.
+        w = self.env.world_size
+        s = window["sums"]
+        weight = self.cfg.loss.weight or 0.0
+        parts = torch.zeros(10, dtype=torch.float64, device=self.env.device)
+        if "sup" in terms:
+            parts[0] = terms["sup"].double() / w       # global mean CE of this step
+            parts[1] = 1.0 / w                         # steps with a supervised term
+        if "con" in terms:
+            parts[2] = terms["con"].double() / w       # global mean InfoNCE of this step
+            parts[3] = 1.0 / w
+            parts[4] = info["pos_sim"].double()
+            parts[5] = info["top1"].double()
+            parts[6] = info["drift"].double()
+            parts[7] = info["count"].double()
+            parts[8] = info["neg_sim"].double()
+        parts[9] = 0.0
+        s += parts
+        window["steps"] += 1
+        window["time"] += seconds
+        window["skipped"] += int(skipped)
+        window["weight"] = weight
+        window.setdefault("samples", 0)
+        window.setdefault("tokens", 0)
+        n_lab = self.tc.batch_size if kind in (SUPERVISED, MIX) else 0
+        n_unl = self.tc.unlabeled_batch_size if kind in (CONTRASTIVE, MIX) else 0
+        window["samples"] += n_lab + n_unl
+        window["tokens_local"] = window.get("tokens_local", 0) + self._last_tokens(kind)
+
+    def _last_tokens(self, kind: str) -> int:
+        total = 0
+        if kind in (SUPERVISED, MIX):
+            total += int(self.enc_labeled.lengths()[self.last_local["labeled"]].sum())
+        if kind in (CONTRASTIVE, MIX):
+            total += int(self.enc_unlabeled.lengths()[self.last_local["unlabeled"]].sum())
+        return total
+
+    def _flush_window(self, window: dict[str, Any]) -> dict[str, Any]:
+        sums = window["sums"].clone()
+        extra = torch.tensor([float(window.get("tokens_local", 0)), window["time"]], dtype=torch.float64,
+                             device=self.env.device)
+        dist.all_reduce_sum(self.env, sums)
+        dist.all_reduce_sum(self.env, extra)
+        s = sums.tolist()
+        steps = window["steps"]
+        values: dict[str, Any] = {}
+        n_sup, n_con = round(s[1]), round(s[3])
+        sup = s[0] / n_sup if n_sup else None
+        con = s[2] / n_con if n_con else None
+        # train/loss: mean over the window's steps of each step's L_sup + lambda * L_con
+        values["train/loss"] = (s[0] + window["weight"] * s[2]) / steps
+        if sup is not None:
+            values["train/loss_sup"] = sup
+        if con is not None:
+            values["train/loss_con"] = con
+            values["train/con_pos_sim"] = s[4] / s[7]
+            values["train/con_top1"] = s[5] / s[7]
+            values["train/con_drift"] = s[6] / s[7]
+            values["train/con_neg_sim"] = s[8] / s[7]
+        values["train/lr"] = self.scheduler.get_last_lr()[0]
+        values["train/epoch_labeled"] = self.labeled_stream.epoch + self.labeled_stream.offset / self.labeled_stream.n
+        seconds = extra[1].item() / self.env.world_size
+        if seconds > 0:
+            values["perf/samples_per_s"] = window["samples"] / seconds
+            values["perf/tokens_per_s"] = extra[0].item() / seconds
+        if window["skipped"]:
+            values["train/skipped_steps"] = window["skipped"]
+        self.metrics.write(self.step, values)
+        return values
+
+    def _validate(self) -> bool:
+        """Evaluate on validation; True when this is a new best (non-finite metrics never are)."""
+        result = evaluate(self.model, self.enc_val, self.data.validation.labels, self.data.label_names,
+                          self.tc.eval_batch_size, self.pad_id, self.env.device, self.tc.precision, self.env)
+        values = scalar_metrics(result, "val")
+        self.metrics.write(self.step, values)
+        metric = values.get(self.tc.select_metric)
+        if metric is None:
+            from sftcli.errors import ConfigError
+
+            raise ConfigError(f"trainer.select_metric: {self.tc.select_metric!r} is not a validation metric; "
+                              f"choose one of {sorted(values)}")
+        log.info("step %d: %s", self.step, format_metrics(values, ["val/accuracy", "val/macro_f1"]))
+        if math.isfinite(metric) and (self.best_metric is None or metric > self.best_metric):
+            self.best_metric, self.best_step = metric, self.step
+            return True
+        return False
+
+    # ------------------------------------------------------------------------------------------------
+    # checkpoints
+
+    def _rng_state(self) -> dict[str, Any]:
+        np_state = np.random.get_state()
+        return {
+            "python": random.getstate(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def _set_rng_state(self, state: dict[str, Any]) -> None:
+        random.setstate(_to_tuple(state["python"]))
+        n = state["numpy"]
+        np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+        torch.set_rng_state(state["torch"])
+        if torch.cuda.is_available() and state["cuda"]:
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+    def _fingerprints(self) -> dict[str, str]:
+        return {"data": self.data.fingerprint()}
+
+    def save(self) -> Path | None:
+        """Commit a checkpoint of the whole training state (every rank calls; rank 0 writes)."""
+        rng_states = dist.all_gather_object(self.env, self._rng_state())
+        path = None
+        if self.env.is_main:
+            best_name = ckpt.checkpoint_name(self.best_step) if self.best_step is not None else None
+            state = {
+                "step": self.step,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "streams": {"labeled": self.labeled_stream.state_dict(),
+                            "unlabeled": self.unlabeled_stream.state_dict() if self.unlabeled_stream else None},
+                "best": {"metric": self.best_metric, "step": self.best_step, "checkpoint": best_name},
+                "nonfinite_skips": self.nonfinite_skips,
+                "world_size": self.env.world_size,
+                "config": json.dumps(to_plain(self.cfg)),
+                "fingerprints": self._fingerprints(),
+            }
+
+            def write(tmp: Path) -> None:
+                self.model.save_pretrained(tmp, safe_serialization=True)
+                self.tokenizer.save_pretrained(tmp)
+                torch.save(state, tmp / ckpt.TRAIN_STATE)
+                for rank, rng in enumerate(rng_states):
+                    torch.save(rng, tmp / f"rng_state_rank{rank}.pt")
+
+            path = ckpt.save(self.ckpt_dir, self.step, write,
+                             {"world_size": self.env.world_size, "select_metric": self.tc.select_metric,
+                              "metric": self.best_metric if self.best_step == self.step else None})
+            protect = {self.ckpt_dir / best_name} if best_name else set()
+            if self.resumed_from is not None:
+                protect.add(self.resumed_from)
+            ckpt.apply_retention(self.ckpt_dir, self.tc.keep_last, protect)
+            self.metrics.write(self.step, {"checkpoint/saved": path.relative_to(self.run_dir).as_posix()})
+        dist.barrier(self.env)
+        return path
+
+    def _resume(self) -> None:
+        cfg = self.cfg
+        if cfg.resume == "auto":
+            path = ckpt.newest_valid(self.ckpt_dir)
+            if path is None:
+                log.info("resume=auto: no valid checkpoint in %s; starting from step 0", self.ckpt_dir)
+                return
+        else:
+            target = Path(cfg.resume)
+            path = target if (target / ckpt.MANIFEST).exists() or ckpt.NAME_RE.match(target.name) else None
+            if path is None:
+                path = ckpt.newest_valid(target / "checkpoints")
+                if path is None:
+                    raise CheckpointError(f"resume={cfg.resume}: no valid checkpoint in {target / 'checkpoints'}")
+            ckpt.verify(path)
+        state = torch.load(path / ckpt.TRAIN_STATE, map_location="cpu", weights_only=True)
+        self._check_resume_config(json.loads(state["config"]), state, path)
+        from safetensors.torch import load_file
+
+        weights = {}
+        for f in sorted(path.glob("*.safetensors")):
+            weights.update(load_file(str(f)))
+        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        missing = [m for m in missing if m not in _tied_names(self.model)]
+        if missing or unexpected:
+            raise CheckpointError(f"{path}: weights do not fit the model (missing {missing[:5]}, "
+                                  f"unexpected {unexpected[:5]})")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.labeled_stream.load_state_dict(state["streams"]["labeled"])
+        if self.unlabeled_stream is not None and state["streams"]["unlabeled"] is not None:
+            self.unlabeled_stream.load_state_dict(state["streams"]["unlabeled"])
+        self.step = int(state["step"])
+        self.best_metric = state["best"]["metric"]
+        self.best_step = state["best"]["step"]
+        self.nonfinite_skips = int(state["nonfinite_skips"])
+        rng_file = path / f"rng_state_rank{self.env.rank}.pt"
+        if rng_file.exists():
+            self._set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
+        elif int(state["world_size"]) == self.env.world_size or not cfg.allow_resume_mismatch:
+            raise CheckpointError(f"{path}: the RNG state of rank {self.env.rank} ({rng_file.name}) is missing")
+        else:
+            log.warning("resume: no RNG state for rank %d (world size changed); seeding it afresh", self.env.rank)
+            seed_everything(cfg.seed + 1000 * self.env.rank + self.step)
+        self.resumed_from = path
+        dropped = self.metrics.truncate_after(self.step)
+        log.info("resumed from %s at step %d%s", path, self.step,
+                 f" (dropped {dropped} metrics events logged after it)" if dropped else "")
+
+    def _check_resume_config(self, saved: dict[str, Any], state: dict[str, Any], path: Path) -> None:
+        current = to_plain(self.cfg)
+        diffs = []
+        for field in RESUME_FIELDS:
+            a, b = _get(saved, field), _get(current, field)
+            diffs.extend(_diff(field, a, b))
+        if state["fingerprints"].get("data") != self._fingerprints()["data"] and not any(
+                d.startswith("data") for d in diffs):
+            diffs.append("data: the data set content changed (fingerprint differs)")
+        if diffs and not self.cfg.allow_resume_mismatch:
+            lines = "\n".join(f"  - {d}" for d in diffs)
+            raise CheckpointError(f"cannot resume from {path}: the config differs from the checkpoint's:\n{lines}\n"
+                                  f"set allow_resume_mismatch=true to resume anyway")
+        for d in diffs:
+            log.warning("resume with a changed config: %s", d)
+
+    # ------------------------------------------------------------------------------------------------
+    # the end
+
+    def finish(self) -> dict[str, Any]:
+        """Test metrics of the best checkpoint, then summary.json (rank 0)."""
+        items = ckpt.listed(self.ckpt_dir)
+        last = ckpt.checkpoint_name(self.step)
+        best = ckpt.checkpoint_name(self.best_step) if self.best_step is not None else last
+        summary: dict[str, Any] = {
+            "status": "completed",
+            "best_checkpoint": f"checkpoints/{best}",
+            "last_checkpoint": f"checkpoints/{last}",
+            "best_step": self.best_step,
+            "steps": self.step,
+            "select_metric": self.tc.select_metric,
+            "select_value": self.best_metric,
+        }
+        assert any(p.name == last for _, p in items) or not self.env.is_main, "the last checkpoint was not saved"
+        best_path = self.ckpt_dir / best
+        from safetensors.torch import load_file
+
+        # Evaluate exactly what the best checkpoint holds (the weights read back from disk).
+        weights = {}
+        for f in sorted(best_path.glob("*.safetensors")):
+            weights.update(load_file(str(f)))
+        self.model.load_state_dict(weights, strict=False)
+        val = evaluate(self.model, self.enc_val, self.data.validation.labels, self.data.label_names,
+                       self.tc.eval_batch_size, self.pad_id, self.env.device, self.tc.precision, self.env)
+        summary.update(scalar_metrics(val, "val"))
+        if self.enc_test is not None and self.data.test is not None:
+            test = evaluate(self.model, self.enc_test, self.data.test.labels, self.data.label_names,
+                            self.tc.eval_batch_size, self.pad_id, self.env.device, self.tc.precision, self.env)
+            summary.update(scalar_metrics(test, "test"))
+            summary["test/per_class"] = test["per_class"]
+        summary.update({
+            "label_names": self.data.label_names,
+            "n_labeled": len(self.data.labeled),
+            "n_unlabeled": 0 if self.data.unlabeled is None else len(self.data.unlabeled),
+            "world_size": self.env.world_size,
+            "strategy": self.cfg.strategy.name if self.cfg.strategy else None,
+            "seed": self.cfg.seed,
+        })
+        if self.env.is_main:
+            final = {k: v for k, v in summary.items() if k.startswith(("test/", "val/")) and not isinstance(v, dict)}
+            self.metrics.write(self.step, {f"final/{k}": v for k, v in final.items()})
+            tmp = self.run_dir / "summary.json.tmp"
+            tmp.write_text(json.dumps(summary, indent=2, default=_json_default))
+            tmp.replace(self.run_dir / "summary.json")
+            log.info("done: best %s (%s=%.4f); test accuracy %s, macro-F1 %s", summary["best_checkpoint"],
+                     self.tc.select_metric, self.best_metric if self.best_metric is not None else float("nan"),
+                     _fmt(summary.get("test/accuracy")), _fmt(summary.get("test/macro_f1")))
+        return summary
+
+    # ------------------------------------------------------------------------------------------------
+    # signals
+
+    def _install_signal_handlers(self) -> None:
+        self._old_handlers = {}
+
+        def handler(signum: int, frame: Any) -> None:
+            self.stop_requested += 1
+            if self.stop_requested == 1:
+                log.warning("received %s: finishing step %d, saving a checkpoint, then exiting",
+                            signal.Signals(signum).name, self.step + 1)
+            else:
+                log.warning("received %s again: already stopping (the checkpoint save is not interrupted)",
+                            signal.Signals(signum).name)
+
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old_handlers[sig] = signal.signal(sig, handler)
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, old in getattr(self, "_old_handlers", {}).items():
+            signal.signal(sig, old)
+
+
+_TERM_NAMES = {"sup": "loss_sup (cross-entropy)", "con": "loss_con (InfoNCE)", "gradient": "gradient norm"}
+
+
+def _to_tuple(x: Any) -> Any:
+    return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _tied_names(model: torch.nn.Module) -> set[str]:
+    names = set()
+    for key in getattr(model, "_tied_weights_keys", None) or []:
+        names.add(key)
+    return names
+
+
+def _get(d: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(d, dict):
+            return None
+        d = d.get(part)  # type: ignore[assignment]
+    return d
+
+
+def _diff(prefix: str, a: Any, b: Any) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(a.keys() | b.keys()):
+            out.extend(_diff(f"{prefix}.{k}", a.get(k), b.get(k)))
+        return out
+    return [] if a == b else [f"{prefix}: checkpoint {a!r} != now {b!r}"]
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else "n/a"
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    return str(o)
+
+
+class _Progress:
+    """A rich progress bar with live losses on a terminal; plain periodic lines otherwise."""
+
+    def __init__(self, mode: str, total: int, start: int, enabled: bool):
+        self.enabled = enabled and mode != "none"
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "plain"
+        self.mode = mode
+        self.bar = None
+        if self.enabled and mode == "bar":
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                TextColumn("{task.fields[losses]}"), transient=False)
+            self.task = self.bar.add_task("train", total=total, completed=start, losses="")
+            self.bar.start()
+
+    def update(self, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        text = format_metrics(values, ["train/loss", "train/loss_sup", "train/loss_con", "train/lr",
+                                       "perf/samples_per_s"])
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, losses=text)
+        else:
+            log.info("step %d: %s", step, text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def run_worker(run_dir: str) -> dict[str, Any]:
+    """Entry point of every worker process: read the run's config, train, return the summary."""
+    from omegaconf import OmegaConf
+
+    from sftcli.config import parse_train
+
+    path = Path(run_dir)
+    cfg = parse_train(OmegaConf.load(path / "config.yaml"))
+    env = dist.init(cfg.trainer.device, cfg.trainer.dist_timeout_s)
+    setup_logging(path, env.is_main, env.rank)
+    try:
+        trainer = Trainer(cfg, path, env)
+        trainer.setup()
+        return trainer.train()
+    finally:
+        dist.close()
+
