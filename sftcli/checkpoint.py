@@ -63,11 +63,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _test_pause(point: str) -> None:
-    # Test-only hook: SFT_TEST_SAVE_PAUSE=<point>:<seconds> sleeps at that point of a save so a test can
-    # kill the process there. Points: files (after the first file), manifest (before it), rename.
-    spec = os.environ.get("SFT_TEST_SAVE_PAUSE", "")
-    if spec.startswith(point + ":"):
+def _test_pause(point: str, step: int) -> None:
+    # Test-only hook: SFT_TEST_SAVE_PAUSE=<point>:<seconds>[:<step>] sleeps at that point of a save (of
+    # that step) so a test can kill the process there. Points: files (after the first file is hashed),
+    # manifest (before it is written), rename (before the commit).
+    parts = os.environ.get("SFT_TEST_SAVE_PAUSE", "").split(":")
+    if parts[0] == point and (len(parts) < 3 or int(parts[2]) == step):
+        spec = ":".join(parts[:2])
         marker = os.environ.get("SFT_TEST_SAVE_PAUSE_MARKER")
         if marker:
             Path(marker).write_text(point)
@@ -88,8 +90,8 @@ def save(root: Path, step: int, write: Callable[[Path], None], meta: dict[str, A
         _fsync_file(path)
         files[path.relative_to(tmp).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
         if i == 0:
-            _test_pause("files")
-    _test_pause("manifest")
+            _test_pause("files", step)
+    _test_pause("manifest", step)
     manifest = {"format": FORMAT_VERSION, "step": step, "files": files, **meta}
     mpath = tmp / MANIFEST
     with mpath.open("w") as fh:
@@ -97,7 +99,7 @@ def save(root: Path, step: int, write: Callable[[Path], None], meta: dict[str, A
         fh.flush()
         os.fsync(fh.fileno())
     _fsync_dir(tmp)
-    _test_pause("rename")
+    _test_pause("rename", step)
     if final.exists():  # a checkpoint for this step already exists (e.g. re-saved after resume): replace it
         old = root / f"{TMP_PREFIX}old-{checkpoint_name(step)}-{os.getpid()}"
         os.replace(final, old)
@@ -213,3 +215,18 @@ def probe_writable(directory: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise CheckpointError(f"cannot write to {directory}: {exc.strerror or exc}") from exc
+
+
+def load_state(file: Path) -> Any:
+    """torch.load with weights_only=True: tensors and plain containers only. A file that needs arbitrary
+    code to unpickle (a malicious or foreign pickle) is refused before anything in it runs."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, EOFError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"refusing to load {file}: it is not a plain training-state file "
+                              f"(loaded with weights_only=True): {first}") from exc

@@ -137,6 +137,9 @@ def _run_hydra(command: str, args: list[str], debug: bool) -> int:
         return _guarded(follow_external_launch, debug)
     if command == "train":
         args = _resolve_auto_resume(args)
+    code = _guarded(lambda: _precheck(command, args), debug)
+    if code:
+        return code
     import hydra
 
     multirun = any(a in ("-m", "--multirun") for a in args)
@@ -144,8 +147,7 @@ def _run_hydra(command: str, args: list[str], debug: bool) -> int:
     task = _train_task if command == "train" else _eval_task
     app = hydra.main(version_base=None, config_path=str(config_dir()), config_name=command)(task)
     sys.argv = [f"sft-{command}", *args, f"hydra.job.name={command}"]
-    if any(a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c", "--shell-completion", "-sc")
-           or a.startswith(("--cfg", "--info")) for a in args):
+    if any(a in _HYDRA_FLAGS or a.startswith(("--cfg", "--info")) for a in args):
         sys.argv = sys.argv[:-1]  # Hydra's own flags: leave the job name alone
     try:
         app()
@@ -160,6 +162,71 @@ def _run_hydra(command: str, args: list[str], debug: bool) -> int:
     return _STATE["exit_code"]
 
 
+_HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc",
+                "--resolve", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+                "--experimental-rerun")
+
+
+def _precheck(command: str, args: list[str]) -> None:
+    """Compose once before Hydra runs, so a mistyped key or group option is a ConfigError (exit 2, with
+    a "did you mean") instead of Hydra's generic failure. Sweeps are composed per job by Hydra."""
+    if any(a.startswith("-") for a in args):
+        return  # -m and Hydra's own flags: Hydra handles them
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sftcli.errors import ConfigError
+
+    overrides = [a for a in args if not a.lstrip("+~").startswith("hydra.")]
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name=command):
+            compose(config_name=command, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(_composition_message(command, str(exc))) from None
+
+
+def _composition_message(command: str, text: str) -> str:
+    import re
+
+    first = text.strip().splitlines()[0] if text.strip() else text
+    m = re.search(r"Could not override '([^']+)'", text)
+    if m:
+        key = m.group(1)
+        hint = _closest_key(command, key)
+        extra = f" (did you mean {hint!r}?)" if hint else ""
+        return f"{key}: unknown key{extra}"
+    m = re.search(r"Could not find '([^/']+)/([^']+)'", text)
+    if m:
+        group, option = m.groups()
+        options = config_groups().get(group, [])
+        hint = difflib.get_close_matches(option, options, n=1)
+        extra = f" (did you mean {group}={hint[0]}?)" if hint else ""
+        return f"{group}={option}: no such option{extra}; options: {', '.join(options)}"
+    return f"invalid overrides: {first}"
+
+
+def _closest_key(command: str, key: str) -> str | None:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name=command):
+        base = OmegaConf.to_container(compose(config_name=command), resolve=False)
+
+    def flat(d: Any, prefix: str = "") -> list[str]:
+        out = []
+        for k, v in d.items():
+            full = f"{prefix}{k}"
+            out.append(full)
+            if isinstance(v, dict):
+                out.extend(flat(v, full + "."))
+        return out
+
+    keys = flat(base) + [f"strategy.{k}" for k in ("name", "labeled_steps")]
+    hint = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    return hint[0] if hint else None
+
+
 def _job_failed(exc: BaseException, code: int) -> None:
     from hydra.core.hydra_config import HydraConfig
 
@@ -170,12 +237,21 @@ def _job_failed(exc: BaseException, code: int) -> None:
         run_dir, overrides = None, []
     _STATE["failures"].append(f"[{' '.join(overrides)}] {exc}")
     _STATE["exit_code"] = _STATE["exit_code"] or code
-    if run_dir is not None and run_dir.is_dir() and _STATE["command"] == "train":
-        import json
+    if run_dir is None or not run_dir.is_dir() or _STATE["command"] != "train":
+        return
+    started = any((run_dir / name).exists() for name in ("checkpoints", "metrics.jsonl", "summary.json"))
+    if not _STATE["multirun"] and not started:
+        # A single run refused before training: remove the directory Hydra just made, so a mistyped
+        # command leaves nothing behind. Sweep jobs keep theirs: its summary records the failure.
+        import shutil
 
-        summary = run_dir / "summary.json"
-        if not summary.exists():
-            summary.write_text(json.dumps({"status": "failed", "error": str(exc), "exit_code": code}, indent=2))
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    import json
+
+    summary = run_dir / "summary.json"
+    if not summary.exists():
+        summary.write_text(json.dumps({"status": "failed", "error": str(exc), "exit_code": code}, indent=2))
 
 
 def _handle(fn: Callable[[Any], Any], cfg: Any) -> Any:

@@ -27,7 +27,7 @@ def load_checkpoint(path_str: str) -> tuple[Path, Any, Any, dict[str, Any]]:
 
     path = ckpt.resolve_checkpoint(Path(path_str).expanduser())
     ckpt.verify(path)
-    state = torch.load(path / ckpt.TRAIN_STATE, map_location="cpu", weights_only=True)
+    state = ckpt.load_state(path / ckpt.TRAIN_STATE)
     model = load_checkpoint_model(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))

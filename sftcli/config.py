@@ -268,6 +268,7 @@ def _build(cls: type, raw: dict[str, Any], prefix: str, err: _Errors) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
+    errors_before = len(err.messages)
     for key, value in raw.items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
@@ -284,8 +285,8 @@ def _build(cls: type, raw: dict[str, Any], prefix: str, err: _Errors) -> Any:
     except TypeError as exc:  # pragma: no cover - every field has a default
         err.add(prefix or "config", str(exc))
         return cls()
-    if hasattr(obj, "check"):
-        obj.check(err, prefix)
+    if hasattr(obj, "check") and len(err.messages) == errors_before:
+        obj.check(err, prefix)  # range checks only once the types are right
     return obj
 
 

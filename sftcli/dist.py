@@ -89,13 +89,34 @@ def any_flag(env: DistEnv, *flags: bool) -> list[bool]:
     return [bool(v) for v in t.tolist()]
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient for this rank's slice (SimCLR-style)."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        world, rank = td.get_world_size(), td.get_rank()
+        parts = [torch.empty_like(tensor) for _ in range(world)]
+        td.all_gather(parts, tensor.contiguous())
+        ctx.rank, ctx.rows = rank, tensor.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        # Each rank's loss depends on every rank's rows: sum the gradients over ranks, keep our slice.
+        grad = grad.contiguous()
+        td.all_reduce(grad, op=td.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
 def gather_with_grad(env: DistEnv, tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate equal-shaped tensors from all ranks along dim 0; gradients flow back to each rank."""
     if not env.distributed:
         return tensor
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+    if not tensor.requires_grad:
+        parts = [torch.empty_like(tensor) for _ in range(env.world_size)]
+        td.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=0)
+    return _GatherWithGrad.apply(tensor)
 
 
 def all_gather_object(env: DistEnv, obj: Any) -> list[Any]:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from sftcli import checkpoint as ckpt
-from sftcli import dist
+from sftcli import dist, faults
 from sftcli.config import TrainConfig, to_plain
 from sftcli.data import BatchStream, DataBundle, Encoded, collate, encode, load_data, pad_concat, rank_slice
 from sftcli.errors import CheckpointError, NonFiniteError, Preempted
@@ -71,6 +71,9 @@ class Trainer:
 
     def setup(self) -> None:
         cfg, env = self.cfg, self.env
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # sft shows its own progress; no per-save bars from transformers
         seed_everything(cfg.seed)
         self.data: DataBundle = load_data(cfg.data, cfg.seed)
         for note in self.data.notes:
@@ -171,6 +174,7 @@ class Trainer:
                  self.cfg.strategy.name if self.cfg.strategy else "none (supervised baseline)")
         try:
             while self.step < tc.max_steps:
+                faults.at_step_start(self.step + 1, env.rank)
                 t0 = time.perf_counter()
                 kind = step_kind(self.cfg.strategy, self.step)
                 loss, terms, info = self._forward_backward(kind)
@@ -253,10 +257,11 @@ class Trainer:
             out = self.ddp_model(**inputs, output_hidden_states=unl is not None)
         loss = torch.zeros((), device=dev)
         if lab is not None:
-            terms["sup"] = supervised_loss(out.logits[:n_lab], lab[1])
+            terms["sup"] = faults.poison("sup", supervised_loss(out.logits[:n_lab], lab[1]), self.step + 1)
             loss = loss + terms["sup"]
         if unl is not None:
             con, info = self._contrastive(out.hidden_states[-1][n_lab:], inputs["attention_mask"][n_lab:], unl[1])
+            con = faults.poison("con", con, self.step + 1)
             terms["con"] = con
             loss = loss + self.cfg.loss.weight * con
             if lab is None:
@@ -511,7 +516,7 @@ class Trainer:
                 if path is None:
                     raise CheckpointError(f"resume={cfg.resume}: no valid checkpoint in {target / 'checkpoints'}")
             ckpt.verify(path)
-        state = torch.load(path / ckpt.TRAIN_STATE, map_location="cpu", weights_only=True)
+        state = ckpt.load_state(path / ckpt.TRAIN_STATE)
         self._check_resume_config(json.loads(state["config"]), state, path)
         from safetensors.torch import load_file
 
@@ -536,7 +541,7 @@ class Trainer:
         self.nonfinite_skips = int(state["nonfinite_skips"])
         rng_file = path / f"rng_state_rank{self.env.rank}.pt"
         if rng_file.exists():
-            self._set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
+            self._set_rng_state(ckpt.load_state(rng_file))
         elif int(state["world_size"]) == self.env.world_size or not cfg.allow_resume_mismatch:
             raise CheckpointError(f"{path}: the RNG state of rank {self.env.rank} ({rng_file.name}) is missing")
         else:

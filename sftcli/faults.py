@@ -1,0 +1,46 @@
+"""Fault injection for the reliability tests, driven by environment variables (no effect when unset).
+
+SFT_TEST_SIGNAL_AT_STEP=N[:RANK]   send SIGTERM to this process when step N (1-based) starts
+SFT_TEST_KILL_AT_STEP=N[:RANK]     SIGKILL this process when step N starts (a crash mid-run)
+SFT_TEST_NAN_AT_STEP=N[+][:TERM]   make loss term TERM (con, default; or sup) NaN at step N (N+ = from N on)
+SFT_TEST_SAVE_PAUSE=POINT:SECONDS[:STEP]  sleep inside a checkpoint save (see checkpoint._test_pause)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import torch
+
+
+def _spec(name: str) -> list[str] | None:
+    value = os.environ.get(name)
+    return value.split(":") if value else None
+
+
+def _rank_matches(parts: list[str], rank: int) -> bool:
+    return len(parts) < 2 or int(parts[1]) == rank
+
+
+def at_step_start(step: int, rank: int) -> None:
+    """Called when step `step` (1-based) starts."""
+    sig = _spec("SFT_TEST_SIGNAL_AT_STEP")
+    if sig and int(sig[0]) == step and _rank_matches(sig, rank):
+        os.kill(os.getpid(), signal.SIGTERM)
+    kill = _spec("SFT_TEST_KILL_AT_STEP")
+    if kill and int(kill[0]) == step and _rank_matches(kill, rank):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def poison(term: str, value: torch.Tensor, step: int) -> torch.Tensor:
+    """The loss term, or NaN when SFT_TEST_NAN_AT_STEP asks for it at this step."""
+    spec = _spec("SFT_TEST_NAN_AT_STEP")
+    if not spec:
+        return value
+    from_on = spec[0].endswith("+")
+    at = int(spec[0].rstrip("+"))
+    wanted = spec[1] if len(spec) > 1 else "con"
+    if term == wanted and (step == at or (from_on and step >= at)):
+        return value * float("nan")
+    return value

@@ -1,0 +1,50 @@
+"""Shared helpers: run the real CLI in a subprocess, on the tiny model, in a temporary runs root."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# Small, fast settings for end-to-end runs on model=tiny.
+TINY = ["model=tiny", "trainer.max_steps=4", "trainer.eval_every=2", "trainer.save_every=2", "trainer.log_every=1",
+        "trainer.batch_size=8", "trainer.unlabeled_batch_size=8", "trainer.eval_batch_size=256",
+        "data.max_unlabeled=256"]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("sft-cache")
+
+
+@pytest.fixture
+def sft(tmp_path: Path, cache_dir: Path):
+    """sft(*args, timeout=..., env=...) -> CompletedProcess; runs under tmp_path with runs in tmp_path/runs."""
+
+    def run(*args: str, timeout: float = 300, env: dict[str, str] | None = None, cwd: Path | None = None,
+            check: bool | None = None) -> subprocess.CompletedProcess:
+        full_env = {**os.environ, "SFT_CACHE_DIR": str(cache_dir), "PYTHONUNBUFFERED": "1",
+                    "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+        full_env.pop("SFT_DEBUG", None)
+        proc = subprocess.run([sys.executable, "-m", "sftcli", *args], cwd=cwd or tmp_path, env=full_env,
+                              capture_output=True, text=True, timeout=timeout)
+        if check is True and proc.returncode != 0:
+            raise AssertionError(f"sft {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    return run
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """Run directories under a runs root (those with a config.yaml), oldest first."""
+    found = (p.parent for p in root.rglob("config.yaml") if p.parent.name != ".hydra")
+    return sorted(found, key=lambda p: p.stat().st_mtime)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,84 @@
+"""The contrastive term against a hand computation, and the supervised term."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from sftcli.losses import info_nce, supervised_loss
+
+
+def hand_infonce(q: torch.Tensor, p: torch.Tensor, tau: float) -> float:
+    """Literal DESIGN.md formula, one text at a time, in float64."""
+    q = q.double()
+    p = p.double()
+    total = 0.0
+    for i in range(q.shape[0]):
+        def s(a: torch.Tensor, b: torch.Tensor) -> float:
+            return float(torch.dot(a, b) / (a.norm() * b.norm()))
+
+        pos = math.exp(s(q[i], p[i]) / tau)
+        neg = sum(math.exp(s(q[i], q[j]) / tau) for j in range(q.shape[0]) if j != i)
+        total += -math.log(pos / (pos + neg))
+    return total / q.shape[0]
+
+
+def test_info_nce_matches_hand_computation() -> None:
+    torch.manual_seed(0)
+    q, p = torch.randn(5, 7), torch.randn(5, 7)
+    total, stats = info_nce(q, p, q, tau=0.1, self_offset=0)
+    assert abs(total.item() / 5 - hand_infonce(q, p, 0.1)) < 1e-5
+    assert 0 <= stats["top1"].item() <= 5
+
+
+def test_a_text_is_never_its_own_negative() -> None:
+    # If q_i were among its own negatives, the loss of identical q == p would be log(1 + 1 + ...) > log 2;
+    # with one other far-away text the loss must be close to 0.
+    q = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    total, _ = info_nce(q, q.clone(), q, tau=0.05, self_offset=0)
+    assert total.item() / 2 < 1e-6
+
+
+def test_positive_is_in_the_denominator() -> None:
+    # Two orthogonal texts: the positive (sim 1) and one negative (sim 0) give -log(e^{1/t} / (e^{1/t} + e^0)).
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    tau = 0.5
+    total, _ = info_nce(q, q.clone(), q, tau=tau, self_offset=0)
+    expected = -math.log(math.exp(1 / tau) / (math.exp(1 / tau) + 1.0))
+    assert abs(total.item() / 2 - expected) < 1e-6
+
+
+def test_gradient_does_not_reach_the_frozen_side() -> None:
+    q = torch.randn(4, 8, requires_grad=True)
+    p = torch.randn(4, 8, requires_grad=True)
+    total, _ = info_nce(q, p.detach(), q, tau=0.1, self_offset=0)
+    total.backward()
+    assert q.grad is not None and q.grad.abs().sum() > 0
+    assert p.grad is None
+
+
+def test_similarities_are_fp32_under_low_precision_inputs() -> None:
+    torch.manual_seed(1)
+    q, p = torch.randn(6, 16), torch.randn(6, 16)
+    full, _ = info_nce(q, p, q, tau=0.05, self_offset=0)
+    half, _ = info_nce(q.bfloat16(), p.bfloat16(), q.bfloat16(), tau=0.05, self_offset=0)
+    assert half.dtype == torch.float32
+    assert abs(full.item() - half.item()) / 6 < 0.05
+
+
+def test_rank_slices_sum_to_the_global_loss() -> None:
+    # Two "ranks" each holding half the rows, against the full key set, add up to the one-process loss.
+    torch.manual_seed(2)
+    q, p = torch.randn(8, 5), torch.randn(8, 5)
+    whole, _ = info_nce(q, p, q, tau=0.2, self_offset=0)
+    a, _ = info_nce(q[:4], p[:4], q, tau=0.2, self_offset=0)
+    b, _ = info_nce(q[4:], p[4:], q, tau=0.2, self_offset=4)
+    assert torch.allclose(whole, a + b, atol=1e-6)
+
+
+def test_supervised_loss_is_cross_entropy() -> None:
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    labels = torch.tensor([0, 2])
+    assert torch.allclose(supervised_loss(logits, labels), F.cross_entropy(logits, labels))
