@@ -251,7 +251,10 @@ def _job_failed(exc: BaseException, code: int) -> None:
 
     summary = run_dir / "summary.json"
     if not summary.exists():
-        summary.write_text(json.dumps({"status": "failed", "error": str(exc), "exit_code": code}, indent=2))
+        from sftcli.errors import EXIT_PREEMPTED
+
+        status = "preempted" if code == EXIT_PREEMPTED else "failed"
+        summary.write_text(json.dumps({"status": status, "error": str(exc), "exit_code": code}, indent=2))
 
 
 def _handle(fn: Callable[[Any], Any], cfg: Any) -> Any:

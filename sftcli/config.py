@@ -188,8 +188,8 @@ class PredictConfig:
     checkpoint: str = ""
     input: str = ""
     output: str = ""
-    text_column: str = "text"
-    text_pair_column: str | None = None
+    text_column: str | None = None  # null = the checkpoint's data.text_column
+    text_pair_column: str | None = None  # null = the checkpoint's data.text_pair_column
     batch_size: int = 128
     max_length: int | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -258,6 +258,9 @@ def _coerce(value: Any, tp: Any, key: str, err: _Errors) -> Any:
         if ok:
             value = float(value)
     elif tp is str:
+        # YAML reads run_name=123 or run_name=nan as numbers; a string field takes them as typed.
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
         ok = isinstance(value, str)
     if not ok:
         err.add(key, f"expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
