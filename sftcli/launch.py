@@ -41,11 +41,15 @@ def write_run_config(cfg: Any, run_dir: Path) -> None:
 
 def train_in_run_dir(cfg: Any, run_dir: Path) -> dict[str, Any]:
     """Validate, write config.yaml, launch the workers; returns the run's summary."""
+    external = dist.launched_by_torchrun() and int(_env("WORLD_SIZE", "1")) > 1
+    if external:
+        # Under an external torchrun the world size is torchrun's; record it so checks and resume see it.
+        cfg.trainer.nproc = int(_env("WORLD_SIZE", "1"))
     tc: TrainConfig = parse_train(cfg)  # before any model or data loading
     probe_writable(run_dir)
     write_run_config(cfg, run_dir)
     setup_logging(run_dir, is_main=True)
-    if dist.launched_by_torchrun() and int(_env("WORLD_SIZE", "1")) > 1:
+    if external:
         # External torchrun: this is rank 0 (the others wait in follow_external_launch); share the run dir.
         env = dist.init(tc.trainer.device, tc.trainer.dist_timeout_s)
         dist.broadcast_object(env, str(run_dir))

@@ -26,6 +26,7 @@ class MetricsWriter:
     def __init__(self, path: Path, enabled: bool = True):
         self.path = path
         self.enabled = enabled
+        self.mirror: Any = None  # an optional TensorBoardWriter that receives the same events
 
     def write(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
@@ -34,6 +35,13 @@ class MetricsWriter:
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
             fh.flush()
+        if self.mirror is not None:
+            self.mirror.write(step, values)
+
+    def close(self) -> None:
+        if self.mirror is not None:
+            self.mirror.close()
+            self.mirror = None
 
     def truncate_after(self, step: int) -> int:
         """Drop events after `step` (a resumed run re-logs them); returns how many were dropped."""

@@ -136,6 +136,12 @@ class Trainer:
             ckpt.clean_temporary(self.ckpt_dir)
         if cfg.resume is not None:
             self._resume()
+        if self.tc.tensorboard and env.is_main:
+            from sftcli.tb import TensorBoardWriter
+
+            # purge_step hides events an interrupted attempt logged after the step resumed from.
+            self.metrics.mirror = TensorBoardWriter(self.run_dir, True,
+                                                    purge_step=self.step + 1 if self.resumed_from else None)
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info("model: %s (%.1fM parameters), device %s, %d process(es), precision %s",
                  type(self.model).__name__, n_params / 1e6, env.device, env.world_size, self.tc.precision)
@@ -205,10 +211,12 @@ class Trainer:
                                     f"continue with resume=auto")
                 if (tc.save_every and self.step % tc.save_every == 0) or last or improved:
                     self.save()
+            progress.close()
+            return self.finish()
         finally:
             progress.close()
             self._restore_signal_handlers()
-        return self.finish()
+            self.metrics.close()
 
     def _unlabeled_batch(self) -> tuple[dict[str, torch.Tensor], np.ndarray]:
         assert self.unlabeled_stream is not None and self.enc_unlabeled is not None

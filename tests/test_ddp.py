@@ -1,0 +1,150 @@
+"""Multi-process training on CPU with gloo: equivalence with one process, one run dir, sweeps, torchrun,
+a dead rank, exact resume and a signal to one rank (RELIABILITY.md F and B.6, C.10)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from conftest import TINY, read_jsonl, run_dirs
+from safetensors.torch import load_file
+
+from sftcli import checkpoint as ckpt
+from sftcli.dist import DistEnv, gather_with_grad
+from sftcli.losses import info_nce
+
+EQUIV = [*TINY, "+strategy=mix", "lambda=0.5", "model.dropout=0", "trainer.eval_every=2"]
+
+
+def _gather_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    q_all, p_all = torch.randn(8, 6, dtype=torch.float64), torch.randn(8, 6, dtype=torch.float64)
+    b = 8 // world
+    q = q_all[rank * b : (rank + 1) * b].clone().requires_grad_(True)
+    env = DistEnv(rank=rank, world_size=world)
+    total, _ = info_nce(q, p_all[rank * b : (rank + 1) * b], gather_with_grad(env, q), tau=0.1, self_offset=rank * b)
+    con = total * world / 8  # as the trainer scales it
+    con.backward()
+    torch.save({"loss": con.detach(), "grad": q.grad}, Path(out_dir) / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_gathered_contrastive_loss_and_gradient_equal_one_process(tmp_path) -> None:
+    init = tempfile.mktemp(dir=tmp_path)
+    mp.start_processes(_gather_worker, args=(2, init, str(tmp_path)), nprocs=2, start_method="spawn")
+    torch.manual_seed(0)
+    q_all, p_all = torch.randn(8, 6, dtype=torch.float64), torch.randn(8, 6, dtype=torch.float64)
+    q_all.requires_grad_(True)
+    total, _ = info_nce(q_all, p_all, q_all, tau=0.1, self_offset=0)
+    loss = total / 8
+    loss.backward()
+    parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    # DDP averages the ranks' losses and gradients: their mean must be the one-process value.
+    assert abs(sum(p["loss"] for p in parts).item() / 2 - loss.item()) < 1e-6
+    grad = torch.cat([p["grad"] for p in parts]) / 2
+    assert torch.allclose(grad, q_all.grad, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, cache_dir) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("equiv")
+    env = {**os.environ, "SFT_CACHE_DIR": str(cache_dir)}
+    for n in (1, 2):
+        subprocess.run([sys.executable, "-m", "sftcli", "train", *EQUIV, f"trainer.nproc={n}", f"run_name=n{n}"],
+                       cwd=root, env=env, check=True, capture_output=True, timeout=300)
+    return root / "runs" / "n1", root / "runs" / "n2"
+
+
+def test_two_processes_match_one_process(pair) -> None:
+    one, two = (read_jsonl(p / "metrics.jsonl") for p in pair)
+    losses1 = [(e["step"], e["train/loss"]) for e in one if "train/loss" in e]
+    losses2 = [(e["step"], e["train/loss"]) for e in two if "train/loss" in e]
+    assert [s for s, _ in losses1] == [s for s, _ in losses2] == [1, 2, 3, 4]
+    for (_, a), (_, b) in zip(losses1, losses2, strict=True):
+        assert abs(a - b) < 1e-4
+    val1 = [(e["step"], e["val/accuracy"], e["val/macro_f1"]) for e in one if "val/accuracy" in e]
+    val2 = [(e["step"], e["val/accuracy"], e["val/macro_f1"]) for e in two if "val/accuracy" in e]
+    assert val1 == val2
+    s1, s2 = (json.loads((p / "summary.json").read_text()) for p in pair)
+    assert s2["world_size"] == 2 and s1["test/accuracy"] == s2["test/accuracy"]
+
+
+def test_one_run_dir_one_line_per_log_step_one_checkpoint_per_save(pair) -> None:
+    _, two = pair
+    assert run_dirs(two.parent) == sorted(run_dirs(two.parent), key=lambda p: p.stat().st_mtime)
+    assert len([p for p in two.parent.iterdir() if p.is_dir()]) == 2  # n1 and n2 only
+    events = read_jsonl(two / "metrics.jsonl")
+    assert [e["step"] for e in events if "train/loss" in e] == [1, 2, 3, 4]
+    saved = [e["checkpoint/saved"] for e in events if "checkpoint/saved" in e]
+    assert saved == ["checkpoints/step-000002", "checkpoints/step-000004"]
+    assert all(ckpt.verify(two / s) for s in saved)
+    assert (two / "checkpoints" / "step-000004" / "rng_state_rank1.pt").is_file()
+
+
+def test_multirun_with_two_processes_per_job(sft, tmp_path) -> None:
+    proc = sft("train", "-m", "lambda=0.1,0.5", "+strategy=mix", "trainer.nproc=2", *TINY, "trainer.max_steps=2",
+               "trainer.eval_every=0", "trainer.save_every=0", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    runs = run_dirs(tmp_path / "runs" / "sweeps")
+    assert len(runs) == 2
+    assert all(json.loads((r / "summary.json").read_text())["world_size"] == 2 for r in runs)
+
+
+def test_external_torchrun_launch(tmp_path, cache_dir) -> None:
+    env = {**os.environ, "SFT_CACHE_DIR": str(cache_dir)}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "sftcli", "train", *TINY, "+strategy=mix", "lambda=0.5"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = run_dirs(tmp_path / "runs")
+    assert len(runs) == 1  # rank 0 made the run dir; rank 1 followed it
+    assert json.loads((runs[0] / "summary.json").read_text())["world_size"] == 2
+
+
+def test_a_killed_rank_ends_the_job_quickly_with_the_checkpoint_intact(sft, tmp_path) -> None:
+    start = time.time()
+    proc = sft("train", *TINY, "trainer.max_steps=8", "trainer.nproc=2", "run_name=k",
+               env={"SFT_TEST_KILL_AT_STEP": "4:1"}, timeout=120)
+    elapsed = time.time() - start
+    assert proc.returncode != 0
+    assert elapsed < 60 + 20  # job start-up included; the failure itself is detected in seconds
+    assert "rank 1" in proc.stderr
+    run = tmp_path / "runs" / "k"
+    assert ckpt.newest_valid(run / "checkpoints").name == "step-000002"
+
+
+def test_two_rank_signal_and_exact_resume(sft, tmp_path) -> None:
+    args = [*TINY, "+strategy=mix", "lambda=0.5", "trainer.nproc=2", "trainer.max_steps=6"]
+    sft("train", *args, "run_name=ref", check=True, timeout=300)
+    # SIGTERM to rank 1 only: every rank stops after the same step, with one checkpoint.
+    first = sft("train", *args, "run_name=r", env={"SFT_TEST_SIGNAL_AT_STEP": "3:1"}, timeout=300)
+    assert first.returncode == 75, first.stderr[-2000:]
+    run = tmp_path / "runs" / "r"
+    assert [s for s, _ in ckpt.listed(run / "checkpoints")] == [2, 3]
+    second = sft("train", *args, "run_name=r", "resume=auto", timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    a = load_file(run / "checkpoints" / "step-000006" / "model.safetensors")
+    b = load_file(tmp_path / "runs" / "ref" / "checkpoints" / "step-000006" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_missing_per_rank_state_is_an_error(sft, tmp_path) -> None:
+    args = [*TINY, "trainer.nproc=2"]
+    sft("train", *args, "run_name=m", check=True, timeout=300)
+    target = tmp_path / "runs" / "m" / "checkpoints" / "step-000004"
+    (target / "rng_state_rank1.pt").unlink()
+    manifest = json.loads((target / "manifest.json").read_text())
+    del manifest["files"]["rng_state_rank1.pt"]
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    proc = sft("train", *args, "trainer.max_steps=6", f"resume={target}", "run_name=m2", timeout=300)
+    assert proc.returncode == 2
+    assert "rng_state_rank1.pt" in proc.stderr
