@@ -90,14 +90,21 @@ class StrategyConfig:
 class LossConfig:
     weight: float | None = None
     tau: float | None = None
-    negatives: Literal["finetuned", "pretrained"] = "finetuned"
+    negatives: Literal["finetuned", "pretrained", "none"] = "finetuned"
     teacher_cache: bool = True
+    mask_same_class: bool = False
+    rampup_steps: int = 0
+    consistency_weight: float = 0.0
+    consistency_threshold: float = 0.9
 
     def check(self, err: _Errors, prefix: str) -> None:
         if self.weight is not None:
             err.require(self.weight >= 0, "lambda", "must be >= 0")
         if self.tau is not None:
             err.require(self.tau > 0, "tau", "must be > 0")
+        err.require(self.rampup_steps >= 0, f"{prefix}.rampup_steps", "must be >= 0")
+        err.require(self.consistency_weight >= 0, f"{prefix}.consistency_weight", "must be >= 0")
+        err.require(0.0 <= self.consistency_threshold < 1.0, f"{prefix}.consistency_threshold", "must be in [0, 1)")
 
 
 @dataclass

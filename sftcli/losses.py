@@ -14,9 +14,10 @@ def supervised_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def info_nce(
     q: torch.Tensor,
     p: torch.Tensor,
-    keys: torch.Tensor,
+    keys: torch.Tensor | None,
     tau: float,
     self_offset: int,
+    exclude: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """InfoNCE of the local rows `q` against their positives `p` and the global negatives `keys`.
 
@@ -28,15 +29,25 @@ def info_nce(
     Loss for text i: -log( e^{s(q_i,p_i)/tau} / (e^{s(q_i,p_i)/tau} + sum_{j != i} e^{s(q_i,k_j)/tau}) ),
     with s the cosine similarity, all in fp32. Returns the SUM over local rows (the caller divides by
     the global batch size so that gradients match one process) and detached diagnostics.
+    `exclude` [b, N] (True = not a negative) removes further negatives, e.g. texts of the same
+    predicted class. `keys=None` means no negatives at all: the stay-close term (1 - s(q_i,p_i)) / tau.
     """
     q = F.normalize(q.float(), dim=-1)
     p = F.normalize(p.float(), dim=-1)
-    k = F.normalize(keys.float(), dim=-1)
     b = q.shape[0]
     pos = (q * p).sum(-1, keepdim=True) / tau  # [b, 1]
+    if keys is None:
+        per_text = (1.0 / tau) - pos.squeeze(1)
+        zero = torch.zeros((), device=q.device)
+        stats = {"pos_sim": (pos.squeeze(1) * tau).sum().detach(), "top1": torch.tensor(float(b), device=q.device),
+                 "neg_sim": zero}
+        return per_text.sum(), stats
+    k = F.normalize(keys.float(), dim=-1)
     neg = q @ k.t() / tau  # [b, N]
     rows = torch.arange(b, device=q.device)
     neg = neg.index_put((rows, rows + self_offset), torch.tensor(float("-inf"), device=q.device))
+    if exclude is not None:
+        neg = neg.masked_fill(exclude, float("-inf"))
     logits = torch.cat([pos, neg], dim=1)
     per_text = torch.logsumexp(logits, dim=1) - pos.squeeze(1)
     with torch.no_grad():
@@ -47,3 +58,18 @@ def info_nce(
             "neg_sim": (neg.masked_fill(torch.isinf(neg), 0.0).sum(1) * tau / max(k.shape[0] - 1, 1)).sum(),
         }
     return per_text.sum(), stats
+
+
+def consistency_loss(strong: torch.Tensor, weak: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pseudo-label term (FixMatch / UDA style) on unlabeled texts.
+
+    weak:   [b, C] logits of a lightly perturbed view (no dropout), no gradient.
+    strong: [b, C] logits of the more strongly perturbed view (the training forward, with dropout).
+    Texts whose weak prediction is at least `threshold` confident contribute the cross-entropy of the
+    strong view against that prediction. Returns (SUM over local rows, number of confident rows).
+    """
+    probs = torch.softmax(weak.float(), dim=-1)
+    confidence, target = probs.max(dim=-1)
+    keep = (confidence >= threshold).float()
+    per_text = F.cross_entropy(strong.float(), target, reduction="none")
+    return (per_text * keep).sum(), keep.sum().detach()

@@ -27,7 +27,7 @@ from sftcli.config import TrainConfig, to_plain
 from sftcli.data import BatchStream, DataBundle, Encoded, collate, encode, load_data, pad_concat, rank_slice
 from sftcli.errors import CheckpointError, NonFiniteError, Preempted
 from sftcli.evaluate import autocast, evaluate, scalar_metrics
-from sftcli.losses import info_nce, supervised_loss
+from sftcli.losses import consistency_loss, info_nce, supervised_loss
 from sftcli.model import build_model, load_tokenizer, pool, tokenizer_fingerprint, weights_fingerprint
 from sftcli.runlog import MetricsWriter, format_metrics, setup_logging
 from sftcli.strategy import CONTRASTIVE, MIX, SUPERVISED, step_kind
@@ -268,10 +268,21 @@ class Trainer:
             terms["sup"] = faults.poison("sup", supervised_loss(out.logits[:n_lab], lab[1]), self.step + 1)
             loss = loss + terms["sup"]
         if unl is not None:
-            con, info = self._contrastive(out.hidden_states[-1][n_lab:], inputs["attention_mask"][n_lab:], unl[1])
+            lc = self.cfg.loss
+            u_logits = out.logits[n_lab:].float()
+            weak = self._weak_logits(inputs, n_lab) if lc.consistency_weight > 0 else None
+            preds = (weak if weak is not None else u_logits).detach().argmax(-1)
+            con, info = self._contrastive(out.hidden_states[-1][n_lab:], inputs["attention_mask"][n_lab:], unl[1],
+                                          preds)
             con = faults.poison("con", con, self.step + 1)
             terms["con"] = con
-            loss = loss + self.cfg.loss.weight * con
+            loss = loss + self._con_weight() * con
+            if weak is not None:
+                cons, confident = consistency_loss(u_logits, weak, lc.consistency_threshold)
+                # Sum over local rows / global batch, times world size: the global mean after DDP averaging.
+                terms["cons"] = cons * env.world_size / len(unl[1])
+                info["confident"] = confident
+                loss = loss + lc.consistency_weight * terms["cons"]
             if lab is None:
                 # Under DDP every parameter must take part in each backward; the classifier head does
                 # not in an unlabeled-only step, so it joins with a zero-weight term.
@@ -283,7 +294,26 @@ class Trainer:
         terms = {k: v.detach() for k, v in terms.items()}
         return loss.detach(), terms, info
 
-    def _contrastive(self, hidden: torch.Tensor, mask: torch.Tensor, global_idx: np.ndarray
+    def _con_weight(self) -> float:
+        """lambda, ramped up linearly over loss.rampup_steps when set."""
+        lc = self.cfg.loss
+        assert lc.weight is not None
+        if lc.rampup_steps:
+            return lc.weight * min(1.0, (self.step + 1) / lc.rampup_steps)
+        return lc.weight
+
+    @torch.no_grad()
+    def _weak_logits(self, inputs: dict[str, torch.Tensor], n_lab: int) -> torch.Tensor:
+        """Classifier logits of the unlabeled rows without dropout (the lightly perturbed view)."""
+        sub = {k: v[n_lab:] for k, v in inputs.items()}
+        self.model.eval()
+        try:
+            with autocast(self.env.device, self.tc.precision):
+                return self.model(**sub).logits.float()
+        finally:
+            self.model.train()
+
+    def _contrastive(self, hidden: torch.Tensor, mask: torch.Tensor, global_idx: np.ndarray, preds: torch.Tensor
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         env, dev, pooling = self.env, self.env.device, self.cfg.model.pooling
         b = hidden.shape[0]
@@ -301,7 +331,17 @@ class Trainer:
                 p = pool(self.teacher(**batch).last_hidden_state.float(), batch["attention_mask"], pooling)
             p_global = dist.gather_with_grad(env, p) if self.cfg.loss.negatives == "pretrained" else None
         keys = p_global if p_global is not None else dist.gather_with_grad(env, q)
-        total, stats = info_nce(q, p, keys, self.cfg.loss.tau, self_offset=env.rank * b)
+        # Negatives the classifier puts in the query's class: a diagnostic, and optionally masked out.
+        all_preds = dist.gather_with_grad(env, preds)
+        same = preds[:, None] == all_preds[None, :]
+        rows = torch.arange(b, device=dev)
+        same[rows, rows + env.rank * b] = False
+        n_keys = all_preds.shape[0]
+        if self.cfg.loss.negatives == "none":
+            keys = None
+        exclude = same if self.cfg.loss.mask_same_class else None
+        total, stats = info_nce(q, p, keys, self.cfg.loss.tau, self_offset=env.rank * b, exclude=exclude)
+        stats["same_class_neg"] = same.float().sum() / max(n_keys - 1, 1)
         # Sum over local rows / global batch size, times world size: DDP's gradient averaging then
         # yields exactly the single-process gradient of the global mean.
         n_global = len(global_idx)
@@ -355,7 +395,7 @@ class Trainer:
     # logging
 
     def _new_window(self) -> dict[str, Any]:
-        return {"sums": torch.zeros(10, dtype=torch.float64, device=self.env.device), "steps": 0, "time": 0.0,
+        return {"sums": torch.zeros(_SLOTS, dtype=torch.float64, device=self.env.device), "steps": 0, "time": 0.0,
                 "skipped": 0}
 
     def _accumulate(self, window: dict[str, Any], terms: dict[str, torch.Tensor], info: dict[str, torch.Tensor],
@@ -363,8 +403,7 @@ class Trainer:
         # Local contributions that sum over ranks to global figures; no host sync until the log step.
         w = self.env.world_size
         s = window["sums"]
-        weight = self.cfg.loss.weight or 0.0
-        parts = torch.zeros(10, dtype=torch.float64, device=self.env.device)
+        parts = torch.zeros(_SLOTS, dtype=torch.float64, device=self.env.device)
         if "sup" in terms:
             parts[0] = terms["sup"].double() / w       # global mean CE of this step
             parts[1] = 1.0 / w                         # steps with a supervised term
@@ -376,12 +415,20 @@ class Trainer:
             parts[6] = info["drift"].double()
             parts[7] = info["count"].double()
             parts[8] = info["neg_sim"].double()
-        parts[9] = 0.0
+            parts[10] = info["same_class_neg"].double()
+        if "cons" in terms:
+            parts[11] = terms["cons"].double() / w
+            parts[12] = 1.0 / w
+            parts[13] = info["confident"].double()
+        # This step's total loss L_sup + lambda * L_con (+ consistency), as a share of the global value.
+        cw = self.cfg.loss.consistency_weight
+        parts[9] = (terms["sup"].double() / w if "sup" in terms else 0.0) + (
+            self._con_weight() * terms["con"].double() / w if "con" in terms else 0.0) + (
+            cw * terms["cons"].double() / w if "cons" in terms else 0.0)
         s += parts
         window["steps"] += 1
         window["time"] += seconds
         window["skipped"] += int(skipped)
-        window["weight"] = weight
         window.setdefault("samples", 0)
         window.setdefault("tokens", 0)
         n_lab = self.tc.batch_size if kind in (SUPERVISED, MIX) else 0
@@ -410,7 +457,7 @@ class Trainer:
         sup = s[0] / n_sup if n_sup else None
         con = s[2] / n_con if n_con else None
         # train/loss: mean over the window's steps of each step's L_sup + lambda * L_con
-        values["train/loss"] = (s[0] + window["weight"] * s[2]) / steps
+        values["train/loss"] = s[9] / steps
         if sup is not None:
             values["train/loss_sup"] = sup
         if con is not None:
@@ -419,6 +466,11 @@ class Trainer:
             values["train/con_top1"] = s[5] / s[7]
             values["train/con_drift"] = s[6] / s[7]
             values["train/con_neg_sim"] = s[8] / s[7]
+            values["train/con_same_class_neg"] = s[10] / s[7]
+            values["train/lambda"] = self._con_weight()
+        if round(s[12]):
+            values["train/loss_cons"] = s[11] / round(s[12])
+            values["train/pseudo_label_rate"] = s[13] / s[7]
         values["train/lr"] = self.scheduler.get_last_lr()[0]
         values["train/epoch_labeled"] = self.labeled_stream.epoch + self.labeled_stream.offset / self.labeled_stream.n
         seconds = extra[1].item() / self.env.world_size
@@ -656,7 +708,9 @@ class Trainer:
             signal.signal(sig, old)
 
 
-_TERM_NAMES = {"sup": "loss_sup (cross-entropy)", "con": "loss_con (InfoNCE)", "gradient": "gradient norm"}
+_TERM_NAMES = {"sup": "loss_sup (cross-entropy)", "con": "loss_con (InfoNCE)", "cons": "loss_cons (consistency)",
+               "gradient": "gradient norm"}
+_SLOTS = 14  # accumulated figures per logging window (see _accumulate)
 
 
 def _to_tuple(x: Any) -> Any:
