@@ -186,7 +186,9 @@ class Trainer:
                 loss, terms, info = self._forward_backward(kind)
                 grad_norm = self._clip_gradients()
                 bad_loss = not bool(torch.isfinite(loss.detach()).item())
-                bad_grad = not math.isfinite(grad_norm)
+                # fp16: overflowing gradients are the grad scaler's business (it skips the step and lowers
+                # the scale); a non-finite loss still stops training.
+                bad_grad = not math.isfinite(grad_norm) and self.scaler is None
                 bad, stop = dist.any_flag(env, bad_loss or bad_grad, self.stop_requested > 0)
                 if bad:
                     self._handle_nonfinite(terms, grad_norm)
