@@ -82,3 +82,37 @@ def test_supervised_loss_is_cross_entropy() -> None:
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
     labels = torch.tensor([0, 2])
     assert torch.allclose(supervised_loss(logits, labels), F.cross_entropy(logits, labels))
+
+
+def test_excluded_negatives_leave_the_denominator() -> None:
+    torch.manual_seed(3)
+    q, p = torch.randn(4, 6), torch.randn(4, 6)
+    exclude = torch.zeros(4, 4, dtype=torch.bool)
+    exclude[0, 1] = True  # text 1 is not a negative of text 0
+    masked, _ = info_nce(q, p, q, tau=0.1, self_offset=0, exclude=exclude)
+    qn, pn = F.normalize(q, dim=-1), F.normalize(p, dim=-1)
+    expected = 0.0
+    for i in range(4):
+        pos = (qn[i] @ pn[i]) / 0.1
+        negs = [(qn[i] @ qn[j]) / 0.1 for j in range(4) if j != i and not (i == 0 and j == 1)]
+        expected += float(torch.logsumexp(torch.stack([pos, *negs]), 0) - pos)
+    assert abs(masked.item() - expected) < 1e-5
+
+
+def test_no_negatives_is_a_stay_close_term() -> None:
+    q = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    p = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    total, _ = info_nce(q, p, None, tau=0.5, self_offset=0)
+    assert abs(total.item() - (0.0 + (1 - 2**-0.5) / 0.5)) < 1e-6
+
+
+def test_consistency_uses_only_confident_pseudo_labels() -> None:
+    from sftcli.losses import consistency_loss
+
+    weak = torch.tensor([[5.0, 0.0], [0.1, 0.0]])  # row 0 confident (class 0), row 1 not
+    strong = torch.tensor([[0.0, 1.0], [3.0, 0.0]], requires_grad=True)
+    total, confident = consistency_loss(strong, weak, threshold=0.9)
+    assert confident.item() == 1.0
+    assert abs(total.item() - F.cross_entropy(strong[:1].detach(), torch.tensor([0])).item()) < 1e-6
+    total.backward()
+    assert strong.grad[1].abs().sum() == 0
