@@ -5,26 +5,26 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from sftcli import checkpoint as ckpt
 from sftcli.config import DataConfig, from_plain, parse_eval, parse_predict
-from sftcli.errors import CheckpointError, ConfigError, DataError, ModelError
+from sftcli.errors import ConfigError, DataError, ModelError
 
 log = logging.getLogger("sft")
 
 
 def load_checkpoint(path_str: str) -> tuple[Path, Any, Any, dict[str, Any]]:
     """(checkpoint dir, model, tokenizer, training config as plain dict) of a checkpoint or run dir."""
-    import torch
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from sftcli.model import load_checkpoint_model
 
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per command is noise
     path = ckpt.resolve_checkpoint(Path(path_str).expanduser())
     ckpt.verify(path)
     state = ckpt.load_state(path / ckpt.TRAIN_STATE)
@@ -86,21 +86,18 @@ def run_eval(cfg: Any, out_dir: Path) -> dict[str, Any]:
 
 
 def _labeled_file(cfg: DataConfig, split: str, names: list[str]) -> Any:
-    from sftcli.data import LABELED_EXTENSIONS, TextSet, _clean, _read_table, _rows
+    """A labeled file for `sft eval data=files data.test=FILE`, with the checkpoint's label names."""
+    from sftcli.data import LABELED_EXTENSIONS, _clean, _read_table, _rows, _to_set
 
     file = getattr(cfg, split)
     if not file:
         raise ConfigError(f"data.{split}: a file is required to evaluate split={split} on data=files")
-    rows = _clean(_rows(_read_table(file, f"data.{split}", LABELED_EXTENSIONS), file, cfg, True), file, True, [])
-    lookup = {n: i for i, n in enumerate(names)}
-    labels = []
-    for i, r in enumerate(rows):
-        key = str(r["label"])
-        if key not in lookup:
-            raise DataError(f"{file}: row {i + 1} has label {r['label']!r}, unknown to the checkpoint (labels: {names})")
-        labels.append(lookup[key])
-    pairs = [r["pair"] for r in rows] if rows[0]["pair"] is not None else None
-    return TextSet([r["text"] for r in rows], np.asarray(labels, dtype=np.int64), pairs)
+    where = f"{file} (data.{split})"
+    notes: list[str] = []
+    rows = _clean(_rows(_read_table(file, f"data.{split}", LABELED_EXTENSIONS), where, cfg, True), where, True, notes)
+    for note in notes:
+        log.info("data: %s", note)
+    return _to_set(rows, {n: i for i, n in enumerate(names)}, where, "of the checkpoint")
 
 
 def print_eval_table(result: dict[str, Any]) -> None:
@@ -134,43 +131,118 @@ def print_eval_table(result: dict[str, Any]) -> None:
 # sft predict
 
 
-def _read_rows(path: Path, text_column: str) -> Iterator[dict[str, Any]]:
+def _read_rows(path: Path, columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+    """Input rows that hold `columns` (text, and pair if any), streamed; a bad row or an unreadable file
+    is a DataError naming the file and line."""
     ext = path.suffix.lower()
-    if ext in (".csv", ".tsv"):
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh, delimiter="\t" if ext == ".tsv" else ",")
-            if reader.fieldnames is None or text_column not in reader.fieldnames:
-                raise DataError(f"input: {path} has no column {text_column!r} (text_column); "
-                                f"columns found: {reader.fieldnames}")
-            yield from reader
-    elif ext == ".jsonl":
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as exc:
-                    raise DataError(f"input: malformed JSON line at {path}:{lineno}: {exc}") from exc
-                if not isinstance(row, dict) or text_column not in row:
-                    raise DataError(f"input: {path}:{lineno} has no field {text_column!r} (text_column)")
-                yield row
-    elif ext == ".txt":
-        with path.open(encoding="utf-8") as fh:
-            for line in fh:
-                if line.strip():
-                    yield {text_column: line.rstrip("\n")}
-    else:
+    readers = {".csv": _csv_rows, ".tsv": _csv_rows, ".jsonl": _jsonl_rows, ".txt": _txt_rows}
+    if ext not in readers:
         raise DataError(f"input: unsupported file type {ext or '(none)'} for {path}; use .csv, .tsv, .jsonl or .txt")
+    try:
+        yield from readers[ext](path, columns)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"input: {path} is not UTF-8 text ({exc})") from exc
+
+
+def _csv_rows(path: Path, columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+    # utf-8-sig: spreadsheet exports start with a byte-order mark that would rename the first column.
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long texts are fields beyond csv's 128 KiB default
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"input: {path} has no column {missing[0]!r} ({_column_key(columns, missing[0])}); "
+                            f"columns found: {reader.fieldnames or []}")
+        try:
+            for row in reader:
+                if None in row:  # more fields than the header names
+                    raise DataError(f"input: {path}:{reader.line_num} has more fields than the header")
+                yield row
+        except csv.Error as exc:
+            raise DataError(f"input: {path}:{reader.line_num}: {exc}") from exc
+
+
+def _jsonl_rows(path: Path, columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise DataError(f"input: malformed JSON line at {path}:{lineno}: {exc}") from exc
+            if not isinstance(row, dict):
+                raise DataError(f"input: {path}:{lineno} is not a JSON object")
+            missing = [c for c in columns if c not in row]
+            if missing:
+                raise DataError(f"input: {path}:{lineno} has no field {missing[0]!r} "
+                                f"({_column_key(columns, missing[0])})")
+            yield row
+
+
+def _txt_rows(path: Path, columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+    if len(columns) > 1:
+        raise DataError(f"input: {path} holds one text per line, but the checkpoint takes text pairs "
+                        f"(text_pair_column={columns[1]!r}); use a csv or jsonl input with both columns")
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield {columns[0]: line.rstrip("\r\n")}
+
+
+def _column_key(columns: tuple[str, ...], name: str) -> str:
+    return "text_column" if name == columns[0] else "text_pair_column"
+
+
+class _PredictionWriter:
+    """Writes records as csv or jsonl (by the output's extension); the csv header comes from the first record."""
+
+    def __init__(self, fh: Any, jsonl: bool, inp: Path):
+        self.fh, self.jsonl, self.inp = fh, jsonl, inp
+        self.csv: csv.DictWriter | None = None
+
+    def write(self, record: dict[str, Any], row_number: int) -> None:
+        if self.jsonl:
+            self.fh.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+            return
+        if self.csv is None:
+            self.csv = csv.DictWriter(self.fh, fieldnames=list(record))
+            self.csv.writeheader()
+        extra = set(record) - set(self.csv.fieldnames)
+        if extra:
+            raise DataError(f"input: {self.inp} row {row_number} has fields {sorted(extra)} that the first row lacks; "
+                            "a csv output needs the same fields in every row (write .jsonl instead)")
+        # Lists and objects (from jsonl input) as JSON, not Python reprs.
+        self.csv.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in record.items()})
+
+
+def _predict_columns(pc: Any, saved: dict[str, Any]) -> tuple[str, ...]:
+    """(text column,) or (text column, pair column): as given, else the ones the checkpoint was trained with."""
+    data = saved.get("data", {})
+    text = pc.text_column or data.get("text_column") or "text"
+    pair = pc.text_pair_column if pc.text_pair_column is not None else data.get("text_pair_column")
+    return (text, pair) if pair else (text,)
+
+
+def _predict_paths(pc: Any) -> tuple[Path, Path]:
+    inp, outp = Path(pc.input).expanduser(), Path(pc.output).expanduser()
+    if not inp.is_file():
+        raise DataError(f"input: file not found: {inp}")
+    if outp.suffix.lower() not in (".csv", ".jsonl"):
+        raise ConfigError(f"output: {outp} must end in .csv or .jsonl")
+    if outp.resolve() == inp.resolve():
+        raise ConfigError("output: must differ from input")
+    try:
+        outp.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"output: cannot create the directory {outp.parent} ({exc})") from exc
+    return inp, outp
 
 
 def run_predict(args: list[str]) -> int:
-    import torch
     from omegaconf import OmegaConf
-    from rich.progress import Progress
 
     from sftcli.dist import pick_device
-    from sftcli.evaluate import autocast
 
     bad = [a for a in args if "=" not in a]
     if bad:
@@ -180,57 +252,64 @@ def run_predict(args: list[str]) -> int:
     except Exception as exc:
         raise ConfigError(f"sft predict: {exc}") from exc
     pc = parse_predict(raw)  # type: ignore[arg-type]
-    inp, outp = Path(pc.input).expanduser(), Path(pc.output).expanduser()
-    if not inp.is_file():
-        raise DataError(f"input: file not found: {inp}")
-    if outp.suffix.lower() not in (".csv", ".jsonl"):
-        raise ConfigError(f"output: {outp} must end in .csv or .jsonl")
-    try:
-        if outp.resolve() == inp.resolve():
-            raise ConfigError("output: must differ from input")
-    except OSError:
-        pass
+    inp, outp = _predict_paths(pc)
     path, model, tokenizer, saved = load_checkpoint(pc.checkpoint)
+    columns = _predict_columns(pc, saved)
     max_length = pc.max_length or int(saved["model"]["max_length"])
-    names = _label_names(model)
     device = pick_device(pc.device, 0)
     model.to(device).eval()
+    # Written under a temporary name and renamed at the end: a failed run leaves no half-written output.
     tmp = outp.with_name(outp.name + ".tmp")
-    writer: Any = None
-    n = 0
-    with tmp.open("w", newline="", encoding="utf-8") as out, Progress(transient=True) as bar:
-        task = bar.add_task("predict", total=None)
-        batch: list[dict[str, Any]] = []
+    try:
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
+            writer = _PredictionWriter(fh, outp.suffix.lower() == ".jsonl", inp)
+            n = _predict_rows(_read_rows(inp, columns), writer, model, tokenizer, _label_names(model), pc, columns,
+                              max_length, device)
+        tmp.replace(outp)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"{n} predictions written to {outp} (checkpoint {path})")
+    return 0
 
-        def flush() -> None:
-            nonlocal writer, n
-            texts = [str(r[pc.text_column] or "") for r in batch]
-            pairs = [str(r[pc.text_pair_column]) for r in batch] if pc.text_pair_column else None
+
+def _predict_rows(rows: Iterator[dict[str, Any]], writer: _PredictionWriter, model: Any, tokenizer: Any,
+                  names: list[str], pc: Any, columns: tuple[str, ...], max_length: int, device: Any) -> int:
+    """Score rows in batches of pc.batch_size (streamed, with a progress bar); returns the row count."""
+    import torch
+    from rich.progress import Progress
+
+    from sftcli.evaluate import autocast
+
+    text_col, pair_col = columns[0], columns[1] if len(columns) > 1 else None
+    n = 0
+    with Progress(transient=True) as bar:
+        task = bar.add_task("predict", total=None)
+        for batch in _batched(rows, pc.batch_size):
+            texts = [_as_text(r.get(text_col)) for r in batch]
+            pairs = [_as_text(r.get(pair_col)) for r in batch] if pair_col else None
             enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
             with torch.inference_mode(), autocast(device, pc.precision):
                 logits = model(**{k: v.to(device) for k, v in enc.items()}).logits.float()
-            probs = torch.softmax(logits, -1).cpu().numpy()
-            for row, p in zip(batch, probs, strict=True):
+            for row, p in zip(batch, torch.softmax(logits, -1).cpu().numpy(), strict=True):
+                n += 1
                 record = dict(row)
                 record["pred_label"] = names[int(p.argmax())]
                 record.update({f"prob_{name}": round(float(v), 6) for name, v in zip(names, p, strict=True)})
-                if outp.suffix.lower() == ".jsonl":
-                    out.write(json.dumps(record) + "\n")
-                else:
-                    if writer is None:
-                        writer = csv.DictWriter(out, fieldnames=list(record))
-                        writer.writeheader()
-                    writer.writerow(record)
-            n += len(batch)
+                writer.write(record, n)
             bar.update(task, completed=n)
-            batch.clear()
+    return n
 
-        for row in _read_rows(inp, pc.text_column):
-            batch.append(row)
-            if len(batch) == pc.batch_size:
-                flush()
-        if batch:
-            flush()
-    tmp.replace(outp)
-    print(f"{n} predictions written to {outp} (checkpoint {path})")
-    return 0
+
+def _batched(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _as_text(value: Any) -> str:
+    return "" if value is None else str(value)

