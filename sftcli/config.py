@@ -116,6 +116,7 @@ class OptimConfig:
     beta2: float = 0.999
     eps: float = 1e-8
     max_grad_norm: float | None = 1.0
+    fused: bool = True
 
     def check(self, err: _Errors, prefix: str) -> None:
         err.require(self.lr > 0, f"{prefix}.lr", "must be > 0")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,10 @@ def train_in_run_dir(cfg: Any, run_dir: Path) -> dict[str, Any]:
 
         return run_worker(str(run_dir))
     log.info("launching %d worker processes (torch.distributed elastic launch)", tc.trainer.nproc)
+    if "OMP_NUM_THREADS" not in os.environ:
+        # N CPU workers each using every core oversubscribe the machine (several times slower); share
+        # the cores out as torchrun does. Workers inherit this environment.
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // tc.trainer.nproc))
     try:
         results = dist.launch_workers(worker_main, (str(run_dir),), tc.trainer.nproc, run_id=run_dir.name)
     except Exception as exc:

@@ -155,7 +155,15 @@ class Trainer:
             # Biases and normalisation weights are not decayed (standard for BERT fine-tuning).
             (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(p)
         groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+        kwargs = {"lr": o.lr, "betas": (o.beta1, o.beta2), "eps": o.eps}
+        if o.fused:
+            # One fused kernel over all parameters; on CPU torch's default is a Python loop over ~100
+            # tensors (MiniLM: 24 ms instead of 180 ms a step). Devices without the kernel fall back.
+            try:
+                return torch.optim.AdamW(groups, fused=True, **kwargs)
+            except (RuntimeError, ValueError) as exc:
+                log.info("optim: fused AdamW unavailable here (%s); using the default implementation", exc)
+        return torch.optim.AdamW(groups, **kwargs)
 
     def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
         total = self.tc.max_steps
@@ -176,6 +184,8 @@ class Trainer:
         self._install_signal_handlers()
         window = self._new_window()
         progress = _Progress(tc.progress, tc.max_steps, self.step, enabled=env.is_main)
+        # from_pretrained returns a model in eval mode; training needs dropout on (evaluation switches back).
+        self.model.train()
         log.info("training: steps %d -> %d, strategy %s", self.step, tc.max_steps,
                  self.cfg.strategy.name if self.cfg.strategy else "none (supervised baseline)")
         try:
@@ -439,11 +449,12 @@ class Trainer:
         window["tokens_local"] = window.get("tokens_local", 0) + self._last_tokens(kind)
 
     def _last_tokens(self, kind: str) -> int:
+        # Reads only this batch's offsets: lengths() of the whole set would cost O(corpus) every step.
         total = 0
         if kind in (SUPERVISED, MIX):
-            total += int(self.enc_labeled.lengths()[self.last_local["labeled"]].sum())
+            total += _batch_tokens(self.enc_labeled, self.last_local["labeled"])
         if kind in (CONTRASTIVE, MIX):
-            total += int(self.enc_unlabeled.lengths()[self.last_local["unlabeled"]].sum())
+            total += _batch_tokens(self.enc_unlabeled, self.last_local["unlabeled"])
         return total
 
     def _flush_window(self, window: dict[str, Any]) -> dict[str, Any]:
@@ -713,6 +724,10 @@ class Trainer:
 _TERM_NAMES = {"sup": "loss_sup (cross-entropy)", "con": "loss_con (InfoNCE)", "cons": "loss_cons (consistency)",
                "gradient": "gradient norm"}
 _SLOTS = 14  # accumulated figures per logging window (see _accumulate)
+
+
+def _batch_tokens(enc: Encoded, index: np.ndarray) -> int:
+    return int((enc.offsets[index + 1] - enc.offsets[index]).sum())
 
 
 def _to_tuple(x: Any) -> Any:
