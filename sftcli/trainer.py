@@ -675,6 +675,8 @@ class Trainer:
                             self.tc.eval_batch_size, self.pad_id, self.env.device, self.tc.precision, self.env)
             summary.update(scalar_metrics(test, "test"))
             summary["test/per_class"] = test["per_class"]
+        else:
+            summary["test"] = "skipped: the data has no test split"
         summary.update({
             "label_names": self.data.label_names,
             "n_labeled": len(self.data.labeled),
@@ -682,6 +684,7 @@ class Trainer:
             "world_size": self.env.world_size,
             "strategy": self.cfg.strategy.name if self.cfg.strategy else None,
             "seed": self.cfg.seed,
+            "data_notes": self.data.notes,
         })
         if self.env.is_main:
             final = {k: v for k, v in summary.items() if k.startswith(("test/", "val/")) and not isinstance(v, dict)}
