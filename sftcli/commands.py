@@ -163,21 +163,14 @@ def _csv_rows(path: Path, columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
 
 
 def _jsonl_rows(path: Path, columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise DataError(f"input: malformed JSON line at {path}:{lineno}: {exc}") from exc
-            if not isinstance(row, dict):
-                raise DataError(f"input: {path}:{lineno} is not a JSON object")
-            missing = [c for c in columns if c not in row]
-            if missing:
-                raise DataError(f"input: {path}:{lineno} has no field {missing[0]!r} "
-                                f"({_column_key(columns, missing[0])})")
-            yield row
+    from sftcli.data import iter_json_lines
+
+    for lineno, row in iter_json_lines(path, "input"):
+        missing = [c for c in columns if c not in row]
+        if missing:
+            raise DataError(f"input: {path}:{lineno} has no field {missing[0]!r} "
+                            f"({_column_key(columns, missing[0])})")
+        yield row
 
 
 def _txt_rows(path: Path, columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:

@@ -179,31 +179,32 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
+class _ScoringConfig:
+    """What `sft eval` and `sft predict` share: a checkpoint scored in batches on a device."""
+
     checkpoint: str = ""
-    split: Literal["test", "validation"] = "test"
-    data: DataConfig | None = None
     batch_size: int = 128
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    run_root: str = "runs"
-    run_name: str = "eval"
-    cache_dir: str | None = None
     debug: bool = False
 
 
 @dataclass
-class PredictConfig:
-    checkpoint: str = ""
+class EvalConfig(_ScoringConfig):
+    split: Literal["test", "validation"] = "test"
+    data: DataConfig | None = None
+    run_root: str = "runs"
+    run_name: str = "eval"
+    cache_dir: str | None = None
+
+
+@dataclass
+class PredictConfig(_ScoringConfig):
     input: str = ""
     output: str = ""
     text_column: str | None = None  # null = the checkpoint's data.text_column
     text_pair_column: str | None = None  # null = the checkpoint's data.text_pair_column
-    batch_size: int = 128
     max_length: int | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    debug: bool = False
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -223,6 +223,13 @@ def _check_json_lines(path: Path, key: str) -> None:
                 raise DataError(f"{key}: {path}: element {bad + 1} of the JSON array is not an object "
                                 f"(expected one {{\"column\": value, ...}} per row)")
             return
+    for _ in iter_json_lines(path, key):
+        pass
+
+
+def iter_json_lines(path: Path, key: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-blank line of a jsonl file; errors name `key` and file:line."""
+    with path.open("r", encoding="utf-8", errors="replace") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -233,6 +240,7 @@ def _check_json_lines(path: Path, key: str) -> None:
             if not isinstance(record, dict):
                 raise DataError(f"{key}: {path}:{lineno} is not a JSON object (expected one "
                                 f"{{\"column\": value, ...}} per line)")
+            yield lineno, record
 
 
 def _require_column(cols: list[str], name: str, what: str, key: str, where: str) -> None:
