@@ -28,7 +28,8 @@ def sft(tmp_path: Path, cache_dir: Path):
 
     def run(*args: str, timeout: float = 300, env: dict[str, str] | None = None, cwd: Path | None = None,
             check: bool | None = None) -> subprocess.CompletedProcess:
-        full_env = {**os.environ, "SFT_CACHE_DIR": str(cache_dir), "PYTHONUNBUFFERED": "1",
+        # One thread per sft process: tiny models gain nothing from more, and tests run beside each other.
+        full_env = {"OMP_NUM_THREADS": "1", **os.environ, "SFT_CACHE_DIR": str(cache_dir), "PYTHONUNBUFFERED": "1",
                     "TOKENIZERS_PARALLELISM": "false", **(env or {})}
         full_env.pop("SFT_DEBUG", None)
         proc = subprocess.run([sys.executable, "-m", "sftcli", *args], cwd=cwd or tmp_path, env=full_env,
