@@ -57,7 +57,7 @@ def test_gathered_contrastive_loss_and_gradient_equal_one_process(tmp_path) -> N
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory, cache_dir) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("equiv")
-    env = {**os.environ, "SFT_CACHE_DIR": str(cache_dir)}
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "SFT_CACHE_DIR": str(cache_dir)}
     for n in (1, 2):
         subprocess.run([sys.executable, "-m", "sftcli", "train", *EQUIV, f"trainer.nproc={n}", f"run_name=n{n}"],
                        cwd=root, env=env, check=True, capture_output=True, timeout=300)
@@ -100,7 +100,7 @@ def test_multirun_with_two_processes_per_job(sft, tmp_path) -> None:
 
 
 def test_external_torchrun_launch(tmp_path, cache_dir) -> None:
-    env = {**os.environ, "SFT_CACHE_DIR": str(cache_dir)}
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "SFT_CACHE_DIR": str(cache_dir)}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "-m", "sftcli", "train", *TINY, "+strategy=mix", "lambda=0.5"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -48,7 +48,7 @@ def reference(tmp_path_factory, cache_dir) -> tuple[Path, Path]:
     """The uninterrupted run: (run dir, consumed-ids file)."""
     root = tmp_path_factory.mktemp("reference")
     ids = root / "ids.jsonl"
-    env = {**os.environ, "SFT_CACHE_DIR": str(cache_dir), "SFT_TEST_RECORD_IDS": str(ids)}
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "SFT_CACHE_DIR": str(cache_dir), "SFT_TEST_RECORD_IDS": str(ids)}
     subprocess.run([sys.executable, "-m", "sftcli", "train", *RESUME_ARGS, "run_name=ref"], cwd=root, env=env,
                    check=True, capture_output=True, timeout=300)
     return root / "runs" / "ref", ids
@@ -88,7 +88,7 @@ def test_resume_auto_finds_the_run_of_the_same_command(sft, tmp_path, reference)
 def test_sigkill_anywhere_then_resume_is_bit_identical(sft, tmp_path, reference, cache_dir, point) -> None:
     ref_run, _ = reference
     run = tmp_path / "runs" / "k"
-    env = {**os.environ, "SFT_CACHE_DIR": str(cache_dir)}
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "SFT_CACHE_DIR": str(cache_dir)}
     marker = tmp_path / "paused"
     if point == "step":
         env["SFT_TEST_KILL_AT_STEP"] = "6"
