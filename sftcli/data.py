@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.metadata
+import itertools
 import json
 import logging
 import os
@@ -389,7 +390,11 @@ def _clean(rows: list[Row], where: str, need_label: bool, notes: list[str]) -> l
             continue
         if need_label:
             _check_label(row, where)
-        kept.append({**row, "text": str(row["text"]), "pair": None if row["pair"] is None else str(row["pair"])})
+        if not isinstance(row["text"], str) or not isinstance(row["pair"], (str, type(None))):
+            # A copy only when a value needs converting: a million-line corpus would otherwise hold
+            # two dicts per row at once (hundreds of MB at the peak of reading it).
+            row = {**row, "text": str(row["text"]), "pair": None if row["pair"] is None else str(row["pair"])}
+        kept.append(row)
     if blank:
         notes.append(f"dropped {len(blank)} row(s) with an empty or whitespace-only text from {where} "
                      f"(rows {_row_list(blank)})")
@@ -590,18 +595,28 @@ def _tokenise(ts: TextSet, tokenizer: Any, max_length: int, chunk: int) -> Encod
     for start in range(0, len(ts), chunk):
         texts = ts.texts[start:start + chunk]
         pairs = None if ts.pairs is None else ts.pairs[start:start + chunk]
-        # The untruncated lengths only count truncated texts; verbose=False silences the tokenizer's
+        # One pass without truncation, then a second pass over the texts that are too long only (so
+        # they can be counted and most texts are tokenised once); verbose=False silences the tokenizer's
         # "sequence length is longer than the maximum" warning, which that count replaces.
-        full = tokenizer(texts, pairs, truncation=False, add_special_tokens=True, verbose=False,
-                         return_token_type_ids=pairs is not None, return_attention_mask=False)
-        enc = tokenizer(texts, pairs, truncation=True, max_length=max_length,
+        enc = tokenizer(texts, pairs, truncation=False, add_special_tokens=True, verbose=False,
                         return_token_type_ids=pairs is not None, return_attention_mask=False)
-        for i, seq in enumerate(enc["input_ids"]):
-            truncated += len(full["input_ids"][i]) > len(seq)
-            ids_parts.append(np.asarray(seq, dtype=np.int32))
-            lengths.append(len(seq))
-            if pairs is not None:
-                type_parts.append(np.asarray(enc["token_type_ids"][i], dtype=np.int8))
+        seqs, types = enc["input_ids"], enc["token_type_ids"] if pairs is not None else None
+        long = [i for i, seq in enumerate(seqs) if len(seq) > max_length]
+        if long:
+            cut = tokenizer([texts[i] for i in long], None if pairs is None else [pairs[i] for i in long],
+                            truncation=True, max_length=max_length, return_token_type_ids=pairs is not None,
+                            return_attention_mask=False)
+            for j, i in enumerate(long):
+                seqs[i] = cut["input_ids"][j]
+                if types is not None:
+                    types[i] = cut["token_type_ids"][j]
+            truncated += len(long)
+        # One array per chunk, not one per text: a million small arrays cost ~100 MB and seconds.
+        sizes = [len(seq) for seq in seqs]
+        lengths.extend(sizes)
+        ids_parts.append(np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int32, count=sum(sizes)))
+        if types is not None:
+            type_parts.append(np.fromiter(itertools.chain.from_iterable(types), dtype=np.int8, count=sum(sizes)))
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, dtype=np.int32)

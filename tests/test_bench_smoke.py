@@ -1,0 +1,52 @@
+"""scripts/bench.py --quick --skip-scale runs end to end and writes every figure it promises (about 20 s)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytest.importorskip("accelerate", reason="the HF Trainer arm needs accelerate (pip install -e .[dev])")
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def test_bench_quick(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    env = {**os.environ, "SFT_CACHE_DIR": str(tmp_path / "cache"), "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--skip-scale", "--workdir",
+         str(tmp_path / "work"), "--out", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=85)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "sft / HF Trainer (fp32)" in proc.stdout
+    r = json.loads(out.read_text())
+
+    assert _positive(r["peak"]["fp32_flops_per_s"]) and _positive(r["peak"]["bf16_flops_per_s"])
+    arms = r["supervised"]["arms"]
+    assert set(arms) == {"sft_fp32", "hf_fp32", "sft_bf16", "hf_bf16"}
+    for arm in arms.values():
+        for key in ("samples_per_s", "tokens_per_s", "model_flops_per_s"):
+            assert _positive(arm[key]["median"]), key
+            assert len(arm[key]["runs"]) == 3  # three alternated repeats
+    for precision in ("fp32", "bf16"):
+        assert _positive(r["supervised"]["sft_over_hf"][precision]["samples_per_s"]["of_medians"])
+        assert _positive(r["supervised"]["sft_over_hf"][precision]["tokens_per_s"]["of_medians"])
+    for arm in ("cache_on", "cache_off"):
+        for key in ("mix_step_s", "fwd_bwd_s", "ratio_to_fwd_bwd"):
+            assert _positive(r["mix"][arm][key]["median"]), (arm, key)
+    assert _positive(r["mix"]["teacher_cache_build_s"])
+    assert _positive(r["bf16"]["sft_speedup"])
+    assert 0 <= r["bf16"]["fp32_test_accuracy"] <= 1 and 0 <= r["bf16"]["bf16_test_accuracy"] <= 1
+    assert _positive(r["flops"]["sft_fp32"]["model_flops_utilisation"])
+    assert _positive(r["memory"]["peak_rss_mb"])
+    assert "scale" not in r
