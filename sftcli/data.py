@@ -725,7 +725,9 @@ class BatchStream:
             rng = np.random.default_rng([self.seed, self.stream_id, epoch])
             perm = rng.permutation(self.n)
             if self.lengths is not None:
-                perm = _group_by_length(perm, self.lengths, self.batch_size, rng)
+                # The first examples of epoch e complete the last batch of epoch e - 1.
+                head = (-epoch * self.n) % self.batch_size
+                perm = _group_by_length(perm, self.lengths, self.batch_size, rng, head)
             self._perm_epoch, self._perm = epoch, perm
         return self._perm
 
@@ -751,18 +753,24 @@ class BatchStream:
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
 
 
-def _group_by_length(perm: np.ndarray, lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+def _group_by_length(perm: np.ndarray, lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                     head: int = 0) -> np.ndarray:
     # Sort within windows of 50 batches so batches hold similar lengths (less padding) while the
-    # epoch stays shuffled; then shuffle the batch order.
+    # epoch stays shuffled; then shuffle the batch order. The first `head` examples complete the
+    # previous epoch's last batch and the one short batch goes last, so every full batch lines up with
+    # the stream's batch boundaries: a short batch in the middle would shift each later batch across
+    # two length groups (TREC-6 at batch 32: 16% padding instead of 1-4%).
+    first, rest = perm[:head], perm[head:]
     window = batch_size * 50
-    chunks = []
-    for start in range(0, len(perm), window):
-        part = perm[start : start + window]
+    chunks = [np.zeros(0, dtype=perm.dtype)]
+    for start in range(0, len(rest), window):
+        part = rest[start : start + window]
         chunks.append(part[np.argsort(lengths[part], kind="stable")])
     ordered = np.concatenate(chunks)
-    batches = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+    n_full = len(ordered) // batch_size * batch_size
+    batches = [ordered[i : i + batch_size] for i in range(0, n_full, batch_size)]
     order = rng.permutation(len(batches))
-    return np.concatenate([batches[i] for i in order])
+    return np.concatenate([first, *(batches[i] for i in order), ordered[n_full:]])
 
 
 def rank_slice(global_batch: np.ndarray, rank: int, world: int) -> np.ndarray:
