@@ -217,6 +217,16 @@ def probe_writable(directory: Path) -> None:
         raise CheckpointError(f"cannot write to {directory}: {exc.strerror or exc}") from exc
 
 
+def load_weights(path: Path) -> dict[str, Any]:
+    """The model tensors of a checkpoint directory, from its safetensors file(s)."""
+    from safetensors.torch import load_file
+
+    weights: dict[str, Any] = {}
+    for f in sorted(path.glob("*.safetensors")):
+        weights.update(load_file(str(f)))
+    return weights
+
+
 def load_state(file: Path) -> Any:
     """torch.load with weights_only=True: tensors and plain containers only. A file that needs arbitrary
     code to unpickle (a malicious or foreign pickle) is refused before anything in it runs."""

@@ -3,7 +3,6 @@ torch.distributed's elastic launcher. Hydra never runs inside a worker: workers 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -42,10 +41,10 @@ def write_run_config(cfg: Any, run_dir: Path) -> None:
 
 def train_in_run_dir(cfg: Any, run_dir: Path) -> dict[str, Any]:
     """Validate, write config.yaml, launch the workers; returns the run's summary."""
-    external = dist.launched_by_torchrun() and int(_env("WORLD_SIZE", "1")) > 1
+    external = dist.launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     if external:
         # Under an external torchrun the world size is torchrun's; record it so checks and resume see it.
-        cfg.trainer.nproc = int(_env("WORLD_SIZE", "1"))
+        cfg.trainer.nproc = int(os.environ.get("WORLD_SIZE", "1"))
     tc: TrainConfig = parse_train(cfg)  # before any model or data loading
     probe_writable(run_dir)
     write_run_config(cfg, run_dir)
@@ -104,7 +103,7 @@ def worker_main(run_dir: str) -> dict[str, Any]:
     except (UserError, NonFiniteError, Preempted) as exc:
         if not dist.launched_by_torchrun():
             raise  # in-process: the CLI reports it
-        rank = _env("RANK", "0")
+        rank = os.environ.get("RANK", "0")
         print(f"sft: error (rank {rank}): {exc}" if not isinstance(exc, Preempted) else f"sft: {exc}",
               file=sys.stderr, flush=True)
         sys.exit(exc.exit_code)
@@ -115,11 +114,3 @@ def selection_value(summary: dict[str, Any]) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def _env(key: str, default: str) -> str:
-    import os
-
-    return os.environ.get(key, default)
-
-
-def summary_json(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / "summary.json").read_text())

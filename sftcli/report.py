@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sftcli.errors import ConfigError, UserError
+from sftcli.runlog import read_metrics
 
 OPTIONS = {
     "metric": "summary.json metric to rank and plot (default test/accuracy)",
@@ -571,23 +572,12 @@ def write_markdown(
 # plots
 
 
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    out = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:  # a line cut by a crash mid-write
-                continue
-    return out
-
-
 def group_curves(group: Group, metric_keys: Sequence[str]) -> dict[str, tuple[list[int], list[float]]]:
     """Per key: steps and the mean over the group's runs at each step (the last value per step and run)."""
     per_key: dict[str, dict[int, list[float]]] = {k: defaultdict(list) for k in metric_keys}
     for run in group.runs:
         last: dict[str, dict[int, float]] = {k: {} for k in metric_keys}
-        for record in _read_metrics(run.path / "metrics.jsonl"):
+        for record in read_metrics(run.path / "metrics.jsonl"):
             step = record.get("step")
             if not isinstance(step, int):
                 continue

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -95,6 +94,3 @@ def _hidden_size(encoder: torch.nn.Module) -> int:
         raise RuntimeError("cannot tell the encoder's hidden size from its config")
     return int(size)
 
-
-def clear(cache_dir: Path) -> None:  # pragma: no cover - convenience for users
-    shutil.rmtree(cache_dir / "teacher", ignore_errors=True)

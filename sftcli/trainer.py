@@ -591,12 +591,7 @@ class Trainer:
             ckpt.verify(path)
         state = ckpt.load_state(path / ckpt.TRAIN_STATE)
         self._check_resume_config(json.loads(state["config"]), state, path)
-        from safetensors.torch import load_file
-
-        weights = {}
-        for f in sorted(path.glob("*.safetensors")):
-            weights.update(load_file(str(f)))
-        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        missing, unexpected = self.model.load_state_dict(ckpt.load_weights(path), strict=False)
         missing = [m for m in missing if m not in _tied_names(self.model)]
         if missing or unexpected:
             raise CheckpointError(f"{path}: weights do not fit the model (missing {missing[:5]}, "
@@ -659,14 +654,8 @@ class Trainer:
             "select_value": self.best_metric,
         }
         assert any(p.name == last for _, p in items) or not self.env.is_main, "the last checkpoint was not saved"
-        best_path = self.ckpt_dir / best
-        from safetensors.torch import load_file
-
         # Evaluate exactly what the best checkpoint holds (the weights read back from disk).
-        weights = {}
-        for f in sorted(best_path.glob("*.safetensors")):
-            weights.update(load_file(str(f)))
-        self.model.load_state_dict(weights, strict=False)
+        self.model.load_state_dict(ckpt.load_weights(self.ckpt_dir / best), strict=False)
         val = evaluate(self.model, self.enc_val, self.data.validation.labels, self.data.label_names,
                        self.tc.eval_batch_size, self.pad_id, self.env.device, self.tc.precision, self.env)
         summary.update(scalar_metrics(val, "val"))
