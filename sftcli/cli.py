@@ -170,6 +170,7 @@ _HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "
 def _precheck(command: str, args: list[str]) -> None:
     """Compose once before Hydra runs, so a mistyped key or group option is a ConfigError (exit 2, with
     a "did you mean") instead of Hydra's generic failure. Sweeps are composed per job by Hydra."""
+    _check_sweeper_plugin(args)
     if any(a.startswith("-") for a in args):
         return  # -m and Hydra's own flags: Hydra handles them
     from hydra import compose, initialize_config_dir
@@ -184,6 +185,25 @@ def _precheck(command: str, args: list[str]) -> None:
             compose(config_name=command, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(_composition_message(command, str(exc))) from None
+
+
+def _check_sweeper_plugin(args: list[str]) -> None:
+    """hydra/sweeper=optuna needs the optional plugin; without it Hydra only says the option is missing."""
+    from importlib.util import find_spec
+
+    from sftcli.errors import ConfigError
+
+    for arg in args:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key != "hydra/sweeper" or value != "optuna":
+            continue
+        try:
+            installed = find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
+        except ModuleNotFoundError:  # no Hydra plugin at all
+            installed = False
+        if not installed:
+            raise ConfigError("hydra/sweeper=optuna needs the Optuna sweeper plugin (hydra-optuna-sweeper): "
+                              "pip install 'sft[optuna]' (in a checkout: pip install -e \".[optuna]\")")
 
 
 def _composition_message(command: str, text: str) -> str:
@@ -273,8 +293,20 @@ def _handle(fn: Callable[[Any], Any], cfg: Any) -> Any:
         _job_failed(exc, int(code))
         if _STATE["multirun"]:
             # The sweep goes on; the job's value is missing (NaN for sweepers that need a number).
-            return float("nan")
+            return _missing_value()
         sys.exit(int(code))
+
+
+def _missing_value() -> float | None:
+    """A failed sweep job's value. The Optuna sweeper records None as a failed trial and goes on, while a
+    NaN makes its study.tell raise and ends the whole sweep; other sweepers get NaN."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        target = str(HydraConfig.get().sweeper.get("_target_", ""))
+    except ValueError:
+        target = ""
+    return None if "optuna" in target.lower() else float("nan")
 
 
 def _train_task(cfg: Any) -> Any:
