@@ -96,6 +96,7 @@ class LossConfig:
     rampup_steps: int = 0
     consistency_weight: float = 0.0
     consistency_threshold: float = 0.9
+    consistency_mask_prob: float = 0.0
 
     def check(self, err: _Errors, prefix: str) -> None:
         if self.weight is not None:
@@ -105,6 +106,7 @@ class LossConfig:
         err.require(self.rampup_steps >= 0, f"{prefix}.rampup_steps", "must be >= 0")
         err.require(self.consistency_weight >= 0, f"{prefix}.consistency_weight", "must be >= 0")
         err.require(0.0 <= self.consistency_threshold < 1.0, f"{prefix}.consistency_threshold", "must be in [0, 1)")
+        err.require(0.0 <= self.consistency_mask_prob < 1.0, f"{prefix}.consistency_mask_prob", "must be in [0, 1)")
 
 
 @dataclass

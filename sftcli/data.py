@@ -699,6 +699,16 @@ def pad_concat(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], pad_id: i
     return out
 
 
+def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, prob: float, mask_id: int,
+                keep_ids: list[int], generator: torch.Generator) -> torch.Tensor:
+    """A copy of `input_ids` with each real, non-special token replaced by `mask_id` with probability
+    `prob` (the strongly perturbed view of a consistency term). Pad and special tokens ([CLS], [SEP])
+    are never masked, so the sequence keeps its frame."""
+    draw = torch.rand(input_ids.shape, generator=generator) < prob
+    maskable = attention_mask.bool() & ~torch.isin(input_ids, torch.tensor(keep_ids, dtype=input_ids.dtype))
+    return input_ids.masked_fill(draw & maskable, mask_id)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Batch streams
 

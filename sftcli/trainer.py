@@ -24,7 +24,17 @@ import torch
 from sftcli import checkpoint as ckpt
 from sftcli import dist, faults
 from sftcli.config import TrainConfig, to_plain
-from sftcli.data import BatchStream, DataBundle, Encoded, collate, encode, load_data, pad_concat, rank_slice
+from sftcli.data import (
+    BatchStream,
+    DataBundle,
+    Encoded,
+    collate,
+    encode,
+    load_data,
+    mask_tokens,
+    pad_concat,
+    rank_slice,
+)
 from sftcli.errors import CheckpointError, NonFiniteError, Preempted
 from sftcli.evaluate import autocast, evaluate, scalar_metrics
 from sftcli.losses import consistency_loss, info_nce, supervised_loss
@@ -271,8 +281,16 @@ class Trainer:
             inputs = pad_concat(lab[0], unl[0], self.pad_id)
         else:
             inputs = lab[0] if lab is not None else unl[0]  # type: ignore[index]
-        inputs = {k: v.to(dev, non_blocking=True) for k, v in inputs.items()}
         n_lab = 0 if lab is None else len(lab[1])
+        lc = self.cfg.loss
+        clean_unlabeled = None
+        if unl is not None and lc.consistency_weight > 0:
+            # The weak view (pseudo-label source) sees the unlabeled texts as they are; the training
+            # forward sees them with dropout and, when set, masked tokens (the strong view).
+            clean_unlabeled = {k: v[n_lab:].to(dev, non_blocking=True) for k, v in inputs.items()}
+            if lc.consistency_mask_prob > 0:
+                inputs = self._mask_unlabeled(inputs, n_lab)
+        inputs = {k: v.to(dev, non_blocking=True) for k, v in inputs.items()}
         with autocast(dev, self.tc.precision):
             out = self.ddp_model(**inputs, output_hidden_states=unl is not None)
         loss = torch.zeros((), device=dev)
@@ -280,9 +298,8 @@ class Trainer:
             terms["sup"] = faults.poison("sup", supervised_loss(out.logits[:n_lab], lab[1]), self.step + 1)
             loss = loss + terms["sup"]
         if unl is not None:
-            lc = self.cfg.loss
             u_logits = out.logits[n_lab:].float()
-            weak = self._weak_logits(inputs, n_lab) if lc.consistency_weight > 0 else None
+            weak = self._weak_logits(clean_unlabeled) if clean_unlabeled is not None else None
             preds = (weak if weak is not None else u_logits).detach().argmax(-1)
             con, info = self._contrastive(out.hidden_states[-1][n_lab:], inputs["attention_mask"][n_lab:], unl[1],
                                           preds)
@@ -314,10 +331,21 @@ class Trainer:
             return lc.weight * min(1.0, (self.step + 1) / lc.rampup_steps)
         return lc.weight
 
+    def _mask_unlabeled(self, inputs: dict[str, torch.Tensor], n_lab: int) -> dict[str, torch.Tensor]:
+        """Token masking of the unlabeled rows, drawn from (seed, step, rank) so a resumed run masks
+        exactly as the uninterrupted one would."""
+        mask_id = self.tokenizer.mask_token_id
+        if mask_id is None:
+            mask_id = self.tokenizer.unk_token_id if self.tokenizer.unk_token_id is not None else self.pad_id
+        gen = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + self.step) * 1024 + self.env.rank)
+        ids = inputs["input_ids"]
+        masked = mask_tokens(ids[n_lab:], inputs["attention_mask"][n_lab:], self.cfg.loss.consistency_mask_prob,
+                             mask_id, self.tokenizer.all_special_ids, gen)
+        return {**inputs, "input_ids": torch.cat([ids[:n_lab], masked])}
+
     @torch.no_grad()
-    def _weak_logits(self, inputs: dict[str, torch.Tensor], n_lab: int) -> torch.Tensor:
+    def _weak_logits(self, sub: dict[str, torch.Tensor]) -> torch.Tensor:
         """Classifier logits of the unlabeled rows without dropout (the lightly perturbed view)."""
-        sub = {k: v[n_lab:] for k, v in inputs.items()}
         self.model.eval()
         try:
             with autocast(self.env.device, self.tc.precision):

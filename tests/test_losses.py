@@ -116,3 +116,21 @@ def test_consistency_uses_only_confident_pseudo_labels() -> None:
     assert abs(total.item() - F.cross_entropy(strong[:1].detach(), torch.tensor([0])).item()) < 1e-6
     total.backward()
     assert strong.grad[1].abs().sum() == 0
+
+
+def test_mask_tokens_masks_only_real_non_special_tokens_at_the_given_rate() -> None:
+    from sftcli.data import mask_tokens
+
+    cls, sep, pad, mask = 101, 102, 0, 103
+    body = torch.randint(1000, 2000, (64, 30))
+    ids = torch.cat([torch.full((64, 1), cls), body, torch.full((64, 1), sep), torch.full((64, 8), pad)], dim=1)
+    attn = (ids != pad).long()
+    out = mask_tokens(ids, attn, 0.25, mask, [cls, sep, pad], torch.Generator().manual_seed(0))
+    changed = out != ids
+    assert not changed[:, 0].any() and not changed[:, 31].any() and not changed[:, 32:].any()
+    assert (out[changed] == mask).all()
+    rate = changed[:, 1:31].float().mean().item()
+    assert 0.2 < rate < 0.3  # 1920 draws at p=0.25: a 5-sigma band is about +-0.05
+    again = mask_tokens(ids, attn, 0.25, mask, [cls, sep, pad], torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)  # the same generator state masks the same tokens (exact resume)
+    assert torch.equal(mask_tokens(ids, attn, 0.0, mask, [cls, sep, pad], torch.Generator()), ids)
