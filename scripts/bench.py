@@ -4,6 +4,7 @@
     python scripts/bench.py                      # everything (15-30 minutes on 2 CPU cores)
     python scripts/bench.py --quick --skip-scale # a smoke test on model=tiny (under a minute)
     python scripts/bench.py --skip-scale --steps 60 --repeats 5 --out results.json
+    python scripts/bench.py --only-scale --scale-sizes 10000,1000000 --scale-minilm-max 0  # section 6, tiny
 
 Sections (each printed as a table, and all figures written to --out as JSON):
 
@@ -608,9 +609,10 @@ def write_labeled(folder: Path) -> dict[str, str]:
 
 class AnonPeak:
     """Samples the anonymous part of the RSS (the process's own heap: Python objects, tensors) every
-    20 ms. The rest of the RSS is file-backed: shared libraries and the memory-mapped caches, whose
-    pages count as resident once touched (the kernel maps ~64 KiB of already-cached file around every
-    random row read) but belong to the page cache and are reclaimable."""
+    20 ms. The rest of the RSS is file-backed: shared libraries and memory-mapped files, whose pages
+    count as resident once touched (a random read through a memory map maps the whole page-cache folio
+    around it, up to 2 MB on recent kernels; sft reads its caches' rows by position, so they stay out)
+    but belong to the page cache and are reclaimable."""
 
     def __init__(self) -> None:
         import threading
@@ -809,6 +811,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke test: model=tiny, few steps, small scale sizes")
     p.add_argument("--skip-scale", action="store_true", help="skip section 6 (the generated-corpus scale runs)")
+    p.add_argument("--only-scale", action="store_true", help="run section 6 only (skip sections 1-5)")
     p.add_argument("--skip-accuracy", action="store_true", help="skip the bf16/fp32 short training runs")
     p.add_argument("--skip-mix", action="store_true", help="skip section 2")
     p.add_argument("--steps", type=int, default=None,
@@ -878,25 +881,10 @@ def main(argv: list[str] | None = None) -> int:
         say("    note: the machine is busy (load average above half the cores): absolute figures will be low and "
             "noisy (--threads 1 keeps them usable); the A/B ratios alternate arms to stay comparable")
     try:
-        size = 512 if args.quick else 2048
-        results["peak"] = {"matrix": size, "fp32_flops_per_s": matmul_peak(size, torch.float32, 1 if args.quick else 3),
-                           "bf16_flops_per_s": matmul_peak(size, torch.bfloat16, 1 if args.quick else 3)}
-        say(f"\n[4a] matmul peak ({size}x{size}): fp32 {results['peak']['fp32_flops_per_s'] / 1e9:.1f} GFLOP/s, "
-            f"bf16 {results['peak']['bf16_flops_per_s'] / 1e9:.1f} GFLOP/s")
-
-        arms = [a for a in args.arms.split(",") if a]
-        bench_supervised(s, arms, results)
-        results["memory"] = {"peak_rss_mb_after_supervised": peak_rss_mb()}
-        if not args.skip_mix:
-            bench_mix(s, results)
-        if not args.skip_accuracy:
-            bench_accuracy(s, results)
-        report_bf16_flops(results)
-        results["memory"]["peak_rss_mb"] = peak_rss_mb()
-        say(f"\n[5] peak RSS of this process (sections 1-4, sft and HF in one process): "
-            f"{results['memory']['peak_rss_mb']:.0f} MB")
-        if not args.skip_scale:
+        if args.only_scale:
             bench_scale(s, args, results)
+        else:
+            bench_all(s, args, results)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     results["machine"]["load_average_end"] = list(os.getloadavg())
@@ -906,6 +894,29 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(json.dumps(results, indent=2, default=float))
         say(f"figures written to {args.out}")
     return 0
+
+
+def bench_all(s: Settings, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """Sections 1-5, then section 6 unless --skip-scale."""
+    size = 512 if args.quick else 2048
+    results["peak"] = {"matrix": size, "fp32_flops_per_s": matmul_peak(size, torch.float32, 1 if args.quick else 3),
+                       "bf16_flops_per_s": matmul_peak(size, torch.bfloat16, 1 if args.quick else 3)}
+    say(f"\n[4a] matmul peak ({size}x{size}): fp32 {results['peak']['fp32_flops_per_s'] / 1e9:.1f} GFLOP/s, "
+        f"bf16 {results['peak']['bf16_flops_per_s'] / 1e9:.1f} GFLOP/s")
+
+    arms = [a for a in args.arms.split(",") if a]
+    bench_supervised(s, arms, results)
+    results["memory"] = {"peak_rss_mb_after_supervised": peak_rss_mb()}
+    if not args.skip_mix:
+        bench_mix(s, results)
+    if not args.skip_accuracy:
+        bench_accuracy(s, results)
+    report_bf16_flops(results)
+    results["memory"]["peak_rss_mb"] = peak_rss_mb()
+    say(f"\n[5] peak RSS of this process (sections 1-4, sft and HF in one process): "
+        f"{results['memory']['peak_rss_mb']:.0f} MB")
+    if not args.skip_scale:
+        bench_scale(s, args, results)
 
 
 def report_bf16_flops(results: dict[str, Any]) -> None:

@@ -2,7 +2,7 @@
 
 The frozen encoder is deterministic (eval mode, no dropout), so its pooled representation of each
 unlabeled text never changes during training. It is computed once, stored on disk as a float32 .npy
-(memory-mapped when read, so it scales past RAM) under a key made of the encoder's weights, the
+(read by position, row by row, so it scales past RAM) under a key made of the encoder's weights, the
 tokenizer, max length, pooling and the data fingerprint, and reused by later runs and sweep jobs.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from sftcli import dist
-from sftcli.data import Encoded, collate
+from sftcli.data import Encoded, NpyRows, collate
 from sftcli.evaluate import autocast
 from sftcli.model import pool
 
@@ -43,8 +43,9 @@ def compute_representations(encoder: torch.nn.Module, enc: Encoded, pooling: str
 
 def teacher_representations(encoder: torch.nn.Module, enc: Encoded, pooling: str, pad_id: int, cache_dir: Path,
                             key_parts: tuple[str, ...], env: dist.DistEnv, batch_size: int = 128,
-                            precision: str = "fp32") -> np.ndarray:
-    """The cached [N, hidden] float32 representations (memory-mapped), computing them on a miss."""
+                            precision: str = "fp32") -> NpyRows:
+    """The cached [N, hidden] float32 representations, computing them on a miss. Rows are read from the
+    file by position (NpyRows: `reps[index]` gives an array), not through a memory map."""
     key = hashlib.sha256("|".join(key_parts).encode()).hexdigest()[:24]
     folder = cache_dir / "teacher"
     path = folder / f"{key}.npy"
@@ -75,7 +76,7 @@ def teacher_representations(encoder: torch.nn.Module, enc: Encoded, pooling: str
     reps = np.load(path, mmap_mode="r")
     if reps.shape[0] != len(enc):
         raise RuntimeError(f"teacher cache {path} holds {reps.shape[0]} rows for {len(enc)} texts")
-    return reps
+    return NpyRows(reps)
 
 
 def _wait_for(path: Path, env: dist.DistEnv) -> None:

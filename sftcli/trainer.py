@@ -28,6 +28,7 @@ from sftcli.data import (
     BatchStream,
     DataBundle,
     Encoded,
+    NpyRows,
     collate,
     encode,
     load_data,
@@ -115,7 +116,7 @@ class Trainer:
 
         self.model = build_model(cfg.model, self.data.label_names, cfg.seed)
         self.teacher: torch.nn.Module | None = None
-        self.teacher_reps: np.ndarray | None = None
+        self.teacher_reps: NpyRows | None = None
         if self.use_unlabeled:
             # The frozen pretrained encoder: a copy of the initial weights, eval mode, never updated.
             teacher = copy.deepcopy(self.model.base_model).eval().requires_grad_(False)

@@ -1,0 +1,81 @@
+"""The lean unlabeled path (columns, no dict per row) keeps the row-by-row semantics, and cached rows read
+by position (NpyRows) match the arrays they come from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sftcli.config import DataConfig
+from sftcli.data import Encoded, NpyRows, _read_token_cache, _write_token_cache, collate, load_data
+from sftcli.errors import DataError
+
+
+def train_csv(path: Path) -> Path:
+    path.write_text("text,label,hyp\n" + "".join(f"text {i},{'ab'[i % 2]},pair {i}\n" for i in range(20)))
+    return path
+
+
+def files(tmp_path: Path, unlabeled: Path, **kw) -> DataConfig:
+    return DataConfig(source="files", train=str(train_csv(tmp_path / "train.csv")), unlabeled=str(unlabeled),
+                      labels_per_class=2, **kw)
+
+
+def test_blank_unlabeled_lines_are_those_str_strip_empties(tmp_path: Path) -> None:
+    # Unicode whitespace (ideographic space, file separator, NEL) is blank; a zero-width space is not.
+    lines = ["one", " ", "\t", "\u3000", "\x1c", "two", "\u200b", "\xa0three\xa0", "\u2028", "\x85", "four "]
+    unl = tmp_path / "u.txt"
+    unl.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    bundle = load_data(files(tmp_path, unl), seed=0)
+    kept = [t for t in lines if t.strip()]
+    assert bundle.unlabeled is not None and bundle.unlabeled.texts == kept
+    assert any(f"dropped {len(lines) - len(kept)} row(s) with an empty or whitespace-only text from {unl} "
+               "(data.unlabeled) (rows 2, 3, 4, 5, 9, ... (1 more))" in n for n in bundle.notes)
+
+
+def test_unlabeled_values_that_are_not_strings_and_missing_pairs(tmp_path: Path) -> None:
+    unl = tmp_path / "u.jsonl"  # an integer text column; row 2 lacks its pair, row 3's is blank
+    unl.write_text('{"text": 1, "hyp": "x"}\n{"text": 2, "hyp": null}\n{"text": 3, "hyp": " "}\n'
+                   '{"text": 4, "hyp": "z"}\n')
+    bundle = load_data(files(tmp_path, unl, text_pair_column="hyp"), seed=0)
+    assert bundle.unlabeled is not None
+    assert bundle.unlabeled.texts == ["1", "4"] and bundle.unlabeled.pairs == ["x", "z"]
+    assert any("dropped 2 row(s)" in n and "(rows 2, 3)" in n for n in bundle.notes)
+
+
+def test_all_blank_unlabeled_file_is_refused(tmp_path: Path) -> None:
+    unl = tmp_path / "u.txt"
+    unl.write_text(" \n\u3000\n")
+    with pytest.raises(DataError, match=r"u.txt \(data.unlabeled\): empty dataset \(all 2 row\(s\) have an empty"):
+        load_data(files(tmp_path, unl), seed=0)
+
+
+def test_npy_rows_read_like_the_array(tmp_path: Path) -> None:
+    a = np.arange(60, dtype=np.float32).reshape(20, 3)
+    np.save(tmp_path / "a.npy", a)
+    rows = NpyRows(np.load(tmp_path / "a.npy", mmap_mode="r"))
+    index = np.array([5, 0, 19, 5])
+    assert len(rows) == 20 and rows.shape == (20, 3)
+    assert np.array_equal(rows[index], a[index]) and np.array_equal(rows[3], a[3]) and np.array_equal(rows[-1], a[-1])
+    assert np.array_equal(rows[2:7], a[2:7]) and np.array_equal(np.asarray(rows), a)
+    with pytest.raises(IndexError):
+        rows[20]
+
+
+@pytest.mark.parametrize("pairs", [False, True])
+def test_cached_token_rows_collate_like_the_arrays(tmp_path: Path, pairs: bool) -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 9, size=50)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ids = rng.integers(0, 1000, size=int(offsets[-1])).astype(np.int32)
+    type_ids = rng.integers(0, 2, size=len(ids)).astype(np.int8) if pairs else None
+    _write_token_cache(tmp_path / "entry", Encoded(ids, offsets, type_ids, 3))
+    cached = _read_token_cache(tmp_path / "entry")
+    assert cached is not None and cached.rows is not None and cached.truncated == 3
+    plain = Encoded(ids, offsets, type_ids)
+    for _ in range(5):
+        index = rng.integers(0, 50, size=8)
+        a, b = collate(cached, index, 0), collate(plain, index, 0)
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
