@@ -48,6 +48,9 @@ class TextSet:
     labels: np.ndarray | None = None
     pairs: list[str] | None = None
     ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # Labels an unlabeled set was made from (data.labels_per_class drops them): never trained on, only
+    # read by diagnostics such as the accuracy of self-training's pseudo-labels.
+    hidden_labels: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if len(self.ids) != len(self.texts):
@@ -63,10 +66,11 @@ class TextSet:
             labels=None if self.labels is None else self.labels[index],
             pairs=None if self.pairs is None else [self.pairs[i] for i in index],
             ids=self.ids[index],
+            hidden_labels=None if self.hidden_labels is None else self.hidden_labels[index],
         )
 
     def unlabeled(self) -> TextSet:
-        return TextSet(texts=self.texts, labels=None, pairs=self.pairs, ids=self.ids)
+        return TextSet(texts=self.texts, labels=None, pairs=self.pairs, ids=self.ids, hidden_labels=self.labels)
 
 
 @dataclass
@@ -632,7 +636,8 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
     unlabeled = _cap_unlabeled(unlabeled, cfg.max_unlabeled, seed, notes)
     if unlabeled is not None:
         # Stable ids for the unlabeled stream: positions in the final unlabeled set.
-        unlabeled = TextSet(unlabeled.texts, None, unlabeled.pairs, np.arange(len(unlabeled), dtype=np.int64))
+        unlabeled = TextSet(unlabeled.texts, None, unlabeled.pairs, np.arange(len(unlabeled), dtype=np.int64),
+                            unlabeled.hidden_labels)
     labeled = TextSet(labeled.texts, labeled.labels, labeled.pairs, np.arange(len(labeled), dtype=np.int64))
     counts = Counter(labeled.labels.tolist())
     per_class = ", ".join(f"{label_names[c]}={counts.get(c, 0)}" for c in range(len(label_names)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -73,3 +74,25 @@ def consistency_loss(strong: torch.Tensor, weak: torch.Tensor, threshold: float)
     keep = (confidence >= threshold).float()
     per_text = F.cross_entropy(strong.float(), target, reduction="none")
     return (per_text * keep).sum(), keep.sum().detach()
+
+
+def select_pseudo_labels(logits: np.ndarray, top: float) -> tuple[np.ndarray, np.ndarray]:
+    """Class-balanced pseudo-labels for self-training.
+
+    logits: [n, C] the classifier's logits for every unlabeled text.
+    For each class, of the texts predicted as that class, the most confident ceil(top * count) keep
+    their prediction; the rest get -1 (not used). Taking a share of every predicted class rather than
+    one global threshold keeps classes the model is less sure of from vanishing out of the pseudo-labels.
+    Returns (labels [n] int64, confidence [n] float32).
+    """
+    z = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    pred, conf = probs.argmax(axis=1), probs.max(axis=1).astype(np.float32)
+    labels = np.full(len(pred), -1, dtype=np.int64)
+    for c in np.unique(pred):
+        members = np.flatnonzero(pred == c)
+        keep = int(np.ceil(top * len(members)))
+        # Stable sort: equal confidences keep the lower index, so the choice is reproducible.
+        chosen = members[np.argsort(-conf[members], kind="stable")[:keep]]
+        labels[chosen] = c
+    return labels, conf

@@ -37,8 +37,8 @@ from sftcli.data import (
     rank_slice,
 )
 from sftcli.errors import CheckpointError, NonFiniteError, Preempted
-from sftcli.evaluate import autocast, evaluate, scalar_metrics
-from sftcli.losses import consistency_loss, info_nce, supervised_loss
+from sftcli.evaluate import autocast, evaluate, predict_logits, scalar_metrics
+from sftcli.losses import consistency_loss, info_nce, select_pseudo_labels, supervised_loss
 from sftcli.model import build_model, load_tokenizer, pool, tokenizer_fingerprint, weights_fingerprint
 from sftcli.runlog import MetricsWriter, format_metrics, setup_logging
 from sftcli.strategy import CONTRASTIVE, MIX, SUPERVISED, step_kind
@@ -117,6 +117,8 @@ class Trainer:
         self.model = build_model(cfg.model, self.data.label_names, cfg.seed)
         self.teacher: torch.nn.Module | None = None
         self.teacher_reps: NpyRows | None = None
+        # Self-training's pseudo-labels of the unlabeled set (-1: not used), refreshed every few steps.
+        self.pseudo_labels: np.ndarray | None = None
         if self.use_unlabeled:
             # The frozen pretrained encoder: a copy of the initial weights, eval mode, never updated.
             teacher = copy.deepcopy(self.model.base_model).eval().requires_grad_(False)
@@ -204,6 +206,7 @@ class Trainer:
                 faults.at_step_start(self.step + 1, env.rank)
                 t0 = time.perf_counter()
                 kind = step_kind(self.cfg.strategy, self.step)
+                self._maybe_relabel()
                 loss, terms, info = self._forward_backward(kind)
                 grad_norm = self._clip_gradients()
                 bad_loss = not bool(torch.isfinite(loss.detach()).item())
@@ -313,6 +316,11 @@ class Trainer:
                 terms["cons"] = cons * env.world_size / len(unl[1])
                 info["confident"] = confident
                 loss = loss + lc.consistency_weight * terms["cons"]
+            if self.pseudo_labels is not None and lc.self_training_weight > 0:
+                targets = torch.from_numpy(self.pseudo_labels[rank_slice(unl[1], env.rank, env.world_size)]).to(dev)
+                per_text = torch.nn.functional.cross_entropy(u_logits, targets.clamp_min(0), reduction="none")
+                terms["st"] = (per_text * (targets >= 0)).sum() * env.world_size / len(unl[1])
+                loss = loss + lc.self_training_weight * terms["st"]
             if lab is None:
                 # Under DDP every parameter must take part in each backward; the classifier head does
                 # not in an unlabeled-only step, so it joins with a zero-weight term.
@@ -323,6 +331,30 @@ class Trainer:
             loss.backward()
         terms = {k: v.detach() for k, v in terms.items()}
         return loss.detach(), terms, info
+
+    def _maybe_relabel(self) -> None:
+        """Self-training: every `self_training_every` steps, the current classifier (eval mode, so no
+        randomness: a resumed run re-labels exactly as the uninterrupted one) labels the whole unlabeled
+        set, and a class-balanced share of its most confident predictions become the targets."""
+        lc = self.cfg.loss
+        if (lc.self_training_weight <= 0 or self.enc_unlabeled is None or self.step == 0
+                or self.step % lc.self_training_every):
+            return
+        t0 = time.perf_counter()
+        logits = predict_logits(self.model, self.enc_unlabeled, self.tc.eval_batch_size, self.pad_id,
+                                self.env.device, self.tc.precision, self.env)
+        self.pseudo_labels, conf = select_pseudo_labels(logits, lc.self_training_top)
+        kept = self.pseudo_labels >= 0
+        values = {"self_training/kept": float(kept.mean()), "self_training/min_confidence":
+                  float(conf[kept].min()) if kept.any() else float("nan"),
+                  "self_training/seconds": time.perf_counter() - t0}
+        truth = self.data.unlabeled.hidden_labels if self.data.unlabeled is not None else None
+        if truth is not None and kept.any():
+            # Only possible when the unlabeled texts came from labeled train (data.labels_per_class).
+            values["self_training/pseudo_label_accuracy"] = float((self.pseudo_labels[kept] == truth[kept]).mean())
+        if self.env.is_main:
+            self.metrics.write(self.step, values)
+            log.info("self-training: step %d: %s", self.step, format_metrics(values, sorted(values)))
 
     def _con_weight(self) -> float:
         """lambda, ramped up linearly over loss.rampup_steps when set."""
@@ -461,11 +493,15 @@ class Trainer:
             parts[11] = terms["cons"].double() / w
             parts[12] = 1.0 / w
             parts[13] = info["confident"].double()
+        if "st" in terms:
+            parts[14] = terms["st"].double() / w
+            parts[15] = 1.0 / w
         # This step's total loss L_sup + lambda * L_con (+ consistency), as a share of the global value.
-        cw = self.cfg.loss.consistency_weight
+        lc = self.cfg.loss
         parts[9] = (terms["sup"].double() / w if "sup" in terms else 0.0) + (
             self._con_weight() * terms["con"].double() / w if "con" in terms else 0.0) + (
-            cw * terms["cons"].double() / w if "cons" in terms else 0.0)
+            lc.consistency_weight * terms["cons"].double() / w if "cons" in terms else 0.0) + (
+            lc.self_training_weight * terms["st"].double() / w if "st" in terms else 0.0)
         s += parts
         window["steps"] += 1
         window["time"] += seconds
@@ -513,6 +549,8 @@ class Trainer:
         if round(s[12]):
             values["train/loss_cons"] = s[11] / round(s[12])
             values["train/pseudo_label_rate"] = s[13] / s[7]
+        if round(s[15]):
+            values["train/loss_st"] = s[14] / round(s[15])
         values["train/lr"] = self.scheduler.get_last_lr()[0]
         values["train/epoch_labeled"] = self.labeled_stream.epoch + self.labeled_stream.offset / self.labeled_stream.n
         seconds = extra[1].item() / self.env.world_size
@@ -580,6 +618,7 @@ class Trainer:
                             "unlabeled": self.unlabeled_stream.state_dict() if self.unlabeled_stream else None},
                 "best": {"metric": self.best_metric, "step": self.best_step, "checkpoint": best_name},
                 "nonfinite_skips": self.nonfinite_skips,
+                "pseudo_labels": None if self.pseudo_labels is None else torch.from_numpy(self.pseudo_labels),
                 "world_size": self.env.world_size,
                 "config": json.dumps(to_plain(self.cfg)),
                 "fingerprints": self._fingerprints(),
@@ -636,6 +675,8 @@ class Trainer:
         self.best_metric = state["best"]["metric"]
         self.best_step = state["best"]["step"]
         self.nonfinite_skips = int(state["nonfinite_skips"])
+        if state.get("pseudo_labels") is not None:
+            self.pseudo_labels = state["pseudo_labels"].numpy()
         rng_file = path / f"rng_state_rank{self.env.rank}.pt"
         if rng_file.exists():
             self._set_rng_state(ckpt.load_state(rng_file))
@@ -743,8 +784,8 @@ class Trainer:
 
 
 _TERM_NAMES = {"sup": "loss_sup (cross-entropy)", "con": "loss_con (InfoNCE)", "cons": "loss_cons (consistency)",
-               "gradient": "gradient norm"}
-_SLOTS = 14  # accumulated figures per logging window (see _accumulate)
+               "st": "loss_st (self-training)", "gradient": "gradient norm"}
+_SLOTS = 16  # accumulated figures per logging window (see _accumulate)
 
 
 def _batch_tokens(enc: Encoded, index: np.ndarray) -> int:

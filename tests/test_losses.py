@@ -134,3 +134,18 @@ def test_mask_tokens_masks_only_real_non_special_tokens_at_the_given_rate() -> N
     again = mask_tokens(ids, attn, 0.25, mask, [cls, sep, pad], torch.Generator().manual_seed(0))
     assert torch.equal(out, again)  # the same generator state masks the same tokens (exact resume)
     assert torch.equal(mask_tokens(ids, attn, 0.0, mask, [cls, sep, pad], torch.Generator()), ids)
+
+
+def test_self_training_keeps_the_most_confident_share_of_every_predicted_class() -> None:
+    import numpy as np
+
+    from sftcli.losses import select_pseudo_labels
+
+    # Class 0 predicted for rows 0-3 (confidence rising with the margin), class 1 for rows 4-5.
+    logits = np.array([[1.0, 0.0], [3.0, 0.0], [2.0, 0.0], [4.0, 0.0], [0.0, 0.5], [0.0, 5.0]])
+    labels, conf = select_pseudo_labels(logits, top=0.5)
+    # ceil(0.5 * 4) = 2 of class 0 (margins 4 and 3: rows 3 and 1), ceil(0.5 * 2) = 1 of class 1 (row 5).
+    assert labels.tolist() == [-1, 0, -1, 0, -1, 1]
+    assert np.isclose(conf[5], 1 / (1 + np.exp(-5.0)))
+    everything, _ = select_pseudo_labels(logits, top=1.0)
+    assert everything.tolist() == [0, 0, 0, 0, 1, 1]

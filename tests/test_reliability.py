@@ -20,9 +20,13 @@ from safetensors.torch import load_file
 from sftcli import checkpoint as ckpt
 from sftcli.errors import CheckpointError
 
-# Mix strategy, dropout on (tiny BERT keeps 0.1), shuffling on, both streams active.
+# Mix strategy, dropout on (tiny BERT keeps 0.1), shuffling on, both streams active; every randomised or
+# stateful term on: token masking of the consistency view, and self-training's pseudo-labels (set at
+# step 3, so a resume at step 5 must restore them from the checkpoint).
 RESUME_ARGS = [*TINY, "+strategy=mix", "lambda=0.5", "trainer.max_steps=8", "trainer.eval_every=4",
-               "trainer.save_every=2", "trainer.keep_last=10"]
+               "trainer.save_every=2", "trainer.keep_last=10", "loss.consistency_weight=0.5",
+               "loss.consistency_threshold=0.0", "loss.consistency_mask_prob=0.2", "loss.self_training_weight=1",
+               "loss.self_training_every=3"]
 
 
 def weights(run: Path, step: int) -> dict[str, torch.Tensor]:
