@@ -54,6 +54,7 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from sftcli import malloc  # noqa: E402
 from sftcli import trainer as sft_trainer  # noqa: E402
 from sftcli.config import (  # noqa: E402
     DataConfig,
@@ -269,9 +270,11 @@ def new_sft_trainer(cfg: TrainConfig) -> sft_trainer.Trainer:
     return t
 
 
-def run_sft_supervised(s: Settings, precision: str, seed: int = SEED) -> dict[str, Any]:
+def run_sft_supervised(s: Settings, precision: str, seed: int = SEED, malloc_tuning: bool = True) -> dict[str, Any]:
     total = s.warmup + s.steps + 1
-    t = new_sft_trainer(sft_config(s, precision=precision, max_steps=total, seed=seed))
+    cfg = sft_config(s, precision=precision, max_steps=total, seed=seed)
+    cfg.trainer.malloc_tuning = malloc_tuning
+    t = new_sft_trainer(cfg)
     clock = StepClock(t.model, stop_after=s.warmup + s.steps)
     with contextlib.suppress(_StopRun):
         t.train()
@@ -382,9 +385,14 @@ def matmul_peak(n: int, dtype: torch.dtype, seconds: float = 3.0) -> float:
 # Section 1 (+ 3 speed, + 4): supervised A/B
 
 
+# arm -> (loop, precision, glibc malloc tuning). sft tunes malloc as it does for users
+# (trainer.malloc_tuning=true); the HF Trainer runs with glibc's own settings. The "_plain" and "_tuned"
+# arms swap that, to show how much of the difference the allocator makes.
 ARMS = {
-    "sft_fp32": ("sft", "fp32"), "hf_fp32": ("hf", "fp32"),
-    "sft_bf16": ("sft", "bf16"), "hf_bf16": ("hf", "bf16"),
+    "sft_fp32": ("sft", "fp32", True), "hf_fp32": ("hf", "fp32", False),
+    "sft_bf16": ("sft", "bf16", True), "hf_bf16": ("hf", "bf16", False),
+    "sft_fp32_plain": ("sft", "fp32", False), "sft_bf16_plain": ("sft", "bf16", False),
+    "hf_fp32_tuned": ("hf", "fp32", True), "hf_bf16_tuned": ("hf", "bf16", True),
 }
 
 
@@ -401,15 +409,29 @@ def bench_supervised(s: Settings, arms: list[str], results: dict[str, Any]) -> N
     elif s.steps % cycle:
         say(f"    note: --steps {s.steps} is not a multiple of HF's length-group cycle ({cycle} batches): the HF "
             f"window may see longer or shorter texts than sft's; compare tokens/s")
+    from sftcli.model import build_model
+
+    shape_model = build_model(s.model_config(), [str(i) for i in range(6)], SEED)
+    largest_param_bytes = max(p.numel() * p.element_size() for p in shape_model.parameters())
+    shape = model_shape(shape_model)
+    del shape_model
     runs: dict[str, list[dict[str, Any]]] = {a: [] for a in arms}
     for r in range(s.repeats):
         order = arms[r % len(arms):] + arms[: r % len(arms)]  # rotate: no arm always runs first
         for arm in order:
-            who, precision = ARMS[arm]
+            who, precision, tuned = ARMS[arm]
             # A new seed each repeat (the same for every arm): each run's window is a different sample of
             # the data, so neither loop keeps a window of shorter or longer texts over all repeats.
             seed = SEED + r
-            out = run_sft_supervised(s, precision, seed) if who == "sft" else run_hf(s, hf_data, precision, seed)
+            # malloc settings are process-wide: every arm starts from glibc's own, and sft's Trainer tunes
+            # them itself when trainer.malloc_tuning is on.
+            malloc.glibc_steady_state()
+            if who == "sft":
+                out = run_sft_supervised(s, precision, seed, malloc_tuning=tuned)
+            else:
+                if tuned:
+                    malloc.keep_large_blocks(largest_param_bytes)
+                out = run_hf(s, hf_data, precision, seed)
             runs[arm].append(out)
             if r == 0 and arm == order[0]:
                 say(f"    {out['steps']} timed steps per run")
@@ -417,9 +439,6 @@ def bench_supervised(s: Settings, arms: list[str], results: dict[str, Any]) -> N
                 f"tokens/s  (step {out['step_s_median'] * 1000:.0f} ms, padding {out['padding_fraction']:.0%})")
 
     # FLOPs of the exact batches each run trained on.
-    from sftcli.model import build_model
-
-    shape = model_shape(build_model(s.model_config(), [str(i) for i in range(6)], SEED))
     summary: dict[str, Any] = {}
     for arm in arms:
         entry: dict[str, Any] = {}
@@ -432,10 +451,11 @@ def bench_supervised(s: Settings, arms: list[str], results: dict[str, Any]) -> N
                                                 zip(flops, runs[arm], strict=True)])
         summary[arm] = entry
     ratios: dict[str, Any] = {}
-    for precision in ("fp32", "bf16"):
-        a, b = f"sft_{precision}", f"hf_{precision}"
+    pairs = [(f"sft_{p}{a}", f"hf_{p}{b}") for p in ("fp32", "bf16")
+             for a, b in (("", ""), ("", "_tuned"), ("_plain", ""), ("_plain", "_tuned"))]
+    for a, b in pairs:
         if a in runs and b in runs:
-            ratios[precision] = {
+            ratios[f"{a} / {b}"] = {
                 key: {"of_medians": summary[a][key]["median"] / summary[b][key]["median"],
                       # paired: each repeat's sft over the same repeat's HF (robust to drifting load)
                       "paired": spread([x[key] / y[key] for x, y in zip(runs[a], runs[b], strict=True)])}
@@ -451,8 +471,8 @@ def bench_supervised(s: Settings, arms: list[str], results: dict[str, Any]) -> N
     say()
     say(table("supervised throughput (medians over repeats; spread = (max - min) / median)",
               ["arm", "samples/s", "spread", "non-pad tokens/s", "spread", "step ms", "padding"], rows))
-    for precision, r in ratios.items():
-        say(f"sft / HF Trainer ({precision}): samples/s {r['samples_per_s']['of_medians']:.3f}x "
+    for pair, r in ratios.items():
+        say(f"{pair}: samples/s {r['samples_per_s']['of_medians']:.3f}x "
             f"(paired per repeat: median {r['samples_per_s']['paired']['median']:.3f}x, "
             f"range {r['samples_per_s']['paired']['min']:.3f}-{r['samples_per_s']['paired']['max']:.3f}); "
             f"non-pad tokens/s {r['tokens_per_s']['of_medians']:.3f}x")
@@ -824,7 +844,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's own; quick: 1, robust on a busy machine)")
-    p.add_argument("--arms", default="sft_fp32,hf_fp32,sft_bf16,hf_bf16", help="section 1 arms, comma-separated")
+    p.add_argument("--arms", default="sft_fp32,hf_fp32,sft_bf16,hf_bf16", help="section 1 arms, comma-separated; also sft_fp32_plain, sft_bf16_plain (sft without malloc tuning), hf_fp32_tuned, hf_bf16_tuned (HF with it)")
     p.add_argument("--hf-workers", type=int, default=0, help="HF Trainer dataloader_num_workers (default 0)")
     p.add_argument("--hf-compile", action="store_true", help="HF Trainer with torch_compile=True")
     p.add_argument("--acc-steps", type=int, default=None, help="steps of the bf16/fp32 accuracy runs (default 150)")
@@ -926,7 +946,7 @@ def report_bf16_flops(results: dict[str, Any]) -> None:
     flops: dict[str, Any] = {}
     rows = []
     for arm, e in arms.items():
-        p = peak["bf16_flops_per_s"] if arm.endswith("bf16") else peak["fp32_flops_per_s"]
+        p = peak[f"{ARMS[arm][1]}_flops_per_s"]
         model, hw = e["model_flops_per_s"]["median"], e["hardware_flops_per_s"]["median"]
         flops[arm] = {"model_flops_per_s": model, "hardware_flops_per_s": hw, "peak_flops_per_s": p,
                       "model_flops_utilisation": model / p, "hardware_flops_utilisation": hw / p}

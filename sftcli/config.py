@@ -156,6 +156,7 @@ class TrainerConfig:
     progress: Literal["auto", "bar", "plain", "none"] = "auto"
     dist_timeout_s: int = 60
     tensorboard: bool = False
+    malloc_tuning: bool = True
 
     def check(self, err: _Errors, prefix: str) -> None:
         for key in ("max_steps", "batch_size", "unlabeled_batch_size", "eval_batch_size", "keep_last",

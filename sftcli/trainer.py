@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from sftcli import checkpoint as ckpt
-from sftcli import dist, faults
+from sftcli import dist, faults, malloc
 from sftcli.config import TrainConfig, to_plain
 from sftcli.data import (
     BatchStream,
@@ -199,6 +199,8 @@ class Trainer:
         progress = _Progress(tc.progress, tc.max_steps, self.step, enabled=env.is_main)
         # from_pretrained returns a model in eval mode; training needs dropout on (evaluation switches back).
         self.model.train()
+        if tc.malloc_tuning:
+            malloc.keep_large_blocks(max(p.numel() * p.element_size() for p in self.model.parameters()))
         log.info("training: steps %d -> %d, strategy %s", self.step, tc.max_steps,
                  self.cfg.strategy.name if self.cfg.strategy else "none (supervised baseline)")
         try:

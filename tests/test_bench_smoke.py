@@ -28,7 +28,7 @@ def test_bench_quick(tmp_path: Path) -> None:
          str(tmp_path / "work"), "--out", str(out)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=85)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "sft / HF Trainer (fp32)" in proc.stdout
+    assert "sft_fp32 / hf_fp32: samples/s" in proc.stdout
     r = json.loads(out.read_text())
 
     assert _positive(r["peak"]["fp32_flops_per_s"]) and _positive(r["peak"]["bf16_flops_per_s"])
@@ -39,8 +39,8 @@ def test_bench_quick(tmp_path: Path) -> None:
             assert _positive(arm[key]["median"]), key
             assert len(arm[key]["runs"]) == 3  # three alternated repeats
     for precision in ("fp32", "bf16"):
-        assert _positive(r["supervised"]["sft_over_hf"][precision]["samples_per_s"]["of_medians"])
-        assert _positive(r["supervised"]["sft_over_hf"][precision]["tokens_per_s"]["of_medians"])
+        assert _positive(r["supervised"]["sft_over_hf"][f"sft_{precision} / hf_{precision}"]["samples_per_s"]["of_medians"])
+        assert _positive(r["supervised"]["sft_over_hf"][f"sft_{precision} / hf_{precision}"]["tokens_per_s"]["of_medians"])
     for arm in ("cache_on", "cache_off"):
         for key in ("mix_step_s", "fwd_bwd_s", "ratio_to_fwd_bwd"):
             assert _positive(r["mix"][arm][key]["median"]), (arm, key)
