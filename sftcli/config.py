@@ -25,6 +25,7 @@ class ModelConfig:
     revision: str | None = None
     trust_remote_code: bool = False
     pooling: Literal["mean", "cls"] = "mean"
+    head_pooling: Literal["pooler", "mean"] = "pooler"
     max_length: int = 128
     dropout: float | None = None
     tiny_hidden_size: int = 32

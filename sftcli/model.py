@@ -114,7 +114,9 @@ def build_model(cfg: ModelConfig, label_names: list[str], seed: int) -> Any:
             id2label=id2label, label2id=label2id, pad_token_id=tok.pad_token_id,
         )
         _apply_dropout(config, cfg.dropout)
-        return AutoModelForSequenceClassification.from_config(config)
+        model = AutoModelForSequenceClassification.from_config(config)
+        set_head_pooling(model, cfg.head_pooling)
+        return model
     where = model_location(cfg)
     kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     try:
@@ -128,21 +130,65 @@ def build_model(cfg: ModelConfig, label_names: list[str], seed: int) -> Any:
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()  # the "newly initialized classifier" report is expected here
-        return AutoModelForSequenceClassification.from_pretrained(where, config=config, **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(where, config=config, **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_error("model", where, exc) from exc
+    set_head_pooling(model, cfg.head_pooling)
+    return model
 
 
 def load_checkpoint_model(path: Path) -> Any:
-    """A trained classifier from a checkpoint directory (plain transformers loading)."""
+    """A trained classifier from a checkpoint directory (transformers loading, plus sft's head pooling)."""
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     try:
-        return AutoModelForSequenceClassification.from_pretrained(str(path))
+        model = AutoModelForSequenceClassification.from_pretrained(str(path))
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path} is not a loadable model checkpoint: {_first_line(exc)}") from exc
+    set_head_pooling(model, getattr(model.config, HEAD_POOLING_KEY, "pooler"))
+    return model
+
+
+# The config.json key that records model.head_pooling=mean in a checkpoint, so sft eval and sft predict
+# rebuild the same head. (Plain transformers loading ignores it and would read the CLS token.)
+HEAD_POOLING_KEY = "sft_head_pooling"
+
+
+class MeanPooler(torch.nn.Module):
+    """Stands in for a BERT pooler: the mean of the last hidden states over non-pad tokens, so the
+    classifier reads the same sentence representation as the contrastive term with model.pooling=mean
+    (and as sentence-transformers checkpoints such as all-MiniLM-L6-v2 were trained to produce)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mask: torch.Tensor | None = None
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        mask = self.mask
+        self.mask = None
+        if mask is None:
+            mask = torch.ones(hidden_states.shape[:2], device=hidden_states.device)
+        return pool(hidden_states, mask, "mean")
+
+
+def _remember_mask(encoder: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+    encoder.pooler.mask = kwargs.get("attention_mask")
+
+
+def set_head_pooling(model: Any, how: str) -> None:
+    """model.head_pooling: what the classification head reads. `pooler` leaves the model's own (BERT: the
+    CLS token through a dense + tanh layer); `mean` replaces the pooler with :class:`MeanPooler`."""
+    if how == "pooler":
+        return
+    encoder = model.base_model
+    if not isinstance(getattr(encoder, "pooler", None), torch.nn.Module):
+        raise ModelError(f"model.head_pooling={how} needs an encoder with a pooler layer (BERT family); "
+                         f"{type(encoder).__name__} has none")
+    encoder.pooler = MeanPooler()
+    encoder.register_forward_pre_hook(_remember_mask, with_kwargs=True)
+    setattr(model.config, HEAD_POOLING_KEY, how)
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
