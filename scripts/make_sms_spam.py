@@ -11,10 +11,10 @@ once. Use it with `data=files`, e.g.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import importlib.metadata
-import sys
 from pathlib import Path
 
 
@@ -27,7 +27,9 @@ def sms_spam_path() -> Path:
 
 
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/data/sms-spam")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", nargs="?", default="runs/data/sms-spam", help="output folder")
+    out = Path(p.parse_args().out)
     out.mkdir(parents=True, exist_ok=True)
     seen: set[str] = set()
     splits: dict[str, list[tuple[str, str]]] = {"train": [], "test": []}
