@@ -81,9 +81,10 @@ def all_reduce_sum(env: DistEnv, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def any_flag(env: DistEnv, *flags: bool) -> list[bool]:
-    """Agree on boolean flags: each result is True when it is True on any rank (one collective)."""
-    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=env.device)
+def any_flag(env: DistEnv, *flags: bool | torch.Tensor) -> list[bool]:
+    """Agree on boolean flags: each result is True when it is True on any rank (one collective, and one
+    host sync when a flag is a device tensor)."""
+    t = torch.stack([torch.as_tensor(f, device=env.device).reshape(()).float() for f in flags])
     if env.distributed:
         td.all_reduce(t, op=td.ReduceOp.MAX)
     return [bool(v) for v in t.tolist()]

@@ -211,11 +211,14 @@ class Trainer:
                 self._maybe_relabel()
                 loss, terms, info = self._forward_backward(kind)
                 grad_norm = self._clip_gradients()
-                bad_loss = not bool(torch.isfinite(loss.detach()).item())
-                # fp16: overflowing gradients are the grad scaler's business (it skips the step and lowers
-                # the scale); a non-finite loss still stops training.
-                bad_grad = not math.isfinite(grad_norm) and self.scaler is None
-                bad, stop = dist.any_flag(env, bad_loss or bad_grad, self.stop_requested > 0)
+                bad_local = ~torch.isfinite(loss.detach())
+                if self.scaler is None:
+                    # fp16: overflowing gradients are the grad scaler's business (it skips the step and
+                    # lowers the scale); a non-finite loss still stops training.
+                    bad_local = bad_local | ~torch.isfinite(grad_norm)
+                # The step's one host sync: the update must not happen when any rank saw a non-finite
+                # value, and a stop signal on any rank stops all; one collective decides both.
+                bad, stop = dist.any_flag(env, bad_local, self.stop_requested > 0)
                 if bad:
                     self._handle_nonfinite(terms, grad_norm)
                 else:
@@ -223,7 +226,8 @@ class Trainer:
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
-                self._accumulate(window, terms, info, kind, time.perf_counter() - t0, skipped=bad)
+                self._accumulate(window, terms, info, kind, time.perf_counter() - t0, skipped=bad,
+                                 grad_norm=grad_norm)
 
                 if self.step % tc.log_every == 0 or self.step == tc.max_steps:
                     values = self._flush_window(window)
@@ -426,15 +430,17 @@ class Trainer:
         stats = {**stats, "drift": drift, "count": torch.tensor(float(b), device=dev)}
         return con, stats
 
-    def _clip_gradients(self) -> float:
+    def _clip_gradients(self) -> torch.Tensor:
+        """Clip to optim.max_grad_norm; returns the total norm before clipping (on the device: no sync)."""
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.optim.max_grad_norm
         params = [p for p in self.model.parameters() if p.grad is not None]
+        if not params:
+            return torch.zeros((), device=self.env.device)
         if max_norm is None:
-            norms = [p.grad.detach().norm() for p in params]
-            return float(torch.stack(norms).norm()) if norms else 0.0
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            return torch.stack([p.grad.detach().norm() for p in params]).norm()
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
     def _optimizer_step(self) -> None:
         if self.scaler is not None:
@@ -443,10 +449,10 @@ class Trainer:
         else:
             self.optimizer.step()
 
-    def _handle_nonfinite(self, terms: dict[str, torch.Tensor], grad_norm: float) -> None:
+    def _handle_nonfinite(self, terms: dict[str, torch.Tensor], grad_norm: torch.Tensor) -> None:
         """All ranks agreed that some rank saw a non-finite value: stop (default) or skip the step."""
         mine = [name for name, v in terms.items() if not torch.isfinite(v).all()]
-        if not mine and not math.isfinite(grad_norm):
+        if not mine and not math.isfinite(float(grad_norm)):
             mine = ["gradient"]
         reports = dist.all_gather_object(self.env, mine)
         where = "; ".join(f"rank {r}: {', '.join(_TERM_NAMES.get(t, t) for t in names)}"
@@ -474,7 +480,7 @@ class Trainer:
                 "skipped": 0}
 
     def _accumulate(self, window: dict[str, Any], terms: dict[str, torch.Tensor], info: dict[str, torch.Tensor],
-                    kind: str, seconds: float, skipped: bool) -> None:
+                    kind: str, seconds: float, skipped: bool, grad_norm: torch.Tensor) -> None:
         # Local contributions that sum over ranks to global figures; no host sync until the log step.
         w = self.env.world_size
         s = window["sums"]
@@ -498,6 +504,10 @@ class Trainer:
         if "st" in terms:
             parts[14] = terms["st"].double() / w
             parts[15] = 1.0 / w
+        # The total gradient norm before clipping (the same on every rank); non-finite ones are not averaged.
+        finite = torch.isfinite(grad_norm)
+        parts[16] = torch.where(finite, grad_norm.double(), 0.0) / w
+        parts[17] = finite.double() / w
         # This step's total loss L_sup + lambda * L_con (+ consistency), as a share of the global value.
         lc = self.cfg.loss
         parts[9] = (terms["sup"].double() / w if "sup" in terms else 0.0) + (
@@ -553,6 +563,8 @@ class Trainer:
             values["train/pseudo_label_rate"] = s[13] / s[7]
         if round(s[15]):
             values["train/loss_st"] = s[14] / round(s[15])
+        if round(s[17]):
+            values["train/grad_norm"] = s[16] / round(s[17])
         values["train/lr"] = self.scheduler.get_last_lr()[0]
         values["train/epoch_labeled"] = self.labeled_stream.epoch + self.labeled_stream.offset / self.labeled_stream.n
         seconds = extra[1].item() / self.env.world_size
@@ -787,7 +799,7 @@ class Trainer:
 
 _TERM_NAMES = {"sup": "loss_sup (cross-entropy)", "con": "loss_con (InfoNCE)", "cons": "loss_cons (consistency)",
                "st": "loss_st (self-training)", "gradient": "gradient norm"}
-_SLOTS = 16  # accumulated figures per logging window (see _accumulate)
+_SLOTS = 18  # accumulated figures per logging window (see _accumulate)
 
 
 def _batch_tokens(enc: Encoded, index: np.ndarray) -> int:
