@@ -283,7 +283,7 @@ class Trainer:
         lab = unl = None
         if kind in (SUPERVISED, MIX):
             lab_batch, labels = self._labeled_batch()
-            lab = (lab_batch, labels.to(dev))
+            lab = (lab_batch, _to_device(labels, dev))
         if kind in (CONTRASTIVE, MIX):
             unl = self._unlabeled_batch()
         # One forward over labeled + unlabeled texts (a mix step) instead of two.
@@ -297,10 +297,10 @@ class Trainer:
         if unl is not None and lc.consistency_weight > 0:
             # The weak view (pseudo-label source) sees the unlabeled texts as they are; the training
             # forward sees them with dropout and, when set, masked tokens (the strong view).
-            clean_unlabeled = {k: v[n_lab:].to(dev, non_blocking=True) for k, v in inputs.items()}
+            clean_unlabeled = {k: _to_device(v[n_lab:], dev) for k, v in inputs.items()}
             if lc.consistency_mask_prob > 0:
                 inputs = self._mask_unlabeled(inputs, n_lab)
-        inputs = {k: v.to(dev, non_blocking=True) for k, v in inputs.items()}
+        inputs = {k: _to_device(v, dev) for k, v in inputs.items()}
         with autocast(dev, self.tc.precision):
             out = self.ddp_model(**inputs, output_hidden_states=unl is not None)
         loss = torch.zeros((), device=dev)
@@ -799,6 +799,13 @@ class Trainer:
 
 _TERM_NAMES = {"sup": "loss_sup (cross-entropy)", "con": "loss_con (InfoNCE)", "cons": "loss_cons (consistency)",
                "st": "loss_st (self-training)", "gradient": "gradient norm"}
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host batch to the device; on CUDA through pinned memory, so the copy does not block the host."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 _SLOTS = 18  # accumulated figures per logging window (see _accumulate)
 
 
