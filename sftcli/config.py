@@ -158,6 +158,7 @@ class TrainerConfig:
     dist_timeout_s: int = 60
     tensorboard: bool = False
     malloc_tuning: bool = True
+    compile: bool = False
 
     def check(self, err: _Errors, prefix: str) -> None:
         for key in ("max_steps", "batch_size", "unlabeled_batch_size", "eval_batch_size", "keep_last",

@@ -132,6 +132,11 @@ class Trainer:
                 self.teacher = teacher.to(env.device)
         self.model.to(env.device)
         self.ddp_model = dist.wrap_model(env, self.model)
+        if self.tc.compile:
+            # The training forward only (evaluation and checkpoints use the plain module). dynamic=True:
+            # dynamically padded batches change shape every step, and one graph serves them all.
+            self.ddp_model = torch.compile(self.ddp_model, dynamic=True)
+            log.info("model: the training forward is compiled (torch.compile); the first steps compile it")
 
         self.optimizer = self._build_optimizer()
         self.scheduler = self._build_scheduler()

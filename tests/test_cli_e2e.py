@@ -111,3 +111,20 @@ def test_default_model_and_data_short_run(sft, tmp_path) -> None:
         "trainer.save_every=0", "run_name=real", check=True, timeout=900)
     summary = json.loads((tmp_path / "runs" / "real" / "summary.json").read_text())
     assert summary["test/accuracy"] > 0.4  # chance is ~0.2 on 6 classes
+
+
+def test_compiled_forward_trains_like_eager(sft, tmp_path) -> None:
+    """trainer.compile=true: the same run, the same losses (to float tolerance). Dropout off: compiled
+    dropout draws its masks from another random stream."""
+    args = [*TINY, "+strategy=mix", "trainer.eval_every=0", "trainer.save_every=0", "data.labels_per_class=16",
+            "model.dropout=0.0"]
+    losses = {}
+    for flag in ("false", "true"):
+        root = tmp_path / flag
+        proc = sft("train", *args, f"trainer.compile={flag}", f"run_root={root}", timeout=600, check=True)
+        assert ("training forward is compiled" in proc.stdout + proc.stderr) == (flag == "true")
+        (run,) = run_dirs(root)
+        losses[flag] = [r["train/loss"] for r in read_jsonl(run / "metrics.jsonl") if "train/loss" in r]
+        assert (run / "checkpoints" / "step-000004" / "model.safetensors").is_file()
+    assert len(losses["true"]) == 4
+    assert losses["true"] == pytest.approx(losses["false"], rel=1e-4)
