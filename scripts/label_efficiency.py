@@ -112,7 +112,8 @@ def main() -> None:
     pool.wait()
 
     out = REPO / args.out
-    pool.start(["report", str(final), "metric=test/accuracy", f"out={out}"])
+    # Relative to the repository (the commands run there), so the report shows a path that works anywhere.
+    pool.start(["report", str(final), "metric=test/accuracy", f"out={args.out}"])
     pool.wait()
     out.mkdir(parents=True, exist_ok=True)
     (out / "commands.txt").write_text(

@@ -727,7 +727,7 @@ class EfficiencyPoint:
     mean: float
     std: float | None
     n: int
-    setting: str  # the lambda/tau picked for this point, "" when only one
+    setting: str  # the lambda/tau of this point ("" without a contrastive term)
 
 
 def label_efficiency(
@@ -750,11 +750,8 @@ def label_efficiency(
         mean, std = mean_std(best.values(metric))
         if mean is None:
             continue
-        setting = (
-            " ".join(f"{keys[i]}={show_value(keys[i], best.key[i])}" for i in hyper)
-            if len(options) > 1
-            else ""
-        )
+        setting = " ".join(f"{keys[i]}={show_value(keys[i], best.key[i])}" for i in hyper
+                           if best.key[i] is not None)
         label = (
             " ".join(
                 show_value(keys[i], v) if keys[i] == STRATEGY_KEY else f"{keys[i]}={show_value(keys[i], v)}"
