@@ -150,7 +150,7 @@ class TrainerConfig:
     log_every: int = 10
     select_metric: str = "val/accuracy"
     nproc: int = 1
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     nonfinite: Literal["stop", "skip"] = "stop"
     max_nonfinite_skips: int = 10

@@ -37,7 +37,7 @@ from sftcli.data import (
     rank_slice,
 )
 from sftcli.errors import CheckpointError, NonFiniteError, Preempted
-from sftcli.evaluate import autocast, evaluate, predict_logits, scalar_metrics
+from sftcli.evaluate import autocast, evaluate, predict_logits, resolve_precision, scalar_metrics
 from sftcli.losses import consistency_loss, info_nce, select_pseudo_labels, supervised_loss
 from sftcli.model import build_model, load_tokenizer, pool, tokenizer_fingerprint, weights_fingerprint
 from sftcli.runlog import MetricsWriter, format_metrics, setup_logging
@@ -85,6 +85,7 @@ class Trainer:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # sft shows its own progress; no per-save bars from transformers
+        self.precision = resolve_precision(self.tc.precision, env.device)
         seed_everything(cfg.seed)
         self.data: DataBundle = load_data(cfg.data, cfg.seed)
         for note in self.data.notes:
@@ -140,7 +141,7 @@ class Trainer:
 
         self.optimizer = self._build_optimizer()
         self.scheduler = self._build_scheduler()
-        self.scaler = torch.amp.GradScaler("cuda") if self.tc.precision == "fp16" else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         lengths = None
         if cfg.data.length_grouping:
             lengths = self.enc_labeled.lengths()
@@ -162,7 +163,7 @@ class Trainer:
                                                     purge_step=self.step + 1 if self.resumed_from else None)
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info("model: %s (%.1fM parameters), device %s, %d process(es), precision %s",
-                 type(self.model).__name__, n_params / 1e6, env.device, env.world_size, self.tc.precision)
+                 type(self.model).__name__, n_params / 1e6, env.device, env.world_size, self.precision)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
@@ -306,7 +307,7 @@ class Trainer:
             if lc.consistency_mask_prob > 0:
                 inputs = self._mask_unlabeled(inputs, n_lab)
         inputs = {k: _to_device(v, dev) for k, v in inputs.items()}
-        with autocast(dev, self.tc.precision):
+        with autocast(dev, self.precision):
             out = self.ddp_model(**inputs, output_hidden_states=unl is not None)
         loss = torch.zeros((), device=dev)
         if lab is not None:
@@ -353,7 +354,7 @@ class Trainer:
             return
         t0 = time.perf_counter()
         logits = predict_logits(self.model, self.enc_unlabeled, self.tc.eval_batch_size, self.pad_id,
-                                self.env.device, self.tc.precision, self.env)
+                                self.env.device, self.precision, self.env)
         self.pseudo_labels, conf = select_pseudo_labels(logits, lc.self_training_top)
         kept = self.pseudo_labels >= 0
         values = {"self_training/kept": float(kept.mean()), "self_training/min_confidence":
@@ -392,7 +393,7 @@ class Trainer:
         """Classifier logits of the unlabeled rows without dropout (the lightly perturbed view)."""
         self.model.eval()
         try:
-            with autocast(self.env.device, self.tc.precision):
+            with autocast(self.env.device, self.precision):
                 return self.model(**sub).logits.float()
         finally:
             self.model.train()
@@ -584,7 +585,7 @@ class Trainer:
     def _validate(self) -> bool:
         """Evaluate on validation; True when this is a new best (non-finite metrics never are)."""
         result = evaluate(self.model, self.enc_val, self.data.validation.labels, self.data.label_names,
-                          self.tc.eval_batch_size, self.pad_id, self.env.device, self.tc.precision, self.env)
+                          self.tc.eval_batch_size, self.pad_id, self.env.device, self.precision, self.env)
         values = scalar_metrics(result, "val")
         self.metrics.write(self.step, values)
         metric = values.get(self.tc.select_metric)
@@ -746,11 +747,11 @@ class Trainer:
         # Evaluate exactly what the best checkpoint holds (the weights read back from disk).
         self.model.load_state_dict(ckpt.load_weights(self.ckpt_dir / best), strict=False)
         val = evaluate(self.model, self.enc_val, self.data.validation.labels, self.data.label_names,
-                       self.tc.eval_batch_size, self.pad_id, self.env.device, self.tc.precision, self.env)
+                       self.tc.eval_batch_size, self.pad_id, self.env.device, self.precision, self.env)
         summary.update(scalar_metrics(val, "val"))
         if self.enc_test is not None and self.data.test is not None:
             test = evaluate(self.model, self.enc_test, self.data.test.labels, self.data.label_names,
-                            self.tc.eval_batch_size, self.pad_id, self.env.device, self.tc.precision, self.env)
+                            self.tc.eval_batch_size, self.pad_id, self.env.device, self.precision, self.env)
             summary.update(scalar_metrics(test, "test"))
             summary["test/per_class"] = test["per_class"]
         else:
@@ -760,6 +761,7 @@ class Trainer:
             "n_labeled": len(self.data.labeled),
             "n_unlabeled": 0 if self.data.unlabeled is None else len(self.data.unlabeled),
             "world_size": self.env.world_size,
+            "precision": self.precision,  # as run (trainer.precision=auto resolves per device)
             "strategy": self.cfg.strategy.name if self.cfg.strategy else None,
             "seed": self.cfg.seed,
             "data_notes": self.data.notes,
