@@ -210,6 +210,7 @@ def test_a_nonfinite_validation_metric_is_never_the_best() -> None:
     t = Trainer.__new__(Trainer)
     t.best_metric, t.best_step, t.step = 0.5, 2, 4
     t.tc = type("T", (), {"select_metric": "val/accuracy", "eval_batch_size": 8, "precision": "fp32"})()
+    t.precision = "fp32"
     t.metrics = type("M", (), {"write": lambda self, *a: None})()
     import sftcli.trainer as trainer_mod
 
