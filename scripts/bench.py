@@ -412,7 +412,7 @@ def bench_supervised(s: Settings, arms: list[str], results: dict[str, Any]) -> N
     from sftcli.model import build_model
 
     shape_model = build_model(s.model_config(), [str(i) for i in range(6)], SEED)
-    largest_param_bytes = max(p.numel() * p.element_size() for p in shape_model.parameters())
+    largest_param_bytes = malloc.largest_parameter_bytes(shape_model)
     shape = model_shape(shape_model)
     del shape_model
     runs: dict[str, list[dict[str, Any]]] = {a: [] for a in arms}

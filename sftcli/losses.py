@@ -85,8 +85,8 @@ def select_pseudo_labels(logits: np.ndarray, top: float) -> tuple[np.ndarray, np
     one global threshold keeps classes the model is less sure of from vanishing out of the pseudo-labels.
     Returns (labels [n] int64, confidence [n] float32).
     """
-    z = logits - logits.max(axis=1, keepdims=True)
-    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs = e / e.sum(axis=1, keepdims=True)
     pred, conf = probs.argmax(axis=1), probs.max(axis=1).astype(np.float32)
     labels = np.full(len(pred), -1, dtype=np.int64)
     for c in np.unique(pred):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+from typing import Any
 
 log = logging.getLogger("sft")
 
@@ -41,11 +42,15 @@ def _libc() -> ctypes.CDLL | None:
     return libc
 
 
-def _apply(settings: dict[int, int]) -> bool:
-    libc = _libc()
+def _apply(libc: ctypes.CDLL | None, settings: dict[int, int]) -> bool:
     if libc is None:
         return False
     return all(libc.mallopt(param, value) == 1 for param, value in settings.items())
+
+
+def largest_parameter_bytes(module: Any) -> int:
+    """Bytes of a module's largest parameter (for a BERT encoder, the word embedding and its gradient)."""
+    return max((p.numel() * p.element_size() for p in module.parameters()), default=0)
 
 
 def keep_large_blocks(largest_tensor_bytes: int) -> bool:
@@ -56,7 +61,7 @@ def keep_large_blocks(largest_tensor_bytes: int) -> bool:
     beyond that still goes back to the system.
     """
     keep = max(256 * _MB, 2 * largest_tensor_bytes)
-    ok = _apply({M_MMAP_MAX: 0, M_TRIM_THRESHOLD: min(keep, 2**31 - 1)})
+    ok = _apply(_libc(), {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: min(keep, 2**31 - 1)})
     if ok:
         log.debug("malloc: large blocks from the heap, up to %d MB of free heap kept", keep // _MB)
     return ok
@@ -65,8 +70,8 @@ def keep_large_blocks(largest_tensor_bytes: int) -> bool:
 def glibc_steady_state() -> bool:
     """Undo :func:`keep_large_blocks`: glibc's own thresholds as they settle in a long-running process,
     and the free heap kept until now handed back to the system."""
-    ok = _apply(GLIBC_STEADY)
     libc = _libc()
+    ok = _apply(libc, GLIBC_STEADY)
     if ok and libc is not None:
         libc.malloc_trim(0)
     return ok

@@ -206,7 +206,7 @@ class Trainer:
         # from_pretrained returns a model in eval mode; training needs dropout on (evaluation switches back).
         self.model.train()
         if tc.malloc_tuning:
-            malloc.keep_large_blocks(max(p.numel() * p.element_size() for p in self.model.parameters()))
+            malloc.keep_large_blocks(malloc.largest_parameter_bytes(self.model))
         log.info("training: steps %d -> %d, strategy %s", self.step, tc.max_steps,
                  self.cfg.strategy.name if self.cfg.strategy else "none (supervised baseline)")
         try:
@@ -232,7 +232,7 @@ class Trainer:
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
-                self._accumulate(window, terms, info, kind, time.perf_counter() - t0, skipped=bad,
+                self._accumulate(window, loss, terms, info, kind, time.perf_counter() - t0, skipped=bad,
                                  grad_norm=grad_norm)
 
                 if self.step % tc.log_every == 0 or self.step == tc.max_steps:
@@ -329,7 +329,8 @@ class Trainer:
                 info["confident"] = confident
                 loss = loss + lc.consistency_weight * terms["cons"]
             if self.pseudo_labels is not None and lc.self_training_weight > 0:
-                targets = torch.from_numpy(self.pseudo_labels[rank_slice(unl[1], env.rank, env.world_size)]).to(dev)
+                targets = _to_device(torch.from_numpy(self.pseudo_labels[rank_slice(unl[1], env.rank,
+                                                                                      env.world_size)]), dev)
                 per_text = torch.nn.functional.cross_entropy(u_logits, targets.clamp_min(0), reduction="none")
                 terms["st"] = (per_text * (targets >= 0)).sum() * env.world_size / len(unl[1])
                 loss = loss + lc.self_training_weight * terms["st"]
@@ -485,8 +486,9 @@ class Trainer:
         return {"sums": torch.zeros(_SLOTS, dtype=torch.float64, device=self.env.device), "steps": 0, "time": 0.0,
                 "skipped": 0}
 
-    def _accumulate(self, window: dict[str, Any], terms: dict[str, torch.Tensor], info: dict[str, torch.Tensor],
-                    kind: str, seconds: float, skipped: bool, grad_norm: torch.Tensor) -> None:
+    def _accumulate(self, window: dict[str, Any], loss: torch.Tensor, terms: dict[str, torch.Tensor],
+                    info: dict[str, torch.Tensor], kind: str, seconds: float, skipped: bool,
+                    grad_norm: torch.Tensor) -> None:
         # Local contributions that sum over ranks to global figures; no host sync until the log step.
         w = self.env.world_size
         s = window["sums"]
@@ -514,12 +516,9 @@ class Trainer:
         finite = torch.isfinite(grad_norm)
         parts[16] = torch.where(finite, grad_norm.double(), 0.0) / w
         parts[17] = finite.double() / w
-        # This step's total loss L_sup + lambda * L_con (+ consistency), as a share of the global value.
-        lc = self.cfg.loss
-        parts[9] = (terms["sup"].double() / w if "sup" in terms else 0.0) + (
-            self._con_weight() * terms["con"].double() / w if "con" in terms else 0.0) + (
-            lc.consistency_weight * terms["cons"].double() / w if "cons" in terms else 0.0) + (
-            lc.self_training_weight * terms["st"].double() / w if "st" in terms else 0.0)
+        # This step's total loss L_sup + lambda * L_con (+ the other weighted terms), as the forward summed
+        # it (with the step's own ramped lambda), as a share of the global value.
+        parts[9] = loss.double() / w
         s += parts
         window["steps"] += 1
         window["time"] += seconds
@@ -806,14 +805,14 @@ class Trainer:
 
 _TERM_NAMES = {"sup": "loss_sup (cross-entropy)", "con": "loss_con (InfoNCE)", "cons": "loss_cons (consistency)",
                "st": "loss_st (self-training)", "gradient": "gradient norm"}
+_SLOTS = 18  # accumulated figures per logging window (see _accumulate)
+
+
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Host batch to the device; on CUDA through pinned memory, so the copy does not block the host."""
     if device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
-
-
-_SLOTS = 18  # accumulated figures per logging window (see _accumulate)
 
 
 def _batch_tokens(enc: Encoded, index: np.ndarray) -> int:
