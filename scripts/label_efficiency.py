@@ -37,14 +37,16 @@ class Pool:
         self.log = log
         self.running: list[subprocess.Popen] = []
 
-    def start(self, args: list[str]) -> None:
+    def start(self, args: list[str]) -> subprocess.Popen:
         while len(self.running) >= self.jobs:
             self._reap()
         line = "sft " + " ".join(shlex.quote(a) for a in args)
         print(f"$ {line}", flush=True)
         self.log.append(line)
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(self.threads))}
-        self.running.append(subprocess.Popen([sys.executable, "-m", "sftcli", *args], cwd=REPO, env=env))
+        proc = subprocess.Popen([sys.executable, "-m", "sftcli", *args], cwd=REPO, env=env)
+        self.running.append(proc)
+        return proc
 
     def _reap(self) -> None:
         time.sleep(1)
@@ -92,17 +94,17 @@ def main() -> None:
     root = Path(args.root)
 
     # 1. Selection on validation, at 16 labels per class.
-    for strategy in strategies:
-        pool.start(["train", "-m", f"+strategy={strategy}", f"lambda={args.lambdas}", f"tau={args.taus}",
-                    "data.labels_per_class=16", f"run_root={root / ('select-' + strategy)}", *extra])
+    selection = {
+        strategy: pool.start(["train", "-m", f"+strategy={strategy}", f"lambda={args.lambdas}", f"tau={args.taus}",
+                              "data.labels_per_class=16", f"run_root={root / ('select-' + strategy)}", *extra])
+        for strategy in strategies}
     # The supervised arm needs no selection: it starts while the selection sweeps run.
     final = root / "final"
     seeds = f"seed={args.seeds}"
     pool.start(["train", "-m", f"data.labels_per_class={args.ks}", seeds, f"run_root={final / 'none'}"])
     chosen: dict[str, dict[str, str]] = {}
     for strategy in strategies:
-        while any(p.poll() is None for p in pool.running if "select-" + strategy in " ".join(map(str, p.args))):
-            time.sleep(2)
+        selection[strategy].wait()
         chosen[strategy] = best_on_validation(sweep_dir(root / f"select-{strategy}"))
         print(f"chosen on validation for {strategy}: {chosen[strategy]}", flush=True)
         # No unlabeled text is left with all labels: the strategies run at the finite label counts only.
