@@ -369,12 +369,13 @@ class Trainer:
             self.metrics.write(self.step, values)
             log.info("self-training: step %d: %s", self.step, format_metrics(values, sorted(values)))
 
-    def _con_weight(self) -> float:
-        """lambda, ramped up linearly over loss.rampup_steps when set."""
+    def _con_weight(self, step: int | None = None) -> float:
+        """lambda of step `step` (1-based; default: the step being taken), ramped up linearly over
+        loss.rampup_steps when set."""
         lc = self.cfg.loss
         assert lc.weight is not None
         if lc.rampup_steps:
-            return lc.weight * min(1.0, (self.step + 1) / lc.rampup_steps)
+            return lc.weight * min(1.0, (self.step + 1 if step is None else step) / lc.rampup_steps)
         return lc.weight
 
     def _mask_unlabeled(self, inputs: dict[str, torch.Tensor], n_lab: int) -> dict[str, torch.Tensor]:
@@ -562,7 +563,7 @@ class Trainer:
             values["train/con_drift"] = s[6] / s[7]
             values["train/con_neg_sim"] = s[8] / s[7]
             values["train/con_same_class_neg"] = s[10] / s[7]
-            values["train/lambda"] = self._con_weight()
+            values["train/lambda"] = self._con_weight(self.step)  # the window's last step, just taken
         if round(s[12]):
             values["train/loss_cons"] = s[11] / round(s[12])
             values["train/pseudo_label_rate"] = s[13] / s[7]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -33,7 +34,8 @@ def test_unknown_command_suggests(sft) -> None:
     assert proc.returncode == 2 and "did you mean 'train'" in proc.stderr
 
 
-@pytest.mark.parametrize("strategy", [[], ["+strategy=alternate", "lambda=0.5"], ["+strategy=mix", "lambda=0.5"]])
+@pytest.mark.parametrize("strategy", [[], ["+strategy=alternate", "lambda=0.5"], ["+strategy=mix", "lambda=0.5"],
+                                      ["+strategy=mix", "lambda=0.5", "loss.rampup_steps=3"]])
 def test_train_writes_the_run_directory(sft, tmp_path, strategy) -> None:
     proc = sft("train", *TINY, *strategy, check=True)
     (run,) = run_dirs(tmp_path / "runs")
@@ -44,6 +46,17 @@ def test_train_writes_the_run_directory(sft, tmp_path, strategy) -> None:
     train = [e for e in events if "train/loss" in e]
     assert [e["step"] for e in train] == [1, 2, 3, 4]
     assert all("train/lr" in e and "perf/samples_per_s" in e for e in train)
+    # The total gradient norm before clipping, every window.
+    assert all(math.isfinite(e["train/grad_norm"]) and e["train/grad_norm"] > 0 for e in train)
+    # train/loss is L_sup + lambda * L_con of the window's one step (log_every=1), with that step's lambda
+    # (ramped up: 0.5 x step / 3 over the first 3 steps).
+    ramp = 3 if "loss.rampup_steps=3" in strategy else 0
+    for e in train:
+        lam = 0.5 * min(1.0, e["step"] / ramp) if ramp else 0.5
+        if "train/loss_con" in e:
+            assert e["train/lambda"] == pytest.approx(lam)
+        assert e["train/loss"] == pytest.approx(e.get("train/loss_sup", 0.0) + lam * e.get("train/loss_con", 0.0),
+                                                rel=1e-5)
     assert any("val/accuracy" in e and "val/macro_f1" in e for e in events)
     if strategy:
         assert any("train/loss_con" in e for e in train) and any("train/loss_sup" in e for e in train)
