@@ -101,6 +101,7 @@ class LossConfig:
     self_training_weight: float = 0.0
     self_training_every: int = 50
     self_training_top: float = 0.5
+    self_training_student: Literal["continue", "fresh"] = "continue"
 
     def check(self, err: _Errors, prefix: str) -> None:
         if self.weight is not None:

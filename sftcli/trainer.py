@@ -76,6 +76,7 @@ class Trainer:
         self.resumed_from: Path | None = None
         self.stop_requested = 0
         self.last_local: dict[str, np.ndarray] = {}
+        self.initial_state: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------------------------------------
     # setup
@@ -116,6 +117,9 @@ class Trainer:
                             "unlabeled) or data.unlabeled=FILE")
 
         self.model = build_model(cfg.model, self.data.label_names, cfg.seed)
+        # Self-training with fresh students: each re-label restarts from these weights (host copy).
+        if self.use_unlabeled and cfg.loss.self_training_weight > 0 and cfg.loss.self_training_student == "fresh":
+            self.initial_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.teacher: torch.nn.Module | None = None
         self.teacher_reps: NpyRows | None = None
         # Self-training's pseudo-labels of the unlabeled set (-1: not used), refreshed every few steps.
@@ -185,13 +189,18 @@ class Trainer:
         return torch.optim.AdamW(groups, **kwargs)
 
     def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
-        total = self.tc.max_steps
-        warmup = int(round(self.cfg.optim.warmup_ratio * total))
+        total, ratio = self.tc.max_steps, self.cfg.optim.warmup_ratio
+        # Fresh self-training students each get the whole schedule (warmup, then decay to zero at the
+        # end of their round), as a separate run would.
+        period = self.cfg.loss.self_training_every if self.initial_state is not None else total
 
         def factor(step: int) -> float:
-            if warmup and step < warmup:
-                return (step + 1) / warmup
-            return max(0.0, (total - step) / max(1, total - warmup))
+            start = (step // period) * period
+            length = min(period, total - start)
+            s, warmup = step - start, int(round(ratio * length))
+            if warmup and s < warmup:
+                return (s + 1) / warmup
+            return max(0.0, (length - s) / max(1, length - warmup))
 
         return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
@@ -229,6 +238,7 @@ class Trainer:
                     self._handle_nonfinite(terms, grad_norm)
                 else:
                     self._optimizer_step()
+                window["lr"] = self.optimizer.param_groups[0]["lr"]  # the lr this step used
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
@@ -357,6 +367,11 @@ class Trainer:
         logits = predict_logits(self.model, self.enc_unlabeled, self.tc.eval_batch_size, self.pad_id,
                                 self.env.device, self.precision, self.env)
         self.pseudo_labels, conf = select_pseudo_labels(logits, lc.self_training_top)
+        if self.initial_state is not None:
+            # The labeling model was the teacher; the student starts over from the initial weights with
+            # a new optimizer state (AdamW builds its moments again on the next step).
+            self.model.load_state_dict(self.initial_state)
+            self.optimizer.state.clear()
         kept = self.pseudo_labels >= 0
         values = {"self_training/kept": float(kept.mean()), "self_training/min_confidence":
                   float(conf[kept].min()) if kept.any() else float("nan"),
@@ -571,7 +586,7 @@ class Trainer:
             values["train/loss_st"] = s[14] / round(s[15])
         if round(s[17]):
             values["train/grad_norm"] = s[16] / round(s[17])
-        values["train/lr"] = self.scheduler.get_last_lr()[0]
+        values["train/lr"] = window["lr"]
         values["train/epoch_labeled"] = self.labeled_stream.epoch + self.labeled_stream.offset / self.labeled_stream.n
         seconds = extra[1].item() / self.env.world_size
         if seconds > 0:
