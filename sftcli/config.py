@@ -97,11 +97,11 @@ class LossConfig:
     rampup_steps: int = 0
     consistency_weight: float = 0.0
     consistency_threshold: float = 0.9
-    consistency_mask_prob: float = 0.0
     self_training_weight: float = 0.0
     self_training_every: int = 50
     self_training_top: float = 0.5
     self_training_student: Literal["continue", "fresh"] = "continue"
+    unlabeled_mask_prob: float = 0.0
 
     def check(self, err: _Errors, prefix: str) -> None:
         if self.weight is not None:
@@ -111,7 +111,7 @@ class LossConfig:
         err.require(self.rampup_steps >= 0, f"{prefix}.rampup_steps", "must be >= 0")
         err.require(self.consistency_weight >= 0, f"{prefix}.consistency_weight", "must be >= 0")
         err.require(0.0 <= self.consistency_threshold < 1.0, f"{prefix}.consistency_threshold", "must be in [0, 1)")
-        err.require(0.0 <= self.consistency_mask_prob < 1.0, f"{prefix}.consistency_mask_prob", "must be in [0, 1)")
+        err.require(0.0 <= self.unlabeled_mask_prob < 1.0, f"{prefix}.unlabeled_mask_prob", "must be in [0, 1)")
         err.require(self.self_training_weight >= 0, f"{prefix}.self_training_weight", "must be >= 0")
         err.require(self.self_training_every >= 1, f"{prefix}.self_training_every", "must be >= 1")
         err.require(0.0 < self.self_training_top <= 1.0, f"{prefix}.self_training_top", "must be in (0, 1]")

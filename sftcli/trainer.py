@@ -314,8 +314,11 @@ class Trainer:
             # The weak view (pseudo-label source) sees the unlabeled texts as they are; the training
             # forward sees them with dropout and, when set, masked tokens (the strong view).
             clean_unlabeled = {k: _to_device(v[n_lab:], dev) for k, v in inputs.items()}
-            if lc.consistency_mask_prob > 0:
-                inputs = self._mask_unlabeled(inputs, n_lab)
+        if unl is not None and lc.unlabeled_mask_prob > 0:
+            # Input noise on the unlabeled rows of the training forward, for every unlabeled term: the
+            # targets (frozen reps, pseudo-labels) come from the texts as they are, so the model has to
+            # reach them from a corrupted view.
+            inputs = self._mask_unlabeled(inputs, n_lab)
         inputs = {k: _to_device(v, dev) for k, v in inputs.items()}
         with autocast(dev, self.precision):
             out = self.ddp_model(**inputs, output_hidden_states=unl is not None)
@@ -401,7 +404,7 @@ class Trainer:
             mask_id = self.tokenizer.unk_token_id if self.tokenizer.unk_token_id is not None else self.pad_id
         gen = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + self.step) * 1024 + self.env.rank)
         ids = inputs["input_ids"]
-        masked = mask_tokens(ids[n_lab:], inputs["attention_mask"][n_lab:], self.cfg.loss.consistency_mask_prob,
+        masked = mask_tokens(ids[n_lab:], inputs["attention_mask"][n_lab:], self.cfg.loss.unlabeled_mask_prob,
                              mask_id, self.tokenizer.all_special_ids, gen)
         return {**inputs, "input_ids": torch.cat([ids[:n_lab], masked])}
 

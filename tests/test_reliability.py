@@ -25,7 +25,7 @@ from sftcli.errors import CheckpointError
 # step 3, so a resume at step 5 must restore them from the checkpoint).
 RESUME_ARGS = [*TINY, "+strategy=mix", "lambda=0.5", "trainer.max_steps=8", "trainer.eval_every=4",
                "trainer.save_every=2", "trainer.keep_last=10", "loss.consistency_weight=0.5",
-               "loss.consistency_threshold=0.0", "loss.consistency_mask_prob=0.2", "loss.self_training_weight=1",
+               "loss.consistency_threshold=0.0", "loss.unlabeled_mask_prob=0.2", "loss.self_training_weight=1",
                "loss.self_training_every=3"]
 
 

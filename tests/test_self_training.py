@@ -1,0 +1,86 @@
+"""Self-training with fresh students, and input noise on the unlabeled rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY, read_jsonl, run_dirs
+
+FRESH = [*TINY, "+strategy=mix", "lambda=0", "loss.self_training_weight=1", "loss.self_training_every=3",
+         "loss.self_training_student=fresh", "trainer.max_steps=6", "trainer.eval_every=3"]
+
+
+@pytest.fixture
+def trainer(tmp_path, cache_dir, monkeypatch):
+    """An in-process Trainer (set up, not trained) for the fresh-student settings above."""
+    from hydra import compose, initialize_config_dir
+
+    from sftcli import dist
+    from sftcli.cli import config_dir
+    from sftcli.config import parse_train
+    from sftcli.trainer import Trainer
+
+    monkeypatch.setenv("SFT_CACHE_DIR", str(cache_dir))
+    monkeypatch.chdir(tmp_path)
+    torch.set_num_threads(1)
+    overrides = [a for a in FRESH if not a.startswith("trainer.log_every")]
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name="train"):
+        cfg = parse_train(compose(config_name="train", overrides=[*overrides, "trainer.progress=none"]))
+    t = Trainer(cfg, tmp_path / "run", dist.DistEnv())
+    (tmp_path / "run").mkdir()
+    t.setup()
+    return t
+
+
+def test_a_fresh_student_restarts_from_the_initial_weights_and_optimizer(trainer) -> None:
+    initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    # Train the teacher for one round by hand: a few real steps move the weights and fill AdamW's state.
+    for _ in range(3):
+        trainer._forward_backward("mix")
+        trainer._optimizer_step()
+        trainer.scheduler.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.step += 1
+    moved = [k for k, v in trainer.model.state_dict().items() if not torch.equal(v, initial[k])]
+    assert moved and trainer.optimizer.state
+    teacher_head = trainer.model.classifier.weight.detach().clone()
+
+    trainer._maybe_relabel()  # step 3 = self_training_every: the teacher labels, the student starts over
+
+    assert trainer.pseudo_labels is not None and (trainer.pseudo_labels >= 0).any()
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(value, initial[key]), key
+    assert not torch.equal(trainer.model.classifier.weight, teacher_head)
+    assert len(trainer.optimizer.state) == 0
+    # The student's lr schedule starts over too: step 4 uses step 1's lr.
+    assert trainer.scheduler.get_last_lr()[0] == pytest.approx(trainer.scheduler.lr_lambdas[0](0)
+                                                               * trainer.scheduler.base_lrs[0])
+
+
+def test_fresh_students_in_a_run_restart_the_lr_schedule_each_round(sft, tmp_path) -> None:
+    sft("train", *FRESH, check=True)
+    (run,) = run_dirs(tmp_path / "runs")
+    lr = {e["step"]: e["train/lr"] for e in read_jsonl(run / "metrics.jsonl") if "train/lr" in e}
+    relabels = [e for e in read_jsonl(run / "metrics.jsonl") if "self_training/kept" in e]
+    assert [e["step"] for e in relabels] == [3]
+    # Two rounds of 3 steps, each warmed up and decayed on its own: the same lr at the same position.
+    assert lr[1] == pytest.approx(lr[4]) and lr[2] == pytest.approx(lr[5]) and lr[3] == pytest.approx(lr[6])
+    assert lr[1] > lr[3]
+
+
+def test_unlabeled_mask_noises_only_the_unlabeled_rows(trainer) -> None:
+    from sftcli.data import pad_concat
+
+    trainer.cfg.loss.unlabeled_mask_prob = 0.5
+    lab, _ = trainer._labeled_batch()
+    unl, _ = trainer._unlabeled_batch()
+    inputs = pad_concat(lab, unl, trainer.pad_id)
+    n_lab = len(lab["input_ids"])
+    masked = trainer._mask_unlabeled(inputs, n_lab)
+    assert torch.equal(masked["input_ids"][:n_lab], inputs["input_ids"][:n_lab])
+    changed = masked["input_ids"][n_lab:] != inputs["input_ids"][n_lab:]
+    assert changed.any()
+    assert (masked["input_ids"][n_lab:][changed] == trainer.tokenizer.mask_token_id).all()
+    # Padding and special tokens are never masked.
+    special = torch.isin(inputs["input_ids"][n_lab:], torch.tensor(trainer.tokenizer.all_special_ids))
+    assert not (changed & special).any()
