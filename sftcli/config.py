@@ -101,6 +101,7 @@ class LossConfig:
     self_training_every: int = 50
     self_training_top: float = 0.5
     self_training_student: Literal["continue", "fresh"] = "continue"
+    self_training_select: Literal["per_class", "global"] = "per_class"
     unlabeled_mask_prob: float = 0.0
 
     def check(self, err: _Errors, prefix: str) -> None:

@@ -76,23 +76,24 @@ def consistency_loss(strong: torch.Tensor, weak: torch.Tensor, threshold: float)
     return (per_text * keep).sum(), keep.sum().detach()
 
 
-def select_pseudo_labels(logits: np.ndarray, top: float) -> tuple[np.ndarray, np.ndarray]:
-    """Class-balanced pseudo-labels for self-training.
+def select_pseudo_labels(logits: np.ndarray, top: float, per_class: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Pseudo-labels for self-training: the most confident share of the classifier's predictions.
 
     logits: [n, C] the classifier's logits for every unlabeled text.
-    For each class, of the texts predicted as that class, the most confident ceil(top * count) keep
-    their prediction; the rest get -1 (not used). Taking a share of every predicted class rather than
-    one global threshold keeps classes the model is less sure of from vanishing out of the pseudo-labels.
-    Returns (labels [n] int64, confidence [n] float32).
+    per_class=True: for each class, of the texts predicted as that class, the most confident
+    ceil(top * count) keep their prediction, so classes the model is less sure of do not vanish from the
+    pseudo-labels. per_class=False: the most confident ceil(top * n) texts overall, whatever their class
+    (more accurate when a class is over-predicted: its weakest predictions are not kept just to fill a
+    share). The rest get -1 (not used). Returns (labels [n] int64, confidence [n] float32).
     """
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs = e / e.sum(axis=1, keepdims=True)
     pred, conf = probs.argmax(axis=1), probs.max(axis=1).astype(np.float32)
     labels = np.full(len(pred), -1, dtype=np.int64)
-    for c in np.unique(pred):
-        members = np.flatnonzero(pred == c)
+    groups = [np.flatnonzero(pred == c) for c in np.unique(pred)] if per_class else [np.arange(len(pred))]
+    for members in groups:
         keep = int(np.ceil(top * len(members)))
         # Stable sort: equal confidences keep the lower index, so the choice is reproducible.
         chosen = members[np.argsort(-conf[members], kind="stable")[:keep]]
-        labels[chosen] = c
+        labels[chosen] = pred[chosen]
     return labels, conf

@@ -369,7 +369,8 @@ class Trainer:
         t0 = time.perf_counter()
         logits = predict_logits(self.model, self.enc_unlabeled, self.tc.eval_batch_size, self.pad_id,
                                 self.env.device, self.precision, self.env)
-        self.pseudo_labels, conf = select_pseudo_labels(logits, lc.self_training_top)
+        self.pseudo_labels, conf = select_pseudo_labels(logits, lc.self_training_top,
+                                                           per_class=lc.self_training_select == "per_class")
         if self.initial_state is not None:
             # The labeling model was the teacher; the student starts over from the initial weights with
             # a new optimizer state (AdamW builds its moments again on the next step).

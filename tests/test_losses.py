@@ -149,3 +149,21 @@ def test_self_training_keeps_the_most_confident_share_of_every_predicted_class()
     assert np.isclose(conf[5], 1 / (1 + np.exp(-5.0)))
     everything, _ = select_pseudo_labels(logits, top=1.0)
     assert everything.tolist() == [0, 0, 0, 0, 1, 1]
+
+
+def test_global_self_training_keeps_the_most_confident_share_of_all_texts() -> None:
+    import numpy as np
+
+    from sftcli.losses import select_pseudo_labels
+
+    # Same logits: global top half = the 3 largest margins overall, rows 5 (5.0), 3 (4.0), 1 (3.0),
+    # whatever their class.
+    logits = np.array([[1.0, 0.0], [3.0, 0.0], [2.0, 0.0], [4.0, 0.0], [0.0, 0.5], [0.0, 5.0]])
+    labels, _ = select_pseudo_labels(logits, top=0.5, per_class=False)
+    assert labels.tolist() == [-1, 0, -1, 0, -1, 1]
+    # Top third: globally the 2 most confident texts; per class, class 0 (4 texts) also keeps row 1
+    # (margin 3.0) to fill its share, although row 1 is less sure than anything kept globally.
+    labels, _ = select_pseudo_labels(logits, top=1 / 3, per_class=False)
+    assert labels.tolist() == [-1, -1, -1, 0, -1, 1]
+    per_class, _ = select_pseudo_labels(logits, top=1 / 3)
+    assert per_class.tolist() == [-1, 0, -1, 0, -1, 1]
