@@ -102,6 +102,7 @@ class LossConfig:
     self_training_top: float = 0.5
     self_training_student: Literal["continue", "fresh"] = "continue"
     self_training_select: Literal["per_class", "global"] = "per_class"
+    self_training_top_step: float = 0.0
     unlabeled_mask_prob: float = 0.0
 
     def check(self, err: _Errors, prefix: str) -> None:
@@ -116,6 +117,7 @@ class LossConfig:
         err.require(self.self_training_weight >= 0, f"{prefix}.self_training_weight", "must be >= 0")
         err.require(self.self_training_every >= 1, f"{prefix}.self_training_every", "must be >= 1")
         err.require(0.0 < self.self_training_top <= 1.0, f"{prefix}.self_training_top", "must be in (0, 1]")
+        err.require(0.0 <= self.self_training_top_step <= 1.0, f"{prefix}.self_training_top_step", "must be in [0, 1]")
 
 
 @dataclass

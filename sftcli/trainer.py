@@ -373,7 +373,9 @@ class Trainer:
         t0 = time.perf_counter()
         logits = predict_logits(self.model, self.enc_unlabeled, self.tc.eval_batch_size, self.pad_id,
                                 self.env.device, self.precision, self.env)
-        self.pseudo_labels, conf = select_pseudo_labels(logits, lc.self_training_top,
+        # Curriculum: each later re-label keeps a larger share (top, top + step, ...; at most all).
+        share = min(1.0, lc.self_training_top + (self.step // lc.self_training_every - 1) * lc.self_training_top_step)
+        self.pseudo_labels, conf = select_pseudo_labels(logits, share,
                                                            per_class=lc.self_training_select == "per_class")
         if self.initial_state is not None:
             # The labeling model was the teacher; the student starts over from the initial weights with

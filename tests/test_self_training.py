@@ -58,13 +58,17 @@ def test_a_fresh_student_restarts_from_the_initial_weights_and_optimizer(trainer
 
 
 def test_fresh_students_in_a_run_restart_the_lr_schedule_each_round(sft, tmp_path) -> None:
-    sft("train", *FRESH, check=True)
+    sft("train", *FRESH, "trainer.max_steps=9", "loss.self_training_select=global", "loss.self_training_top=0.5",
+        "loss.self_training_top_step=0.25", check=True)
     (run,) = run_dirs(tmp_path / "runs")
     lr = {e["step"]: e["train/lr"] for e in read_jsonl(run / "metrics.jsonl") if "train/lr" in e}
     relabels = [e for e in read_jsonl(run / "metrics.jsonl") if "self_training/kept" in e]
-    assert [e["step"] for e in relabels] == [3]
-    # Two rounds of 3 steps, each warmed up and decayed on its own: the same lr at the same position.
-    assert lr[1] == pytest.approx(lr[4]) and lr[2] == pytest.approx(lr[5]) and lr[3] == pytest.approx(lr[6])
+    assert [e["step"] for e in relabels] == [3, 6]
+    # The curriculum: half of the 256 unlabeled texts at the first re-label, three quarters at the second.
+    assert [e["self_training/kept"] for e in relabels] == [0.5, 0.75]
+    # Three rounds of 3 steps, each warmed up and decayed on its own: the same lr at the same position.
+    for step in (1, 2, 3):
+        assert lr[step] == pytest.approx(lr[step + 3]) and lr[step] == pytest.approx(lr[step + 6])
     assert lr[1] > lr[3]
     # The teacher round has no unlabeled term to feed (lambda 0, no pseudo-labels yet): labeled steps only.
     train = {e["step"]: e for e in read_jsonl(run / "metrics.jsonl") if "train/loss" in e}
