@@ -224,10 +224,6 @@ class Trainer:
                 t0 = time.perf_counter()
                 kind = step_kind(self.cfg.strategy, self.step)
                 self._maybe_relabel()
-                if kind == MIX and not self._unlabeled_terms_active():
-                    # Nothing would use the unlabeled half (lambda 0, no consistency term, no
-                    # pseudo-labels yet, e.g. a self-training teacher round): skip its forward.
-                    kind = SUPERVISED
                 loss, terms, info = self._forward_backward(kind)
                 grad_norm = self._clip_gradients()
                 bad_local = ~torch.isfinite(loss.detach())
@@ -393,11 +389,6 @@ class Trainer:
         if self.env.is_main:
             self.metrics.write(self.step, values)
             log.info("self-training: step %d: %s", self.step, format_metrics(values, sorted(values)))
-
-    def _unlabeled_terms_active(self) -> bool:
-        lc = self.cfg.loss
-        return (self._con_weight() > 0 or lc.consistency_weight > 0
-                or (lc.self_training_weight > 0 and self.pseudo_labels is not None))
 
     def _con_weight(self, step: int | None = None) -> float:
         """lambda of step `step` (1-based; default: the step being taken), ramped up linearly over
