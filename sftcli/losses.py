@@ -76,6 +76,12 @@ def consistency_loss(strong: torch.Tensor, weak: torch.Tensor, threshold: float)
     return (per_text * keep).sum(), keep.sum().detach()
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of [n, C] logits, as float32."""
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
 def select_pseudo_labels(logits: np.ndarray, top: float, per_class: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Pseudo-labels for self-training: the most confident share of the classifier's predictions.
 
@@ -86,8 +92,7 @@ def select_pseudo_labels(logits: np.ndarray, top: float, per_class: bool = True)
     (more accurate when a class is over-predicted: its weakest predictions are not kept just to fill a
     share). The rest get -1 (not used). Returns (labels [n] int64, confidence [n] float32).
     """
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs = e / e.sum(axis=1, keepdims=True)
+    probs = softmax(logits)
     pred, conf = probs.argmax(axis=1), probs.max(axis=1).astype(np.float32)
     labels = np.full(len(pred), -1, dtype=np.int64)
     groups = [np.flatnonzero(pred == c) for c in np.unique(pred)] if per_class else [np.arange(len(pred))]

@@ -38,7 +38,7 @@ from sftcli.data import (
 )
 from sftcli.errors import CheckpointError, NonFiniteError, Preempted
 from sftcli.evaluate import autocast, evaluate, predict_logits, resolve_precision, scalar_metrics
-from sftcli.losses import consistency_loss, info_nce, select_pseudo_labels, supervised_loss
+from sftcli.losses import consistency_loss, info_nce, select_pseudo_labels, softmax, supervised_loss
 from sftcli.model import build_model, load_tokenizer, pool, tokenizer_fingerprint, weights_fingerprint
 from sftcli.runlog import MetricsWriter, format_metrics, setup_logging
 from sftcli.strategy import CONTRASTIVE, MIX, SUPERVISED, step_kind
@@ -124,6 +124,7 @@ class Trainer:
         self.teacher_reps: NpyRows | None = None
         # Self-training's pseudo-labels of the unlabeled set (-1: not used), refreshed every few steps.
         self.pseudo_labels: np.ndarray | None = None
+        self.pseudo_probs: np.ndarray | None = None  # with soft targets: the labeling model's probabilities
         if self.use_unlabeled:
             # The frozen pretrained encoder: a copy of the initial weights, eval mode, never updated.
             teacher = copy.deepcopy(self.model.base_model).eval().requires_grad_(False)
@@ -342,9 +343,14 @@ class Trainer:
                 info["confident"] = confident
                 loss = loss + lc.consistency_weight * terms["cons"]
             if self.pseudo_labels is not None and lc.self_training_weight > 0:
-                targets = _to_device(torch.from_numpy(self.pseudo_labels[rank_slice(unl[1], env.rank,
-                                                                                      env.world_size)]), dev)
-                per_text = torch.nn.functional.cross_entropy(u_logits, targets.clamp_min(0), reduction="none")
+                local = rank_slice(unl[1], env.rank, env.world_size)
+                targets = _to_device(torch.from_numpy(self.pseudo_labels[local]), dev)
+                if self.pseudo_probs is not None:
+                    # Soft targets: the teacher's whole distribution (distillation), not only its argmax.
+                    probs = _to_device(torch.from_numpy(self.pseudo_probs[local]), dev)
+                    per_text = -(probs * torch.log_softmax(u_logits, dim=-1)).sum(-1)
+                else:
+                    per_text = torch.nn.functional.cross_entropy(u_logits, targets.clamp_min(0), reduction="none")
                 terms["st"] = (per_text * (targets >= 0)).sum() * env.world_size / len(unl[1])
                 loss = loss + lc.self_training_weight * terms["st"]
             if lab is None:
@@ -373,6 +379,8 @@ class Trainer:
         share = min(1.0, lc.self_training_top + (self.step // lc.self_training_every - 1) * lc.self_training_top_step)
         self.pseudo_labels, conf = select_pseudo_labels(logits, share,
                                                            per_class=lc.self_training_select == "per_class")
+        if lc.self_training_targets == "soft":
+            self.pseudo_probs = softmax(logits)
         if self.initial_state is not None:
             # The labeling model was the teacher; the student starts over from the initial weights with
             # a new optimizer state (AdamW builds its moments again on the next step).
@@ -660,6 +668,7 @@ class Trainer:
                 "best": {"metric": self.best_metric, "step": self.best_step, "checkpoint": best_name},
                 "nonfinite_skips": self.nonfinite_skips,
                 "pseudo_labels": None if self.pseudo_labels is None else torch.from_numpy(self.pseudo_labels),
+                "pseudo_probs": None if self.pseudo_probs is None else torch.from_numpy(self.pseudo_probs),
                 "world_size": self.env.world_size,
                 "config": json.dumps(to_plain(self.cfg)),
                 "fingerprints": self._fingerprints(),
@@ -718,6 +727,8 @@ class Trainer:
         self.nonfinite_skips = int(state["nonfinite_skips"])
         if state.get("pseudo_labels") is not None:
             self.pseudo_labels = state["pseudo_labels"].numpy()
+        if state.get("pseudo_probs") is not None:
+            self.pseudo_probs = state["pseudo_probs"].numpy()
         rng_file = path / f"rng_state_rank{self.env.rank}.pt"
         if rng_file.exists():
             self._set_rng_state(ckpt.load_state(rng_file))

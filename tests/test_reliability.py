@@ -21,12 +21,14 @@ from sftcli import checkpoint as ckpt
 from sftcli.errors import CheckpointError
 
 # Mix strategy, dropout on (tiny BERT keeps 0.1), shuffling on, both streams active; every randomised or
-# stateful term on: token masking of the consistency view, and self-training's pseudo-labels (set at
-# step 3, so a resume at step 5 must restore them from the checkpoint).
+# stateful term on: token masking of the unlabeled rows, and self-training with fresh students and
+# soft targets (re-label at step 3, which also restarts the model, optimizer and lr schedule, so a resume
+# at step 5 must restore the pseudo-labels and the student's state from the checkpoint).
 RESUME_ARGS = [*TINY, "+strategy=mix", "lambda=0.5", "trainer.max_steps=8", "trainer.eval_every=4",
                "trainer.save_every=2", "trainer.keep_last=10", "loss.consistency_weight=0.5",
                "loss.consistency_threshold=0.0", "loss.unlabeled_mask_prob=0.2", "loss.self_training_weight=1",
-               "loss.self_training_every=3"]
+               "loss.self_training_every=3", "loss.self_training_targets=soft",
+               "loss.self_training_student=fresh"]
 
 
 def weights(run: Path, step: int) -> dict[str, torch.Tensor]:
