@@ -88,3 +88,19 @@ def test_unlabeled_mask_noises_only_the_unlabeled_rows(trainer) -> None:
     # Padding and special tokens are never masked.
     special = torch.isin(inputs["input_ids"][n_lab:], torch.tensor(trainer.tokenizer.all_special_ids))
     assert not (changed & special).any()
+
+
+def test_soft_targets_keep_the_teachers_probabilities(trainer) -> None:
+    import numpy as np
+
+    trainer.cfg.loss.self_training_targets = "soft"
+    trainer.step = 3
+    trainer._maybe_relabel()
+    probs, labels = trainer.pseudo_probs, trainer.pseudo_labels
+    assert probs is not None and probs.shape == (len(labels), len(trainer.data.label_names))
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    kept = labels >= 0
+    assert (probs[kept].argmax(1) == labels[kept]).all()
+    # A step on the soft targets: the distillation term is there and finite.
+    _, terms, _ = trainer._forward_backward("mix")
+    assert "st" in terms and torch.isfinite(terms["st"]) and terms["st"] > 0
