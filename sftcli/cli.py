@@ -212,10 +212,10 @@ def _composition_message(command: str, text: str) -> str:
     first = text.strip().splitlines()[0] if text.strip() else text
     m = re.search(r"Could not override '([^']+)'", text)
     if m:
+        from sftcli.config import RENAMED_KEYS, unknown_key_message
+
         key = m.group(1)
-        hint = _closest_key(command, key)
-        extra = f" (did you mean {hint!r}?)" if hint else ""
-        return f"{key}: unknown key{extra}"
+        return f"{key}: {unknown_key_message(key, None if key in RENAMED_KEYS else _closest_key(command, key))}"
     m = re.search(r"Could not find '([^/']+)/([^']+)'", text)
     if m:
         group, option = m.groups()

@@ -293,6 +293,18 @@ def _coerce(value: Any, tp: Any, key: str, err: _Errors) -> Any:
     return value
 
 
+# Keys that were renamed: a config or command line still using the old name is told the new one
+# instead of a spelling guess.
+RENAMED_KEYS = {"loss.consistency_mask_prob": "loss.unlabeled_mask_prob"}
+
+
+def unknown_key_message(key: str, guess: str | None) -> str:
+    """The error text for an unknown key: its new name when it was renamed, else the closest known key."""
+    if key in RENAMED_KEYS:
+        return f"unknown key (renamed to {RENAMED_KEYS[key]!r})"
+    return f"unknown key (did you mean {guess!r}?)" if guess else "unknown key"
+
+
 def _build(cls: type, raw: dict[str, Any], prefix: str, err: _Errors) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -302,8 +314,7 @@ def _build(cls: type, raw: dict[str, Any], prefix: str, err: _Errors) -> Any:
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
             hint = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
-            extra = f" (did you mean {(prefix + '.' if prefix else '') + hint[0]!r}?)" if hint else ""
-            err.add(full, f"unknown key{extra}")
+            err.add(full, unknown_key_message(full, (prefix + "." if prefix else "") + hint[0] if hint else None))
             continue
         if value == "???":
             err.add(full, "is required but missing")

@@ -240,6 +240,11 @@ def test_a_nonfinite_validation_metric_is_never_the_best() -> None:
     ("model=tinyy", "model=tiny"),
     ("lambda=0.5", "lambda"),
     ("run_name=../../escape", "run_name"),
+    ("loss.self_training_top_step=2", "loss.self_training_top_step"),
+    ("loss.self_training_student=new", "loss.self_training_student"),
+    # A renamed key names its new name, from the command line and from a config added to the tree.
+    ("loss.consistency_mask_prob=0.1", "renamed to 'loss.unlabeled_mask_prob'"),
+    ("+loss.consistency_mask_prob=0.1", "renamed to 'loss.unlabeled_mask_prob'"),
 ])
 def test_config_mistakes_exit_2_naming_the_key(sft, tmp_path, override, key) -> None:
     proc = sft("train", *TINY, override)
