@@ -104,6 +104,7 @@ class LossConfig:
     self_training_select: Literal["per_class", "global"] = "per_class"
     self_training_top_step: float = 0.0
     self_training_targets: Literal["hard", "soft"] = "hard"
+    self_training_ensemble: bool = False
     unlabeled_mask_prob: float = 0.0
 
     def check(self, err: _Errors, prefix: str) -> None:

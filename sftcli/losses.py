@@ -82,17 +82,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def select_pseudo_labels(logits: np.ndarray, top: float, per_class: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def select_pseudo_labels(probs: np.ndarray, top: float, per_class: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Pseudo-labels for self-training: the most confident share of the classifier's predictions.
 
-    logits: [n, C] the classifier's logits for every unlabeled text.
+    probs: [n, C] the classifier's class probabilities for every unlabeled text.
     per_class=True: for each class, of the texts predicted as that class, the most confident
     ceil(top * count) keep their prediction, so classes the model is less sure of do not vanish from the
     pseudo-labels. per_class=False: the most confident ceil(top * n) texts overall, whatever their class
     (more accurate when a class is over-predicted: its weakest predictions are not kept just to fill a
     share). The rest get -1 (not used). Returns (labels [n] int64, confidence [n] float32).
     """
-    probs = softmax(logits)
     pred, conf = probs.argmax(axis=1), probs.max(axis=1).astype(np.float32)
     labels = np.full(len(pred), -1, dtype=np.int64)
     groups = [np.flatnonzero(pred == c) for c in np.unique(pred)] if per_class else [np.arange(len(pred))]

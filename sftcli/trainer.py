@@ -125,6 +125,8 @@ class Trainer:
         # Self-training's pseudo-labels of the unlabeled set (-1: not used), refreshed every few steps.
         self.pseudo_labels: np.ndarray | None = None
         self.pseudo_probs: np.ndarray | None = None  # with soft targets: the labeling model's probabilities
+        # With self_training_ensemble: the mean probabilities of every labeling model so far.
+        self.ensemble_probs: np.ndarray | None = None
         if self.use_unlabeled:
             # The frozen pretrained encoder: a copy of the initial weights, eval mode, never updated.
             teacher = copy.deepcopy(self.model.base_model).eval().requires_grad_(False)
@@ -375,12 +377,19 @@ class Trainer:
         t0 = time.perf_counter()
         logits = predict_logits(self.model, self.enc_unlabeled, self.tc.eval_batch_size, self.pad_id,
                                 self.env.device, self.precision, self.env)
+        probs = softmax(logits)
+        relabel = self.step // lc.self_training_every  # 1 at the first re-label
+        if lc.self_training_ensemble:
+            # Running mean over the labeling models of all rounds: the models of different rounds make
+            # partly different mistakes, so their average is right more often than the newest alone.
+            if self.ensemble_probs is not None:
+                probs = (self.ensemble_probs * (relabel - 1) + probs) / relabel
+            self.ensemble_probs = probs
         # Curriculum: each later re-label keeps a larger share (top, top + step, ...; at most all).
-        share = min(1.0, lc.self_training_top + (self.step // lc.self_training_every - 1) * lc.self_training_top_step)
-        self.pseudo_labels, conf = select_pseudo_labels(logits, share,
-                                                           per_class=lc.self_training_select == "per_class")
+        share = min(1.0, lc.self_training_top + (relabel - 1) * lc.self_training_top_step)
+        self.pseudo_labels, conf = select_pseudo_labels(probs, share, per_class=lc.self_training_select == "per_class")
         if lc.self_training_targets == "soft":
-            self.pseudo_probs = softmax(logits)
+            self.pseudo_probs = probs
         if self.initial_state is not None:
             # The labeling model was the teacher; the student starts over from the initial weights with
             # a new optimizer state (AdamW builds its moments again on the next step).
@@ -669,6 +678,7 @@ class Trainer:
                 "nonfinite_skips": self.nonfinite_skips,
                 "pseudo_labels": None if self.pseudo_labels is None else torch.from_numpy(self.pseudo_labels),
                 "pseudo_probs": None if self.pseudo_probs is None else torch.from_numpy(self.pseudo_probs),
+                "ensemble_probs": None if self.ensemble_probs is None else torch.from_numpy(self.ensemble_probs),
                 "world_size": self.env.world_size,
                 "config": json.dumps(to_plain(self.cfg)),
                 "fingerprints": self._fingerprints(),
@@ -729,6 +739,8 @@ class Trainer:
             self.pseudo_labels = state["pseudo_labels"].numpy()
         if state.get("pseudo_probs") is not None:
             self.pseudo_probs = state["pseudo_probs"].numpy()
+        if state.get("ensemble_probs") is not None:
+            self.ensemble_probs = state["ensemble_probs"].numpy()
         rng_file = path / f"rng_state_rank{self.env.rank}.pt"
         if rng_file.exists():
             self._set_rng_state(ckpt.load_state(rng_file))

@@ -139,31 +139,31 @@ def test_mask_tokens_masks_only_real_non_special_tokens_at_the_given_rate() -> N
 def test_self_training_keeps_the_most_confident_share_of_every_predicted_class() -> None:
     import numpy as np
 
-    from sftcli.losses import select_pseudo_labels
+    from sftcli.losses import select_pseudo_labels, softmax
 
     # Class 0 predicted for rows 0-3 (confidence rising with the margin), class 1 for rows 4-5.
     logits = np.array([[1.0, 0.0], [3.0, 0.0], [2.0, 0.0], [4.0, 0.0], [0.0, 0.5], [0.0, 5.0]])
-    labels, conf = select_pseudo_labels(logits, top=0.5)
+    labels, conf = select_pseudo_labels(softmax(logits), top=0.5)
     # ceil(0.5 * 4) = 2 of class 0 (margins 4 and 3: rows 3 and 1), ceil(0.5 * 2) = 1 of class 1 (row 5).
     assert labels.tolist() == [-1, 0, -1, 0, -1, 1]
     assert np.isclose(conf[5], 1 / (1 + np.exp(-5.0)))
-    everything, _ = select_pseudo_labels(logits, top=1.0)
+    everything, _ = select_pseudo_labels(softmax(logits), top=1.0)
     assert everything.tolist() == [0, 0, 0, 0, 1, 1]
 
 
 def test_global_self_training_keeps_the_most_confident_share_of_all_texts() -> None:
     import numpy as np
 
-    from sftcli.losses import select_pseudo_labels
+    from sftcli.losses import select_pseudo_labels, softmax
 
     # Same logits: global top half = the 3 largest margins overall, rows 5 (5.0), 3 (4.0), 1 (3.0),
     # whatever their class.
     logits = np.array([[1.0, 0.0], [3.0, 0.0], [2.0, 0.0], [4.0, 0.0], [0.0, 0.5], [0.0, 5.0]])
-    labels, _ = select_pseudo_labels(logits, top=0.5, per_class=False)
+    labels, _ = select_pseudo_labels(softmax(logits), top=0.5, per_class=False)
     assert labels.tolist() == [-1, 0, -1, 0, -1, 1]
     # Top third: globally the 2 most confident texts; per class, class 0 (4 texts) also keeps row 1
     # (margin 3.0) to fill its share, although row 1 is less sure than anything kept globally.
-    labels, _ = select_pseudo_labels(logits, top=1 / 3, per_class=False)
+    labels, _ = select_pseudo_labels(softmax(logits), top=1 / 3, per_class=False)
     assert labels.tolist() == [-1, -1, -1, 0, -1, 1]
-    per_class, _ = select_pseudo_labels(logits, top=1 / 3)
+    per_class, _ = select_pseudo_labels(softmax(logits), top=1 / 3)
     assert per_class.tolist() == [-1, 0, -1, 0, -1, 1]

@@ -28,7 +28,7 @@ RESUME_ARGS = [*TINY, "+strategy=mix", "lambda=0.5", "trainer.max_steps=8", "tra
                "trainer.save_every=2", "trainer.keep_last=10", "loss.consistency_weight=0.5",
                "loss.consistency_threshold=0.0", "loss.unlabeled_mask_prob=0.2", "loss.self_training_weight=1",
                "loss.self_training_every=3", "loss.self_training_targets=soft",
-               "loss.self_training_student=fresh"]
+               "loss.self_training_student=fresh", "loss.self_training_ensemble=true"]
 
 
 def weights(run: Path, step: int) -> dict[str, torch.Tensor]:

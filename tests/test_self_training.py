@@ -104,3 +104,31 @@ def test_soft_targets_keep_the_teachers_probabilities(trainer) -> None:
     # A step on the soft targets: the distillation term is there and finite.
     _, terms, _ = trainer._forward_backward("mix")
     assert "st" in terms and torch.isfinite(terms["st"]) and terms["st"] > 0
+
+
+def test_an_ensemble_labels_with_the_mean_of_every_teacher_so_far(trainer) -> None:
+    import numpy as np
+
+    from sftcli.evaluate import predict_logits
+    from sftcli.losses import softmax
+
+    def teacher_probs() -> np.ndarray:
+        return softmax(predict_logits(trainer.model, trainer.enc_unlabeled, trainer.tc.eval_batch_size, trainer.pad_id,
+                                      trainer.env.device, trainer.precision, trainer.env))
+
+    trainer.cfg.loss.self_training_ensemble = True
+    trainer.step = 3
+    first = teacher_probs()
+    trainer._maybe_relabel()
+    assert np.allclose(trainer.ensemble_probs, first)
+    # A second teacher that disagrees: a different classifier.
+    with torch.no_grad():
+        trainer.model.classifier.weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(1))
+    second = teacher_probs()
+    assert (first.argmax(1) != second.argmax(1)).any()
+    trainer.step = 6
+    trainer._maybe_relabel()
+    mean = (first + second) / 2
+    assert np.allclose(trainer.ensemble_probs, mean, atol=1e-6)
+    kept = trainer.pseudo_labels >= 0
+    assert (trainer.pseudo_labels[kept] == mean[kept].argmax(1)).all()
