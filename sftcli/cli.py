@@ -50,7 +50,7 @@ def usage() -> str:
              "  L = L_sup (cross-entropy on labels) + lambda * L_con (InfoNCE towards the frozen encoder)", "",
              "commands:"]
     lines += [f"  {name:<8} {text}" for name, text in COMMANDS.items()]
-    lines += ["", "config groups (sft train GROUP=OPTION; strategy is added with +strategy=OPTION):"]
+    lines += ["", "config groups (sft train GROUP=OPTION; strategy and recipe are added with +GROUP=OPTION):"]
     for group, options in config_groups().items():
         default = {"model": "minilm", "data": "trec6", "loss": "infonce", "optim": "adamw",
                    "trainer": "default"}.get(group)
@@ -60,6 +60,7 @@ def usage() -> str:
               "  sft train                                     supervised baseline (embedded MiniLM + TREC-6)",
               "  sft train +strategy=mix lambda=0.5            semi-supervised",
               "  sft train -m +strategy=alternate,mix lambda=0.1,0.5   sweep",
+              "  sft train +recipe=self_training               self-training with fresh students (best measured)",
               "  sft train trainer.nproc=2                     2 processes (torch.distributed)",
               "  sft eval checkpoint=runs/RUN                  evaluate a run's best checkpoint",
               "", "sft COMMAND --help shows a command's options. SFT_DEBUG=1 (or debug=true) shows tracebacks."]
@@ -216,6 +217,11 @@ def _composition_message(command: str, text: str) -> str:
 
         key = m.group(1)
         return f"{key}: {unknown_key_message(key, None if key in RENAMED_KEYS else _closest_key(command, key))}"
+    m = re.search(r"Multiple values for (\w+)", text)
+    if m:
+        group = m.group(1)
+        return (f"+{group}=...: {group} is already chosen (by +recipe=... or the defaults); "
+                f"to pick another option write {group}=OPTION, without the +")
     m = re.search(r"Could not find '([^/']+)/([^']+)'", text)
     if m:
         group, option = m.groups()

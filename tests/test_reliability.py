@@ -245,9 +245,11 @@ def test_a_nonfinite_validation_metric_is_never_the_best() -> None:
     # A renamed key names its new name, from the command line and from a config added to the tree.
     ("loss.consistency_mask_prob=0.1", "renamed to 'loss.unlabeled_mask_prob'"),
     ("+loss.consistency_mask_prob=0.1", "renamed to 'loss.unlabeled_mask_prob'"),
+    # The recipe already picks the strategy.
+    ("+recipe=self_training +strategy=alternate", "strategy=OPTION, without the +"),
 ])
 def test_config_mistakes_exit_2_naming_the_key(sft, tmp_path, override, key) -> None:
-    proc = sft("train", *TINY, override)
+    proc = sft("train", *TINY, *override.split())
     assert proc.returncode == 2, proc.stderr
     assert key in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.rglob("metrics.jsonl"))  # nothing was trained

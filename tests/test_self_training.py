@@ -132,3 +132,26 @@ def test_an_ensemble_labels_with_the_mean_of_every_teacher_so_far(trainer) -> No
     assert np.allclose(trainer.ensemble_probs, mean, atol=1e-6)
     kept = trainer.pseudo_labels >= 0
     assert (trainer.pseudo_labels[kept] == mean[kept].argmax(1)).all()
+
+
+def test_the_self_training_recipe_is_the_chosen_configuration() -> None:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from sftcli.cli import config_dir
+
+    explicit = ["+strategy=mix", "lambda=0", "model.head_pooling=mean", "loss.self_training_weight=1",
+                "loss.self_training_every=150", "loss.self_training_student=fresh",
+                "loss.self_training_select=global", "loss.self_training_top=0.5",
+                "loss.self_training_top_step=0.25", "trainer.max_steps=750"]
+
+    def composed(overrides: list[str]) -> dict:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name="train"):
+            cfg = OmegaConf.to_container(compose(config_name="train", overrides=[*overrides, "run_name=x"]))
+        return cfg
+
+    recipe = composed(["+recipe=self_training"])
+    assert recipe == composed(explicit)
+    assert recipe != composed(["+strategy=mix"])
+    # Command-line keys still win over the recipe's.
+    assert composed(["+recipe=self_training", "loss.self_training_top=0.7"])["loss"]["self_training_top"] == 0.7
