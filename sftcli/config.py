@@ -93,6 +93,7 @@ class LossConfig:
     tau: float | None = None
     negatives: Literal["finetuned", "pretrained", "none"] = "finetuned"
     teacher_cache: bool = True
+    projection: Literal["none", "mlp"] = "none"
     mask_same_class: bool = False
     rampup_steps: int = 0
     consistency_weight: float = 0.0

@@ -191,6 +191,25 @@ def set_head_pooling(model: Any, how: str) -> None:
     setattr(model.config, HEAD_POOLING_KEY, how)
 
 
+class ResidualProjection(torch.nn.Module):
+    """Projection head for the contrastive term: h + W2 gelu(W1 h), with W2 zero at the start.
+
+    The term then ties the projected representation to the frozen one, and the projection can absorb
+    the difference, so the pooled states the classifier reads are free to move (the reason SimCLR puts
+    its loss behind a head). W2 = 0 makes the head the identity at step 0: the first steps are those
+    of the term without a head."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.up = torch.nn.Linear(dim, dim)
+        self.down = torch.nn.Linear(dim, dim)
+        torch.nn.init.zeros_(self.down.weight)
+        torch.nn.init.zeros_(self.down.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.down(torch.nn.functional.gelu(self.up(h)))
+
+
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
     """Sentence representation from the last hidden states: mean over non-pad tokens, or CLS."""
     if pooling == "cls":

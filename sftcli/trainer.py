@@ -39,10 +39,20 @@ from sftcli.data import (
 from sftcli.errors import CheckpointError, NonFiniteError, Preempted
 from sftcli.evaluate import autocast, evaluate, predict_logits, resolve_precision, scalar_metrics
 from sftcli.losses import consistency_loss, info_nce, select_pseudo_labels, softmax, supervised_loss
-from sftcli.model import build_model, load_tokenizer, pool, tokenizer_fingerprint, weights_fingerprint
+from sftcli.model import (
+    ResidualProjection,
+    build_model,
+    load_tokenizer,
+    pool,
+    tokenizer_fingerprint,
+    weights_fingerprint,
+)
 from sftcli.runlog import MetricsWriter, format_metrics, setup_logging
 from sftcli.strategy import CONTRASTIVE, MIX, SUPERVISED, step_kind
 from sftcli.teacher import teacher_representations
+
+# Name prefix of the projection head's parameters (optimizer groups, fresh-student snapshot).
+PROJECTION = "contrastive_projection"
 
 log = logging.getLogger("sft")
 
@@ -140,6 +150,18 @@ class Trainer:
                 self.teacher = teacher.to(env.device)
         self.model.to(env.device)
         self.ddp_model = dist.wrap_model(env, self.model)
+        # The contrastive term's projection head: trained with the model, saved in the training state
+        # (it is not part of the classifier, so exported checkpoints do not carry it).
+        self.projection: torch.nn.Module | None = None
+        self.ddp_projection: torch.nn.Module | None = None
+        if self.use_unlabeled and cfg.loss.projection == "mlp":
+            with torch.random.fork_rng(devices=[]):  # its own init draws; the run's RNG stream is unchanged
+                torch.manual_seed(cfg.seed)
+                self.projection = ResidualProjection(self.model.config.hidden_size).to(env.device)
+            self.ddp_projection = dist.wrap_model(env, self.projection)
+            if self.initial_state is not None:
+                self.initial_state.update({f"{PROJECTION}.{k}": v.detach().clone()
+                                           for k, v in self.projection.state_dict().items()})
         if self.tc.compile:
             # The training forward only (evaluation and checkpoints use the plain module). dynamic=True:
             # dynamically padded batches change shape every step, and one graph serves them all.
@@ -172,10 +194,26 @@ class Trainer:
         log.info("model: %s (%.1fM parameters), device %s, %d process(es), precision %s",
                  type(self.model).__name__, n_params / 1e6, env.device, env.world_size, self.precision)
 
+    def _named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """Every trained parameter: the model's, then the projection head's (when there is one)."""
+        named = list(self.model.named_parameters())
+        if self.projection is not None:
+            named += [(f"{PROJECTION}.{n}", p) for n, p in self.projection.named_parameters()]
+        return named
+
+    def _load_initial_state(self) -> None:
+        """Back to the initial weights (fresh self-training students)."""
+        assert self.initial_state is not None
+        self.model.load_state_dict({k: v for k, v in self.initial_state.items() if not k.startswith(f"{PROJECTION}.")})
+        if self.projection is not None:
+            n = len(PROJECTION) + 1
+            self.projection.load_state_dict({k[n:]: v for k, v in self.initial_state.items()
+                                             if k.startswith(f"{PROJECTION}.")})
+
     def _build_optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
         decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
+        for name, p in self._named_parameters():
             if not p.requires_grad:
                 continue
             # Biases and normalisation weights are not decayed (standard for BERT fine-tuning).
@@ -393,7 +431,7 @@ class Trainer:
         if self.initial_state is not None:
             # The labeling model was the teacher; the student starts over from the initial weights with
             # a new optimizer state (AdamW builds its moments again on the next step).
-            self.model.load_state_dict(self.initial_state)
+            self._load_initial_state()
             self.optimizer.state.clear()
         kept = self.pseudo_labels >= 0
         values = {"self_training/kept": float(kept.mean()), "self_training/min_confidence":
@@ -443,7 +481,8 @@ class Trainer:
         env, dev, pooling = self.env, self.env.device, self.cfg.model.pooling
         b = hidden.shape[0]
         local_idx = rank_slice(global_idx, env.rank, env.world_size)
-        q = pool(hidden.float(), mask, pooling)
+        pooled = pool(hidden.float(), mask, pooling)
+        q = pooled if self.ddp_projection is None else self.ddp_projection(pooled)
         if self.teacher_reps is not None:
             p = torch.from_numpy(np.asarray(self.teacher_reps[local_idx])).to(dev)
             p_global = None
@@ -472,7 +511,8 @@ class Trainer:
         n_global = len(global_idx)
         con = total * env.world_size / n_global
         with torch.no_grad():
-            drift = (1.0 - torch.nn.functional.cosine_similarity(q.detach(), p, dim=-1)).sum()
+            # Drift of what the encoder itself produces (before any projection head).
+            drift = (1.0 - torch.nn.functional.cosine_similarity(pooled.detach(), p, dim=-1)).sum()
         stats = {**stats, "drift": drift, "count": torch.tensor(float(b), device=dev)}
         return con, stats
 
@@ -481,7 +521,7 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.optim.max_grad_norm
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        params = [p for _, p in self._named_parameters() if p.grad is not None]
         if not params:
             return torch.zeros((), device=self.env.device)
         if max_norm is None:
@@ -679,6 +719,7 @@ class Trainer:
                 "pseudo_labels": None if self.pseudo_labels is None else torch.from_numpy(self.pseudo_labels),
                 "pseudo_probs": None if self.pseudo_probs is None else torch.from_numpy(self.pseudo_probs),
                 "ensemble_probs": None if self.ensemble_probs is None else torch.from_numpy(self.ensemble_probs),
+                "projection": None if self.projection is None else self.projection.state_dict(),
                 "world_size": self.env.world_size,
                 "config": json.dumps(to_plain(self.cfg)),
                 "fingerprints": self._fingerprints(),
@@ -741,6 +782,10 @@ class Trainer:
             self.pseudo_probs = state["pseudo_probs"].numpy()
         if state.get("ensemble_probs") is not None:
             self.ensemble_probs = state["ensemble_probs"].numpy()
+        if self.projection is not None:
+            if state.get("projection") is None:
+                raise CheckpointError(f"{path}: loss.projection=mlp, but the checkpoint has no projection head")
+            self.projection.load_state_dict(state["projection"])
         rng_file = path / f"rng_state_rank{self.env.rank}.pt"
         if rng_file.exists():
             self._set_rng_state(ckpt.load_state(rng_file))

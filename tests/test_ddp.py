@@ -21,7 +21,7 @@ from sftcli import checkpoint as ckpt
 from sftcli.dist import DistEnv, gather_with_grad
 from sftcli.losses import info_nce
 
-EQUIV = [*TINY, "+strategy=mix", "lambda=0.5", "model.dropout=0", "trainer.eval_every=2"]
+EQUIV = [*TINY, "+strategy=mix", "lambda=0.5", "model.dropout=0", "trainer.eval_every=2", "loss.projection=mlp"]
 
 
 def _gather_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
@@ -76,6 +76,16 @@ def test_two_processes_match_one_process(pair) -> None:
     assert val1 == val2
     s1, s2 = (json.loads((p / "summary.json").read_text()) for p in pair)
     assert s2["world_size"] == 2 and s1["test/accuracy"] == s2["test/accuracy"]
+
+
+def test_the_projection_head_trains_identically_in_two_processes(pair) -> None:
+    # The head is a separate module (its own DDP wrapper): unsynchronised gradients would let the ranks'
+    # heads drift apart from the one-process head.
+    one, two = (ckpt.load_state(p / "checkpoints" / "step-000004" / ckpt.TRAIN_STATE)["projection"] for p in pair)
+    assert one.keys() == two.keys() == {"up.weight", "up.bias", "down.weight", "down.bias"}
+    assert one["down.weight"].abs().sum() > 0  # it moved from its zero start
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-6), key
 
 
 def test_one_run_dir_one_line_per_log_step_one_checkpoint_per_save(pair) -> None:

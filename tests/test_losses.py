@@ -167,3 +167,15 @@ def test_global_self_training_keeps_the_most_confident_share_of_all_texts() -> N
     assert labels.tolist() == [-1, -1, -1, 0, -1, 1]
     per_class, _ = select_pseudo_labels(softmax(logits), top=1 / 3)
     assert per_class.tolist() == [-1, 0, -1, 0, -1, 1]
+
+
+def test_the_projection_head_starts_as_the_identity_and_then_learns() -> None:
+    from sftcli.model import ResidualProjection
+
+    torch.manual_seed(0)
+    head = ResidualProjection(8)
+    h = torch.randn(4, 8)
+    assert torch.equal(head(h), h)
+    loss = (head(h) - torch.randn(4, 8)).pow(2).sum()
+    loss.backward()
+    assert head.down.weight.grad.abs().sum() > 0  # the zero layer gets a gradient, so the head can move

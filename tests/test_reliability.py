@@ -28,7 +28,7 @@ RESUME_ARGS = [*TINY, "+strategy=mix", "lambda=0.5", "trainer.max_steps=8", "tra
                "trainer.save_every=2", "trainer.keep_last=10", "loss.consistency_weight=0.5",
                "loss.consistency_threshold=0.0", "loss.unlabeled_mask_prob=0.2", "loss.self_training_weight=1",
                "loss.self_training_every=3", "loss.self_training_targets=soft",
-               "loss.self_training_student=fresh", "loss.self_training_ensemble=true"]
+               "loss.self_training_student=fresh", "loss.self_training_ensemble=true", "loss.projection=mlp"]
 
 
 def weights(run: Path, step: int) -> dict[str, torch.Tensor]:
@@ -77,6 +77,22 @@ def test_sigterm_then_resume_is_bit_identical(sft, tmp_path, reference) -> None:
     assert consumed(ids) == consumed(ref_ids)
     steps = [e["step"] for e in read_jsonl(run / "metrics.jsonl") if "train/loss" in e]
     assert steps == list(range(1, 9))
+
+
+def test_resume_restores_the_projection_head(sft, tmp_path) -> None:
+    # Without fresh students (whose re-label resets the head), so the head trained before the
+    # interruption shapes every later step.
+    args = [*TINY, "+strategy=mix", "lambda=0.5", "loss.projection=mlp"]
+    assert sft("train", *args, "run_name=ref").returncode == 0
+    first = sft("train", *args, "run_name=r", env={"SFT_TEST_SIGNAL_AT_STEP": "2"})
+    assert first.returncode == 75, first.stderr
+    second = sft("train", *args, "run_name=r", "resume=auto")
+    assert second.returncode == 0, second.stderr
+    ref, run = tmp_path / "runs" / "ref", tmp_path / "runs" / "r"
+    assert_same_weights(weights(run, 4), weights(ref, 4))
+    heads = [ckpt.load_state(r / "checkpoints" / ckpt.checkpoint_name(4) / ckpt.TRAIN_STATE)["projection"]
+             for r in (run, ref)]
+    assert_same_weights(*heads)
 
 
 def test_resume_auto_finds_the_run_of_the_same_command(sft, tmp_path, reference) -> None:

@@ -12,7 +12,8 @@ FRESH = [*TINY, "+strategy=mix", "lambda=0", "loss.self_training_weight=1", "los
 
 @pytest.fixture
 def trainer(tmp_path, cache_dir, monkeypatch):
-    """An in-process Trainer (set up, not trained) for the fresh-student settings above."""
+    """An in-process Trainer (set up, not trained) for the fresh-student settings above, with the
+    contrastive term's projection head."""
     from hydra import compose, initialize_config_dir
 
     from sftcli import dist
@@ -23,7 +24,7 @@ def trainer(tmp_path, cache_dir, monkeypatch):
     monkeypatch.setenv("SFT_CACHE_DIR", str(cache_dir))
     monkeypatch.chdir(tmp_path)
     torch.set_num_threads(1)
-    overrides = [a for a in FRESH if not a.startswith("trainer.log_every")]
+    overrides = [a for a in FRESH if not a.startswith("trainer.log_every")] + ["loss.projection=mlp"]
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name="train"):
         cfg = parse_train(compose(config_name="train", overrides=[*overrides, "trainer.progress=none"]))
     t = Trainer(cfg, tmp_path / "run", dist.DistEnv())
@@ -34,6 +35,7 @@ def trainer(tmp_path, cache_dir, monkeypatch):
 
 def test_a_fresh_student_restarts_from_the_initial_weights_and_optimizer(trainer) -> None:
     initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    initial_head = {k: v.clone() for k, v in trainer.projection.state_dict().items()}
     # Train the teacher for one round by hand: a few real steps move the weights and fill AdamW's state.
     for _ in range(3):
         trainer._forward_backward("mix")
@@ -43,6 +45,7 @@ def test_a_fresh_student_restarts_from_the_initial_weights_and_optimizer(trainer
         trainer.step += 1
     moved = [k for k, v in trainer.model.state_dict().items() if not torch.equal(v, initial[k])]
     assert moved and trainer.optimizer.state
+    assert not torch.equal(trainer.projection.up.weight, initial_head["up.weight"])  # weight decay moved it
     teacher_head = trainer.model.classifier.weight.detach().clone()
 
     trainer._maybe_relabel()  # step 3 = self_training_every: the teacher labels, the student starts over
@@ -51,6 +54,8 @@ def test_a_fresh_student_restarts_from_the_initial_weights_and_optimizer(trainer
     for key, value in trainer.model.state_dict().items():
         assert torch.equal(value, initial[key]), key
     assert not torch.equal(trainer.model.classifier.weight, teacher_head)
+    for key, value in trainer.projection.state_dict().items():  # the contrastive head starts over too
+        assert torch.equal(value, initial_head[key]), key
     assert len(trainer.optimizer.state) == 0
     # The student's lr schedule starts over too: step 4 uses step 1's lr.
     assert trainer.scheduler.get_last_lr()[0] == pytest.approx(trainer.scheduler.lr_lambdas[0](0)
