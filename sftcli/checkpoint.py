@@ -8,6 +8,7 @@ is not a checkpoint: a save killed at any point leaves the previous checkpoint a
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sftcli import faults
 from sftcli.errors import CheckpointError
 
 log = logging.getLogger("sft")
@@ -84,21 +86,37 @@ def save(root: Path, step: int, write: Callable[[Path], None], meta: dict[str, A
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    write(tmp)
-    files = {}
-    for i, path in enumerate(sorted(p for p in tmp.rglob("*") if p.is_file())):
-        _fsync_file(path)
-        files[path.relative_to(tmp).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
-        if i == 0:
-            _test_pause("files", step)
-    _test_pause("manifest", step)
-    manifest = {"format": FORMAT_VERSION, "step": step, "files": files, **meta}
-    mpath = tmp / MANIFEST
-    with mpath.open("w") as fh:
-        json.dump(manifest, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    _fsync_dir(tmp)
+    try:
+        faults.disk_full_at_save(step)
+        write(tmp)
+        files = {}
+        for i, path in enumerate(sorted(p for p in tmp.rglob("*") if p.is_file())):
+            _fsync_file(path)
+            files[path.relative_to(tmp).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+            if i == 0:
+                _test_pause("files", step)
+        _test_pause("manifest", step)
+        manifest = {"format": FORMAT_VERSION, "step": step, "files": files, **meta}
+        mpath = tmp / MANIFEST
+        with mpath.open("w") as fh:
+            json.dump(manifest, fh, indent=1, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+    except Exception as exc:
+        # The half-written directory goes (it would hold the space a full disk needs); the committed
+        # checkpoints were never touched, so resume=auto continues from the newest once there is room.
+        shutil.rmtree(tmp, ignore_errors=True)
+        # Write failures (OSError; torch.save's RuntimeError; safetensors' own error type) become one
+        # message naming the checkpoint; anything else is a bug and keeps its traceback.
+        if not isinstance(exc, OSError | RuntimeError) and type(exc).__name__ != "SafetensorError":
+            raise
+        text = str(exc).strip()
+        reason = (f"the disk is full ({_megabytes(faults.disk_free(root))} free)" if _disk_full(exc)
+                  else text.splitlines()[0] if text else type(exc).__name__)
+        raise CheckpointError(f"cannot save checkpoint {final}: {reason}; the checkpoints already in {root} are "
+                              "intact: fix that (free space, or keep fewer with trainer.keep_last), then continue "
+                              "with resume=auto") from exc
     _test_pause("rename", step)
     if final.exists():  # a checkpoint for this step already exists (e.g. re-saved after resume): replace it
         old = root / f"{TMP_PREFIX}old-{checkpoint_name(step)}-{os.getpid()}"
@@ -109,6 +127,27 @@ def save(root: Path, step: int, write: Callable[[Path], None], meta: dict[str, A
         os.replace(tmp, final)
     _fsync_dir(root)
     return final
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether a failed write ran out of space: ENOSPC/EDQUOT from Python, or the same error inside the
+    text safetensors wraps it in ("os error 28")."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(marker in str(exc) for marker in ("No space left on device", "os error 28", "Disk quota exceeded"))
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 2**20:,.0f} MB"
+
+
+def check_free_space(directory: Path, needed: int) -> None:
+    """Fail before training, naming the directory, when its disk cannot hold one more checkpoint."""
+    existing = next((d for d in (directory, *directory.parents) if d.exists()), Path("."))
+    free = faults.disk_free(existing)
+    if free < needed:
+        raise CheckpointError(f"{directory}: {_megabytes(free)} free on its disk, but a checkpoint of this run "
+                              f"needs about {_megabytes(needed)}; free space or choose another run_root")
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

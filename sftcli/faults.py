@@ -4,12 +4,17 @@ SFT_TEST_SIGNAL_AT_STEP=N[:RANK]   send SIGTERM to this process when step N (1-b
 SFT_TEST_KILL_AT_STEP=N[:RANK]     SIGKILL this process when step N starts (a crash mid-run)
 SFT_TEST_NAN_AT_STEP=N[+][:TERM]   make loss term TERM (con, default; or sup) NaN at step N (N+ = from N on)
 SFT_TEST_SAVE_PAUSE=POINT:SECONDS[:STEP]  sleep inside a checkpoint save (see checkpoint._test_pause)
+SFT_TEST_DISK_FULL_AT_SAVE=N       the checkpoint save of step N fails as on a full disk (ENOSPC)
+SFT_TEST_DISK_FREE=BYTES           report this much free space on the run's disk
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import signal
+from pathlib import Path
 
 import torch
 
@@ -44,3 +49,16 @@ def poison(term: str, value: torch.Tensor, step: int) -> torch.Tensor:
     if term == wanted and (step == at or (from_on and step >= at)):
         return value * float("nan")
     return value
+
+
+def disk_full_at_save(step: int) -> None:
+    """Raise ENOSPC inside the save of step `step` when SFT_TEST_DISK_FULL_AT_SAVE asks for it."""
+    spec = _spec("SFT_TEST_DISK_FULL_AT_SAVE")
+    if spec and int(spec[0]) == step:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def disk_free(path: Path) -> int:
+    """Free bytes on the disk that holds `path` (SFT_TEST_DISK_FREE overrides it)."""
+    spec = _spec("SFT_TEST_DISK_FREE")
+    return int(spec[0]) if spec else shutil.disk_usage(path).free

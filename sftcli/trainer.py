@@ -171,6 +171,11 @@ class Trainer:
         self.optimizer = self._build_optimizer()
         self.scheduler = self._build_scheduler()
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        # A full disk found now, not at the first save: a checkpoint holds the weights and AdamW's two
+        # moments of every trained parameter (and a save writes the new one before pruning old ones).
+        trained = sum(p.numel() * 4 for _, p in self._named_parameters() if p.requires_grad)
+        weights = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        ckpt.check_free_space(self.run_dir, int(1.1 * (weights + 2 * trained)))
         lengths = None
         if cfg.data.length_grouping:
             lengths = self.enc_labeled.lengths()

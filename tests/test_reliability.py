@@ -339,3 +339,27 @@ def test_read_only_run_root_fails_before_training(sft, tmp_path) -> None:
     proc = sft("train", *TINY, f"run_root={root}")
     assert proc.returncode != 0
     assert str(root) in proc.stderr or "Not a directory" in proc.stderr
+
+
+def test_a_disk_too_full_for_a_checkpoint_fails_before_training(sft, tmp_path) -> None:
+    proc = sft("train", *TINY, "run_name=full", env={"SFT_TEST_DISK_FREE": str(2**20)})
+    assert proc.returncode == 2, proc.stderr
+    assert str(tmp_path / "runs" / "full") in proc.stderr and "1 MB free" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # Nothing was trained or saved.
+    assert not [e for f in tmp_path.rglob("metrics.jsonl") for e in read_jsonl(f) if "train/loss" in e]
+    assert not list(tmp_path.rglob("step-*"))
+
+
+def test_a_disk_that_fills_during_a_save_loses_nothing(sft, tmp_path) -> None:
+    proc = sft("train", *TINY, "run_name=r", env={"SFT_TEST_DISK_FULL_AT_SAVE": "4"})
+    assert proc.returncode == 2, proc.stderr
+    ckpts = tmp_path / "runs" / "r" / "checkpoints"
+    assert f"cannot save checkpoint {ckpts / 'step-000004'}: the disk is full" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # The half-written save is gone and the earlier checkpoint is whole, so the run continues from it.
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-000002"]
+    assert ckpt.verify(ckpts / "step-000002")
+    again = sft("train", *TINY, "run_name=r", "resume=auto")
+    assert again.returncode == 0, again.stderr
+    assert "resumed from" in again.stderr and ckpt.verify(ckpts / "step-000004")
