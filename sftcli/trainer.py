@@ -423,8 +423,8 @@ class Trainer:
         probs = softmax(logits)
         relabel = self.step // lc.self_training_every  # 1 at the first re-label
         if lc.self_training_ensemble:
-            # Running mean over the labeling models of all rounds: the models of different rounds make
-            # partly different mistakes, so their average is right more often than the newest alone.
+            # Running mean over the labeling models of all rounds (an ensemble across rounds), in place
+            # of the newest model alone.
             if self.ensemble_probs is not None:
                 probs = (self.ensemble_probs * (relabel - 1) + probs) / relabel
             self.ensemble_probs = probs
