@@ -166,12 +166,13 @@ class TrainerConfig:
     tensorboard: bool = False
     malloc_tuning: bool = True
     compile: bool = False
+    sdpa_math_max_length: int = 128
 
     def check(self, err: _Errors, prefix: str) -> None:
         for key in ("max_steps", "batch_size", "unlabeled_batch_size", "eval_batch_size", "keep_last",
                     "log_every", "nproc", "max_nonfinite_skips", "dist_timeout_s"):
             err.require(getattr(self, key) >= 1, f"{prefix}.{key}", "must be >= 1")
-        for key in ("eval_every", "save_every"):
+        for key in ("eval_every", "save_every", "sdpa_math_max_length"):
             err.require(getattr(self, key) >= 0, f"{prefix}.{key}", "must be >= 0 (0 = only at the end)")
         err.require(self.select_metric.startswith("val/"), f"{prefix}.select_metric",
                     "must be a validation metric such as val/accuracy or val/macro_f1")

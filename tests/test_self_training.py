@@ -160,3 +160,24 @@ def test_the_self_training_recipe_is_the_chosen_configuration() -> None:
     assert recipe != composed(["+strategy=mix"])
     # Command-line keys still win over the recipe's.
     assert composed(["+recipe=self_training", "loss.self_training_top=0.7"])["loss"]["self_training_top"] == 0.7
+
+
+def test_short_bf16_batches_train_attention_on_the_math_backend(trainer) -> None:
+    from torch.profiler import profile
+
+    # Attention dropout 0 is where SDPA would pick its flash kernel on CPU.
+    for module in trainer.model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    trainer.precision = "bf16"
+
+    def attention_ops(max_length: int) -> set[str]:
+        trainer.tc.sdpa_math_max_length = max_length
+        with profile() as prof:
+            trainer._forward_backward("mix")
+        trainer.optimizer.zero_grad(set_to_none=True)
+        return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
+
+    short = attention_ops(128)
+    assert "aten::_scaled_dot_product_attention_math" in short and not any("flash" in k for k in short)
+    assert any("flash" in k for k in attention_ops(0))  # 0 = never: SDPA's own choice
