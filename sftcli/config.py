@@ -172,8 +172,9 @@ class TrainerConfig:
         for key in ("max_steps", "batch_size", "unlabeled_batch_size", "eval_batch_size", "keep_last",
                     "log_every", "nproc", "max_nonfinite_skips", "dist_timeout_s"):
             err.require(getattr(self, key) >= 1, f"{prefix}.{key}", "must be >= 1")
-        for key in ("eval_every", "save_every", "sdpa_math_max_length"):
+        for key in ("eval_every", "save_every"):
             err.require(getattr(self, key) >= 0, f"{prefix}.{key}", "must be >= 0 (0 = only at the end)")
+        err.require(self.sdpa_math_max_length >= 0, f"{prefix}.sdpa_math_max_length", "must be >= 0 (0 = never)")
         err.require(self.select_metric.startswith("val/"), f"{prefix}.select_metric",
                     "must be a validation metric such as val/accuracy or val/macro_f1")
 

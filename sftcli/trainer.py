@@ -52,7 +52,7 @@ from sftcli.runlog import MetricsWriter, format_metrics, setup_logging
 from sftcli.strategy import CONTRASTIVE, MIX, SUPERVISED, step_kind
 from sftcli.teacher import teacher_representations
 
-# Name prefix of the projection head's parameters (optimizer groups, fresh-student snapshot).
+# Name prefix of the projection head's parameters among the trained ones (optimizer groups).
 PROJECTION = "contrastive_projection"
 
 log = logging.getLogger("sft")
@@ -88,6 +88,7 @@ class Trainer:
         self.stop_requested = 0
         self.last_local: dict[str, np.ndarray] = {}
         self.initial_state: dict[str, torch.Tensor] | None = None
+        self.initial_projection: dict[str, torch.Tensor] | None = None  # the projection head's, likewise
 
     # ------------------------------------------------------------------------------------------------
     # setup
@@ -161,8 +162,7 @@ class Trainer:
                 self.projection = ResidualProjection(self.model.config.hidden_size).to(env.device)
             self.ddp_projection = dist.wrap_model(env, self.projection)
             if self.initial_state is not None:
-                self.initial_state.update({f"{PROJECTION}.{k}": v.detach().clone()
-                                           for k, v in self.projection.state_dict().items()})
+                self.initial_projection = {k: v.detach().clone() for k, v in self.projection.state_dict().items()}
         if self.tc.compile:
             # The training forward only (evaluation and checkpoints use the plain module). dynamic=True:
             # dynamically padded batches change shape every step, and one graph serves them all.
@@ -210,11 +210,10 @@ class Trainer:
     def _load_initial_state(self) -> None:
         """Back to the initial weights (fresh self-training students)."""
         assert self.initial_state is not None
-        self.model.load_state_dict({k: v for k, v in self.initial_state.items() if not k.startswith(f"{PROJECTION}.")})
+        self.model.load_state_dict(self.initial_state)
         if self.projection is not None:
-            n = len(PROJECTION) + 1
-            self.projection.load_state_dict({k[n:]: v for k, v in self.initial_state.items()
-                                             if k.startswith(f"{PROJECTION}.")})
+            assert self.initial_projection is not None
+            self.projection.load_state_dict(self.initial_projection)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim

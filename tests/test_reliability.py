@@ -258,6 +258,7 @@ def test_a_nonfinite_validation_metric_is_never_the_best() -> None:
     ("run_name=../../escape", "run_name"),
     ("loss.self_training_top_step=2", "loss.self_training_top_step"),
     ("loss.self_training_student=new", "loss.self_training_student"),
+    ("trainer.sdpa_math_max_length=-1", "trainer.sdpa_math_max_length: must be >= 0 (0 = never)"),
     # A renamed key names its new name, from the command line and from a config added to the tree.
     ("loss.consistency_mask_prob=0.1", "renamed to 'loss.unlabeled_mask_prob'"),
     ("+loss.consistency_mask_prob=0.1", "renamed to 'loss.unlabeled_mask_prob'"),
