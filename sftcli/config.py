@@ -133,6 +133,7 @@ class OptimConfig:
     eps: float = 1e-8
     max_grad_norm: float | None = 1.0
     fused: bool = True
+    fused_clipping: bool = True
 
     def check(self, err: _Errors, prefix: str) -> None:
         err.require(self.lr > 0, f"{prefix}.lr", "must be > 0")
@@ -167,6 +168,8 @@ class TrainerConfig:
     malloc_tuning: bool = True
     compile: bool = False
     sdpa_math_max_length: int = 128
+    cls_only_last_layer: bool = True
+    cpu_dropout: Literal["int_mask", "torch"] = "int_mask"
 
     def check(self, err: _Errors, prefix: str) -> None:
         for key in ("max_steps", "batch_size", "unlabeled_batch_size", "eval_batch_size", "keep_last",

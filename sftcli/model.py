@@ -243,3 +243,111 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ----------------------------------------------------------------------------------------------------
+# The last layer for the first token only (model.cls_only_last_layer)
+#
+# With head_pooling=pooler a BERT classifier reads the last layer at the first token alone. That token's
+# output needs every token's keys and values from the layer below, but not the other tokens' queries,
+# attention output, feed-forward block and LayerNorms: on MiniLM (6 layers, TREC-6 questions of about 13
+# tokens) that is about an eighth of the model's FLOPs, forward and backward. The first-token output is
+# the same computation either way; only the other rows, which no loss or prediction reads, are skipped.
+
+CLS_ONLY_ATTENTION = ("sdpa", "eager")
+
+
+def cls_only_possible(model: Any) -> str | None:
+    """Why the last layer cannot run for the first token only on this model, or None when it can."""
+    config = model.config
+    if config.model_type != "bert":
+        return f"model type {config.model_type!r} (only BERT-architecture encoders are covered)"
+    if getattr(config, HEAD_POOLING_KEY, "pooler") != "pooler":
+        return "the classifier reads the mean over all tokens (model.head_pooling=mean)"
+    if getattr(config, "_attn_implementation", None) not in CLS_ONLY_ATTENTION:
+        return f"attention implementation {config._attn_implementation!r}"
+    if config.is_decoder or getattr(config, "chunk_size_feed_forward", 0):
+        return "a decoder or chunked feed-forward configuration"
+    return None
+
+
+def enable_cls_only_last_layer(model: Any) -> None:
+    """Run the last encoder layer for the first token alone whenever a forward asks for logits only.
+
+    A forward that asks for hidden states or attentions (the contrastive term reads the whole last layer)
+    gets the full layer. The layer keeps its parameters and names, so checkpoints do not change.
+    """
+    layer = model.base_model.encoder.layer[-1]
+    state = {"active": False}
+
+    def choose(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        wants_all = kwargs.get("output_hidden_states") or kwargs.get("output_attentions")
+        state["active"] = not (wants_all or module.config.output_hidden_states or module.config.output_attentions)
+
+    def forward(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args: Any,
+                **kwargs: Any) -> torch.Tensor:
+        if not state["active"]:
+            return type(layer).forward(layer, hidden_states, attention_mask, *args, **kwargs)
+        return _first_token_layer(layer, hidden_states, attention_mask)
+
+    model.register_forward_pre_hook(choose, with_kwargs=True)
+    layer.forward = forward
+
+
+def _first_token_layer(layer: Any, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """A BertLayer's output at position 0 only, shape [batch, 1, hidden]."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.models.bert.modeling_bert import eager_attention_forward
+
+    sa = layer.attention.self
+    first = hidden[:, :1]
+    batch, length, _ = hidden.shape
+    head = sa.attention_head_size
+    query = sa.query(first).view(batch, 1, -1, head).transpose(1, 2)
+    key = sa.key(hidden).view(batch, length, -1, head).transpose(1, 2)
+    value = sa.value(hidden).view(batch, length, -1, head).transpose(1, 2)
+    if attention_mask is not None and attention_mask.dim() == 4:
+        attention_mask = attention_mask[:, :, :1]  # the first query's row of [batch, 1, queries, keys]
+    attend = ALL_ATTENTION_FUNCTIONS.get_interface(sa.config._attn_implementation, eager_attention_forward)
+    context, _ = attend(sa, query, key, value, attention_mask, dropout=sa.dropout.p if sa.training else 0.0,
+                        scaling=sa.scaling)
+    attention_output = layer.attention.output(context.reshape(batch, 1, -1).contiguous(), first)
+    return layer.feed_forward_chunk(attention_output)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dropout masks from 32-bit random integers (trainer.cpu_dropout)
+#
+# On CPU, torch's dropout draws a Bernoulli mask element by element (about 4 ns each in bf16) and applies
+# it with a mixed-dtype multiply in both passes. Here one 64-bit draw gives two 32-bit integers, a compare
+# turns them into the keep mask, and the mask is stored in the activation's dtype, already scaled by
+# 1 / (1 - p), so the forward and the backward are each one same-dtype multiply. The keep probability is
+# 1 - p to within 2**-32 (torch's float draws resolve 2**-24); the masks differ from torch's, draw by draw.
+
+
+class IntMaskDropout(torch.nn.Dropout):
+    """nn.Dropout with the mask drawn as above; identical to nn.Dropout in eval mode or with p = 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if self.p >= 1.0:
+            return x * 0.0
+        n = x.numel()
+        bits = torch.randint(-(2**63), 2**63 - 1, ((n + 1) // 2,), dtype=torch.int64, device=x.device)
+        draws = bits.view(torch.int32)[:n].view(x.shape)
+        threshold = -(2**31) + round(self.p * 2**32)  # P(draw >= threshold) = 1 - p
+        scale = torch.tensor(1.0 / (1.0 - self.p), dtype=x.dtype, device=x.device)
+        mask = torch.where(draws >= threshold, scale, torch.zeros((), dtype=x.dtype, device=x.device))
+        return x.mul_(mask) if self.inplace else x * mask
+
+
+def use_int_mask_dropout(model: torch.nn.Module) -> int:
+    """Swap every plain nn.Dropout inside `model` for :class:`IntMaskDropout`; returns how many."""
+    swapped = 0
+    for parent in model.modules():
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.Dropout:
+                setattr(parent, name, IntMaskDropout(child.p, child.inplace))
+                swapped += 1
+    return swapped

@@ -43,9 +43,12 @@ from sftcli.losses import consistency_loss, info_nce, select_pseudo_labels, soft
 from sftcli.model import (
     ResidualProjection,
     build_model,
+    cls_only_possible,
+    enable_cls_only_last_layer,
     load_tokenizer,
     pool,
     tokenizer_fingerprint,
+    use_int_mask_dropout,
     weights_fingerprint,
 )
 from sftcli.runlog import MetricsWriter, format_metrics, setup_logging
@@ -150,6 +153,15 @@ class Trainer:
                     env=env, batch_size=self.tc.eval_batch_size, precision="fp32")
             else:
                 self.teacher = teacher.to(env.device)
+        if self.tc.cls_only_last_layer:
+            # After the teacher's copy: the frozen encoder's last layer always runs in full.
+            why = "torch.compile is on" if self.tc.compile else cls_only_possible(self.model)
+            if why is None:
+                enable_cls_only_last_layer(self.model)
+            else:
+                log.info("model: trainer.cls_only_last_layer does not apply (%s); the last layer runs in full", why)
+        if self.tc.cpu_dropout == "int_mask" and env.device.type == "cpu" and not self.tc.compile:
+            use_int_mask_dropout(self.model)
         self.model.to(env.device)
         self.ddp_model = dist.wrap_model(env, self.model)
         # The contrastive term's projection head: trained with the model, saved in the training state
@@ -544,6 +556,13 @@ class Trainer:
             return torch.zeros((), device=self.env.device)
         if max_norm is None:
             return torch.stack([p.grad.detach().norm() for p in params]).norm()
+        if self.cfg.optim.fused_clipping and self.scaler is None and self.optimizer.defaults.get("fused"):
+            # Fused AdamW divides every gradient by its grad_scale as it reads it, so the clipping factor
+            # rides along the optimizer's own sweep over the gradients instead of a multiply pass of its
+            # own (the same factor as clip_grad_norm_: max_norm / (norm + 1e-6), at most 1).
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+            self.optimizer.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)
+            return norm
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
     def _optimizer_step(self) -> None:
