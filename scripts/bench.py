@@ -270,10 +270,13 @@ def new_sft_trainer(cfg: TrainConfig) -> sft_trainer.Trainer:
     return t
 
 
-def run_sft_supervised(s: Settings, precision: str, seed: int = SEED, malloc_tuning: bool = True) -> dict[str, Any]:
+def run_sft_supervised(s: Settings, precision: str, seed: int = SEED, malloc_tuning: bool = True,
+                       levers: bool = True) -> dict[str, Any]:
     total = s.warmup + s.steps + 1
     cfg = sft_config(s, precision=precision, max_steps=total, seed=seed)
     cfg.trainer.malloc_tuning = malloc_tuning
+    if not levers:
+        cfg.trainer.cls_only_last_layer, cfg.trainer.cpu_dropout, cfg.optim.fused_clipping = False, "torch", False
     t = new_sft_trainer(cfg)
     clock = StepClock(t.model, stop_after=s.warmup + s.steps)
     with contextlib.suppress(_StopRun):
@@ -348,22 +351,27 @@ def model_shape(model: torch.nn.Module) -> dict[str, int]:
             "layers": int(cfg.num_hidden_layers), "hidden": int(cfg.hidden_size)}
 
 
-def train_flops(shape: dict[str, int], lengths: list[np.ndarray], padded: list[int], widths: list[int] | None = None
-                ) -> tuple[float, float]:
+def train_flops(shape: dict[str, int], lengths: list[np.ndarray], padded: list[int],
+                first_token_only: bool = False) -> tuple[float, float]:
     """(model FLOPs, hardware FLOPs) of the training steps whose per-sequence lengths are given.
 
     Model FLOPs (the usual MFU count): 6 * non-embedding params * non-pad tokens (a multiply-add is 2
     FLOPs; backward is twice forward) plus attention scores and weighted sum, 2 * 2 * s^2 * hidden per
-    layer forward, times 3 for forward + backward, over each sequence's true length s. Embedding
-    lookups are gathers, not FLOPs. Hardware FLOPs count the padded tokens that are actually computed.
+    layer forward, times 3 for forward + backward, over each sequence's true length s, for the whole
+    encoder. Embedding lookups are gathers, not FLOPs. Hardware FLOPs count what the loop computes: the
+    padded tokens, and with `first_token_only` (trainer.cls_only_last_layer) a last layer whose query
+    projection, attention, output projection and feed-forward block (10 of its 12 h^2 weights per token)
+    run for one token per text, its key and value projections for all.
     """
     n, L, h = shape["non_embedding_params"], shape["layers"], shape["hidden"]
     model = hw = 0.0
     for lens, pad in zip(lengths, padded, strict=True):
         lens = lens.astype(np.float64)
         model += 6 * n * lens.sum() + 12 * L * h * (lens**2).sum()
-        width = pad / len(lens)
-        hw += 6 * n * pad + 12 * L * h * len(lens) * width**2
+        texts, width = len(lens), pad / len(lens)
+        hw += 6 * n * pad + 12 * L * h * texts * width**2
+        if first_token_only:
+            hw -= 6 * 10 * h * h * texts * (width - 1) + 12 * h * texts * (width**2 - width)
     return model, hw
 
 
@@ -385,14 +393,17 @@ def matmul_peak(n: int, dtype: torch.dtype, seconds: float = 3.0) -> float:
 # Section 1 (+ 3 speed, + 4): supervised A/B
 
 
-# arm -> (loop, precision, glibc malloc tuning). sft tunes malloc as it does for users
+# arm -> (loop, precision, glibc malloc tuning, sft's compute levers). sft tunes malloc as it does for users
 # (trainer.malloc_tuning=true); the HF Trainer runs with glibc's own settings. The "_plain" and "_tuned"
-# arms swap that, to show how much of the difference the allocator makes.
+# arms swap that, to show how much of the difference the allocator makes. The "_nolevers" arms turn off
+# what sft computes differently from the HF Trainer's model (the first-token last layer, integer dropout
+# masks, clipping inside fused AdamW): what is left is the loop itself.
 ARMS = {
-    "sft_fp32": ("sft", "fp32", True), "hf_fp32": ("hf", "fp32", False),
-    "sft_bf16": ("sft", "bf16", True), "hf_bf16": ("hf", "bf16", False),
-    "sft_fp32_plain": ("sft", "fp32", False), "sft_bf16_plain": ("sft", "bf16", False),
-    "hf_fp32_tuned": ("hf", "fp32", True), "hf_bf16_tuned": ("hf", "bf16", True),
+    "sft_fp32": ("sft", "fp32", True, True), "hf_fp32": ("hf", "fp32", False, False),
+    "sft_bf16": ("sft", "bf16", True, True), "hf_bf16": ("hf", "bf16", False, False),
+    "sft_fp32_plain": ("sft", "fp32", False, True), "sft_bf16_plain": ("sft", "bf16", False, True),
+    "hf_fp32_tuned": ("hf", "fp32", True, False), "hf_bf16_tuned": ("hf", "bf16", True, False),
+    "sft_fp32_nolevers": ("sft", "fp32", True, False), "sft_bf16_nolevers": ("sft", "bf16", True, False),
 }
 
 
@@ -419,7 +430,7 @@ def bench_supervised(s: Settings, arms: list[str], results: dict[str, Any]) -> N
     for r in range(s.repeats):
         order = arms[r % len(arms):] + arms[: r % len(arms)]  # rotate: no arm always runs first
         for arm in order:
-            who, precision, tuned = ARMS[arm]
+            who, precision, tuned, levers = ARMS[arm]
             # A new seed each repeat (the same for every arm): each run's window is a different sample of
             # the data, so neither loop keeps a window of shorter or longer texts over all repeats.
             seed = SEED + r
@@ -427,7 +438,7 @@ def bench_supervised(s: Settings, arms: list[str], results: dict[str, Any]) -> N
             # them itself when trainer.malloc_tuning is on.
             malloc.glibc_steady_state()
             if who == "sft":
-                out = run_sft_supervised(s, precision, seed, malloc_tuning=tuned)
+                out = run_sft_supervised(s, precision, seed, malloc_tuning=tuned, levers=levers)
             else:
                 if tuned:
                     malloc.keep_large_blocks(largest_param_bytes)
@@ -445,14 +456,17 @@ def bench_supervised(s: Settings, arms: list[str], results: dict[str, Any]) -> N
         for key in ("samples_per_s", "tokens_per_s", "padded_tokens_per_s", "step_s_median", "padding_fraction",
                     "mean_nonpad_tokens_per_sample"):
             entry[key] = spread([run[key] for run in runs[arm]])
-        flops = [train_flops(shape, run["_lengths"], run["_padded"]) for run in runs[arm]]
+        first_token_only = ARMS[arm][3]  # sft's levers include the first-token last layer
+        flops = [train_flops(shape, run["_lengths"], run["_padded"], first_token_only=first_token_only)
+                 for run in runs[arm]]
         entry["model_flops_per_s"] = spread([f[0] / run["seconds"] for f, run in zip(flops, runs[arm], strict=True)])
         entry["hardware_flops_per_s"] = spread([f[1] / run["seconds"] for f, run in
                                                 zip(flops, runs[arm], strict=True)])
         summary[arm] = entry
     ratios: dict[str, Any] = {}
     pairs = [(f"sft_{p}{a}", f"hf_{p}{b}") for p in ("fp32", "bf16")
-             for a, b in (("", ""), ("", "_tuned"), ("_plain", ""), ("_plain", "_tuned"))]
+             for a, b in (("", ""), ("", "_tuned"), ("_plain", ""), ("_plain", "_tuned"), ("_nolevers", ""))]
+    pairs += [(f"sft_{p}", f"sft_{p}_nolevers") for p in ("fp32", "bf16")]
     for a, b in pairs:
         if a in runs and b in runs:
             ratios[f"{a} / {b}"] = {
@@ -844,7 +858,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's own; quick: 1, robust on a busy machine)")
-    p.add_argument("--arms", default="sft_fp32,hf_fp32,sft_bf16,hf_bf16", help="section 1 arms, comma-separated; also sft_fp32_plain, sft_bf16_plain (sft without malloc tuning), hf_fp32_tuned, hf_bf16_tuned (HF with it)")
+    p.add_argument("--arms", default="sft_fp32,hf_fp32,sft_bf16,hf_bf16", help="section 1 arms, comma-separated; also sft_fp32_plain, sft_bf16_plain (sft without malloc tuning), hf_fp32_tuned, hf_bf16_tuned (HF with it), sft_fp32_nolevers, sft_bf16_nolevers (sft without its compute levers)")
     p.add_argument("--hf-workers", type=int, default=0, help="HF Trainer dataloader_num_workers (default 0)")
     p.add_argument("--hf-compile", action="store_true", help="HF Trainer with torch_compile=True")
     p.add_argument("--acc-steps", type=int, default=None, help="steps of the bf16/fp32 accuracy runs (default 150)")
