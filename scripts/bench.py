@@ -277,6 +277,7 @@ def run_sft_supervised(s: Settings, precision: str, seed: int = SEED, malloc_tun
     cfg.trainer.malloc_tuning = malloc_tuning
     if not levers:
         cfg.trainer.cls_only_last_layer, cfg.trainer.cpu_dropout, cfg.optim.fused_clipping = False, "torch", False
+        cfg.trainer.embedding_grad_rows = False
     t = new_sft_trainer(cfg)
     clock = StepClock(t.model, stop_after=s.warmup + s.steps)
     with contextlib.suppress(_StopRun):
@@ -397,7 +398,7 @@ def matmul_peak(n: int, dtype: torch.dtype, seconds: float = 3.0) -> float:
 # (trainer.malloc_tuning=true); the HF Trainer runs with glibc's own settings. The "_plain" and "_tuned"
 # arms swap that, to show how much of the difference the allocator makes. The "_nolevers" arms turn off
 # what sft computes differently from the HF Trainer's model (the first-token last layer, integer dropout
-# masks, clipping inside fused AdamW): what is left is the loop itself.
+# masks, the row-cleared embedding gradient, clipping inside fused AdamW): what is left is the loop itself.
 ARMS = {
     "sft_fp32": ("sft", "fp32", True, True), "hf_fp32": ("hf", "fp32", False, False),
     "sft_bf16": ("sft", "bf16", True, True), "hf_bf16": ("hf", "bf16", False, False),
@@ -548,7 +549,9 @@ def _one_mix_run(s: Settings, teacher_cache: bool) -> dict[str, float]:
     win = clock.window(s.warmup)
     mix_s = win["seconds"] / win["steps"]
     # Replay the same inputs through a bare forward+backward (cross-entropy on the labeled rows, which
-    # back-propagates through every row's matmuls), then clipping + the optimizer step, timed apart.
+    # back-propagates through every row's matmuls), then clipping + the optimizer step, timed apart. The
+    # replay asks for the hidden states as the mix step does, so both run the whole last layer
+    # (trainer.cls_only_last_layer shortens it only for forwards that need nothing but logits).
     model, n_lab = t.model, cfg.trainer.batch_size
     model.train()
     fb = opt = 0.0
@@ -556,7 +559,7 @@ def _one_mix_run(s: Settings, teacher_cache: bool) -> dict[str, float]:
     for inputs in replay:
         labels = torch.zeros(n_lab, dtype=torch.long)
         t0 = time.perf_counter()
-        out = model(**inputs)
+        out = model(**inputs, output_hidden_states=True)
         torch.nn.functional.cross_entropy(out.logits[:n_lab].float(), labels).backward()
         t1 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], 1.0)

@@ -169,6 +169,7 @@ class TrainerConfig:
     compile: bool = False
     sdpa_math_max_length: int = 128
     cls_only_last_layer: bool = True
+    embedding_grad_rows: bool = True
     cpu_dropout: Literal["int_mask", "torch"] = "int_mask"
 
     def check(self, err: _Errors, prefix: str) -> None:

@@ -37,6 +37,7 @@ from sftcli.data import (
     pad_concat,
     rank_slice,
 )
+from sftcli.embedgrad import EmbeddingGradRows, embedding_grad_rows_possible
 from sftcli.errors import CheckpointError, NonFiniteError, Preempted
 from sftcli.evaluate import autocast, evaluate, predict_logits, resolve_precision, scalar_metrics
 from sftcli.losses import consistency_loss, info_nce, select_pseudo_labels, softmax, supervised_loss
@@ -181,7 +182,17 @@ class Trainer:
             self.ddp_model = torch.compile(self.ddp_model, dynamic=True)
             log.info("model: the training forward is compiled (torch.compile); the first steps compile it")
 
+        # The word embedding's gradient in a kept buffer, read and cleared row by row (sftcli/embedgrad.py).
+        self.embedding_grad: EmbeddingGradRows | None = None
+        if self.tc.embedding_grad_rows:
+            why = "torch.compile is on" if self.tc.compile else embedding_grad_rows_possible(self.model)
+            if why is None:
+                self.embedding_grad = EmbeddingGradRows(self.model.get_input_embeddings(), env.distributed)
+            else:
+                log.info("model: trainer.embedding_grad_rows does not apply (%s); dense embedding gradient", why)
+
         self.optimizer = self._build_optimizer()
+        self.clip_scale: torch.Tensor | None = None  # optim.fused_clipping: this step's clipping divisor
         self.scheduler = self._build_scheduler()
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         # A full disk found now, not at the first save: a checkpoint holds the weights and AdamW's two
@@ -299,6 +310,8 @@ class Trainer:
                 window["lr"] = self.optimizer.param_groups[0]["lr"]  # the lr this step used
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                if self.embedding_grad is not None:
+                    self.embedding_grad.clear()
                 self.step += 1
                 self._accumulate(window, loss, terms, info, kind, time.perf_counter() - t0, skipped=bad,
                                  grad_norm=grad_norm)
@@ -560,15 +573,35 @@ class Trainer:
             # Fused AdamW divides every gradient by its grad_scale as it reads it, so the clipping factor
             # rides along the optimizer's own sweep over the gradients instead of a multiply pass of its
             # own (the same factor as clip_grad_norm_: max_norm / (norm + 1e-6), at most 1).
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
-            self.optimizer.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)
+            norm = self._grad_norm(params)
+            self.clip_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)
             return norm
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+        norm = self._grad_norm(params)
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
+        return norm
+
+    def _grad_norm(self, params: list[torch.nn.Parameter]) -> torch.Tensor:
+        """The global gradient 2-norm (clip_grad_norm_'s), with the embedding's read from its written rows."""
+        emb = self.embedding_grad
+        if emb is None or not any(p is emb.weight for p in params):
+            return torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        rest = [p.grad for p in params if p is not emb.weight]
+        norms = [emb.norm()] + ([torch.nn.utils.get_total_norm(rest, foreach=True)] if rest else [])
+        return torch.linalg.vector_norm(torch.stack(norms))
 
     def _optimizer_step(self) -> None:
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
+        elif self.clip_scale is not None:
+            # torch's fused AdamW reads an optimizer attribute `grad_scale` (GradScaler's hook into it);
+            # set for this one step only.
+            self.optimizer.grad_scale = self.clip_scale  # type: ignore[attr-defined]
+            try:
+                self.optimizer.step()
+            finally:
+                self.optimizer.grad_scale = None  # type: ignore[attr-defined]
+                self.clip_scale = None
         else:
             self.optimizer.step()
 

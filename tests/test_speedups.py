@@ -1,5 +1,5 @@
 """The training loop's speed levers compute what the plain path computes: the first-token last layer,
-dropout masks from integers, and clipping folded into fused AdamW."""
+dropout masks from integers, the row-cleared embedding gradient, and clipping folded into fused AdamW."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 from conftest import TINY
 
 from sftcli.config import ModelConfig
+from sftcli.embedgrad import EmbeddingGradRows, embedding_grad_rows_possible
 from sftcli.model import (
     IntMaskDropout,
     build_model,
@@ -121,6 +122,49 @@ def test_int_mask_dropout_replaces_every_plain_dropout_and_nothing_else() -> Non
     assert not any(type(m) is torch.nn.Dropout for m in model.modules())
     assert all(m.p == 0.1 for m in model.modules() if isinstance(m, IntMaskDropout))
     assert list(model.state_dict()) == keys
+
+
+def test_row_cleared_embedding_gradient_equals_the_dense_one_step_after_step() -> None:
+    cfg = ModelConfig(source="tiny", dropout=0.0)
+    plain, rows = build_model(cfg, LABELS, 0), build_model(cfg, LABELS, 0)
+    assert embedding_grad_rows_possible(rows) is None
+    keeper = EmbeddingGradRows(rows.get_input_embeddings())
+    weight = rows.get_input_embeddings().weight
+    for step in range(3):
+        batch = _batch()
+        batch["input_ids"] = batch["input_ids"] + 50 * step  # other rows each step
+        for m in (plain, rows):
+            m.train()
+            m(**batch).logits.sum().backward()
+        dense = plain.get_input_embeddings().weight.grad
+        assert weight.grad is keeper.buffer and not weight.grad.is_sparse
+        assert torch.equal(weight.grad, dense)
+        assert dense.abs().sum() > 0
+        torch.testing.assert_close(keeper.norm(), dense.norm())
+        plain.zero_grad(set_to_none=True)
+        rows.zero_grad(set_to_none=True)
+        if step == 0:
+            keeper.clear()  # the loop's way; at step 1 the next forward notices the None gradient itself
+    assert torch.count_nonzero(keeper.buffer) > 0  # step 2's rows wait for the next clear
+    keeper.clear()
+    assert torch.count_nonzero(keeper.buffer) == 0 and weight.grad is keeper.buffer
+
+
+def test_row_cleared_embedding_gradient_under_ddp_reads_and_clears_everything() -> None:
+    model = build_model(ModelConfig(source="tiny"), LABELS, 0)
+    keeper = EmbeddingGradRows(model.get_input_embeddings(), distributed=True)
+    keeper.buffer[7] = 1.0  # a row only another rank's batch used
+    assert keeper.rows() is None
+    assert keeper.norm().item() == pytest.approx(keeper.buffer.norm().item())
+    keeper.clear()
+    assert torch.count_nonzero(keeper.buffer) == 0
+
+
+def test_row_cleared_embedding_gradient_is_refused_for_a_shared_weight() -> None:
+    model = build_model(ModelConfig(source="tiny"), LABELS, 0)
+    model.tied_head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
+    model.tied_head.weight = model.get_input_embeddings().weight
+    assert "shared" in (embedding_grad_rows_possible(model) or "")
 
 
 @pytest.fixture
