@@ -271,13 +271,12 @@ def new_sft_trainer(cfg: TrainConfig) -> sft_trainer.Trainer:
 
 
 def run_sft_supervised(s: Settings, precision: str, seed: int = SEED, malloc_tuning: bool = True,
-                       levers: bool = True) -> dict[str, Any]:
+                       levers_off: frozenset[str] = frozenset()) -> dict[str, Any]:
     total = s.warmup + s.steps + 1
     cfg = sft_config(s, precision=precision, max_steps=total, seed=seed)
     cfg.trainer.malloc_tuning = malloc_tuning
-    if not levers:
-        cfg.trainer.cls_only_last_layer, cfg.trainer.cpu_dropout, cfg.optim.fused_clipping = False, "torch", False
-        cfg.trainer.embedding_grad_rows = False
+    for lever in levers_off:
+        LEVERS[lever](cfg)
     t = new_sft_trainer(cfg)
     clock = StepClock(t.model, stop_after=s.warmup + s.steps)
     with contextlib.suppress(_StopRun):
@@ -394,11 +393,11 @@ def matmul_peak(n: int, dtype: torch.dtype, seconds: float = 3.0) -> float:
 # Section 1 (+ 3 speed, + 4): supervised A/B
 
 
-# arm -> (loop, precision, glibc malloc tuning, sft's compute levers). sft tunes malloc as it does for users
-# (trainer.malloc_tuning=true); the HF Trainer runs with glibc's own settings. The "_plain" and "_tuned"
-# arms swap that, to show how much of the difference the allocator makes. The "_nolevers" arms turn off
-# what sft computes differently from the HF Trainer's model (the first-token last layer, integer dropout
-# masks, the row-cleared embedding gradient, clipping inside fused AdamW): what is left is the loop itself.
+# arm -> (loop, precision, glibc malloc tuning, sft's compute levers on). sft tunes malloc as it does for
+# users (trainer.malloc_tuning=true); the HF Trainer runs with glibc's own settings. The "_plain" and
+# "_tuned" arms swap that, to show how much of the difference the allocator makes. The "_nolevers" arms
+# turn off every setting in LEVERS (what sft computes differently from the HF Trainer's model): what is left
+# is the loop itself. An sft arm name followed by -LEVER (e.g. sft_bf16-cpu_dropout) turns off that one.
 ARMS = {
     "sft_fp32": ("sft", "fp32", True, True), "hf_fp32": ("hf", "fp32", False, False),
     "sft_bf16": ("sft", "bf16", True, True), "hf_bf16": ("hf", "bf16", False, False),
@@ -406,6 +405,32 @@ ARMS = {
     "hf_fp32_tuned": ("hf", "fp32", True, False), "hf_bf16_tuned": ("hf", "bf16", True, False),
     "sft_fp32_nolevers": ("sft", "fp32", True, False), "sft_bf16_nolevers": ("sft", "bf16", True, False),
 }
+
+
+def _off(section: str, key: str, value: Any) -> Any:
+    return lambda cfg: setattr(getattr(cfg, section), key, value)
+
+
+# sft's compute levers, and how each is turned off.
+LEVERS = {
+    "cls_only_last_layer": _off("trainer", "cls_only_last_layer", False),
+    "embedding_grad_rows": _off("trainer", "embedding_grad_rows", False),
+    "cpu_dropout": _off("trainer", "cpu_dropout", "torch"),
+    "fused_clipping": _off("optim", "fused_clipping", False),
+}
+
+
+def arm_spec(arm: str) -> tuple[str, str, bool, frozenset[str]]:
+    """(loop, precision, malloc tuning, levers turned off) of an arm name; ValueError for an unknown one."""
+    base, *minus = arm.split("-")
+    if base not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}: arms are {', '.join(ARMS)}, and sft arms followed by -LEVER")
+    who, precision, tuned, levers = ARMS[base]
+    unknown = [m for m in minus if m not in LEVERS]
+    if unknown or (minus and who != "sft"):
+        raise ValueError(f"arm {arm!r}: -LEVER applies to sft arms, with LEVER one of {', '.join(LEVERS)}")
+    off = frozenset(LEVERS) if (who == "sft" and not levers) else frozenset(minus)
+    return who, precision, tuned, off
 
 
 def bench_supervised(s: Settings, arms: list[str], results: dict[str, Any]) -> None:
@@ -431,7 +456,7 @@ def bench_supervised(s: Settings, arms: list[str], results: dict[str, Any]) -> N
     for r in range(s.repeats):
         order = arms[r % len(arms):] + arms[: r % len(arms)]  # rotate: no arm always runs first
         for arm in order:
-            who, precision, tuned, levers = ARMS[arm]
+            who, precision, tuned, levers_off = arm_spec(arm)
             # A new seed each repeat (the same for every arm): each run's window is a different sample of
             # the data, so neither loop keeps a window of shorter or longer texts over all repeats.
             seed = SEED + r
@@ -439,7 +464,7 @@ def bench_supervised(s: Settings, arms: list[str], results: dict[str, Any]) -> N
             # them itself when trainer.malloc_tuning is on.
             malloc.glibc_steady_state()
             if who == "sft":
-                out = run_sft_supervised(s, precision, seed, malloc_tuning=tuned, levers=levers)
+                out = run_sft_supervised(s, precision, seed, malloc_tuning=tuned, levers_off=levers_off)
             else:
                 if tuned:
                     malloc.keep_large_blocks(largest_param_bytes)
@@ -457,7 +482,8 @@ def bench_supervised(s: Settings, arms: list[str], results: dict[str, Any]) -> N
         for key in ("samples_per_s", "tokens_per_s", "padded_tokens_per_s", "step_s_median", "padding_fraction",
                     "mean_nonpad_tokens_per_sample"):
             entry[key] = spread([run[key] for run in runs[arm]])
-        first_token_only = ARMS[arm][3]  # sft's levers include the first-token last layer
+        who, _, _, off = arm_spec(arm)
+        first_token_only = who == "sft" and "cls_only_last_layer" not in off
         flops = [train_flops(shape, run["_lengths"], run["_padded"], first_token_only=first_token_only)
                  for run in runs[arm]]
         entry["model_flops_per_s"] = spread([f[0] / run["seconds"] for f, run in zip(flops, runs[arm], strict=True)])
@@ -468,6 +494,7 @@ def bench_supervised(s: Settings, arms: list[str], results: dict[str, Any]) -> N
     pairs = [(f"sft_{p}{a}", f"hf_{p}{b}") for p in ("fp32", "bf16")
              for a, b in (("", ""), ("", "_tuned"), ("_plain", ""), ("_plain", "_tuned"), ("_nolevers", ""))]
     pairs += [(f"sft_{p}", f"sft_{p}_nolevers") for p in ("fp32", "bf16")]
+    pairs += [(arm.split("-")[0], arm) for arm in arms if "-" in arm]  # what each lever is worth
     for a, b in pairs:
         if a in runs and b in runs:
             ratios[f"{a} / {b}"] = {
@@ -861,7 +888,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's own; quick: 1, robust on a busy machine)")
-    p.add_argument("--arms", default="sft_fp32,hf_fp32,sft_bf16,hf_bf16", help="section 1 arms, comma-separated; also sft_fp32_plain, sft_bf16_plain (sft without malloc tuning), hf_fp32_tuned, hf_bf16_tuned (HF with it), sft_fp32_nolevers, sft_bf16_nolevers (sft without its compute levers)")
+    p.add_argument("--arms", default="sft_fp32,hf_fp32,sft_bf16,hf_bf16", help="section 1 arms, comma-separated; also sft_fp32_plain, sft_bf16_plain (sft without malloc tuning), hf_fp32_tuned, hf_bf16_tuned (HF with it), sft_fp32_nolevers, sft_bf16_nolevers (sft without its compute levers), and an sft arm with -LEVER to turn one off (LEVER: cls_only_last_layer, embedding_grad_rows, cpu_dropout, fused_clipping)")
     p.add_argument("--hf-workers", type=int, default=0, help="HF Trainer dataloader_num_workers (default 0)")
     p.add_argument("--hf-compile", action="store_true", help="HF Trainer with torch_compile=True")
     p.add_argument("--acc-steps", type=int, default=None, help="steps of the bf16/fp32 accuracy runs (default 150)")
@@ -897,6 +924,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.scale_job:
         print(json.dumps(scale_job(json.loads(args.scale_job))))
         return 0
+    try:
+        for arm in args.arms.split(","):
+            arm_spec(arm)  # an unknown arm stops here, before any run
+    except ValueError as exc:
+        print(f"error: --arms: {exc}", file=sys.stderr)
+        return 2
     quiet_libraries()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -963,7 +996,7 @@ def report_bf16_flops(results: dict[str, Any]) -> None:
     flops: dict[str, Any] = {}
     rows = []
     for arm, e in arms.items():
-        p = peak[f"{ARMS[arm][1]}_flops_per_s"]
+        p = peak[f"{arm_spec(arm)[1]}_flops_per_s"]
         model, hw = e["model_flops_per_s"]["median"], e["hardware_flops_per_s"]["median"]
         flops[arm] = {"model_flops_per_s": model, "hardware_flops_per_s": hw, "peak_flops_per_s": p,
                       "model_flops_utilisation": model / p, "hardware_flops_utilisation": hw / p}

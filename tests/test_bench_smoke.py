@@ -50,3 +50,14 @@ def test_bench_quick(tmp_path: Path) -> None:
     assert _positive(r["flops"]["sft_fp32"]["model_flops_utilisation"])
     assert _positive(r["memory"]["peak_rss_mb"])
     assert "scale" not in r
+
+
+def test_bench_refuses_an_unknown_arm_before_running(tmp_path: Path) -> None:
+    for arms, words in (("sft_bf16,sft_bf17", "unknown arm 'sft_bf17'"),
+                        ("hf_bf16-cpu_dropout", "-LEVER applies to sft arms"),
+                        ("sft_bf16-no_such_lever", "LEVER one of cls_only_last_layer")):
+        proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--arms", arms], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert words in proc.stderr
+        assert "supervised loop" not in proc.stdout
