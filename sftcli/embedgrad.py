@@ -22,14 +22,13 @@ class EmbeddingGradRows:
     """Owns the gradient buffer of one embedding; :meth:`clear` stands in for zero_grad on it."""
 
     def __init__(self, embedding: torch.nn.Embedding, distributed: bool = False):
-        self.embedding = embedding
         self.weight = embedding.weight
         self.distributed = distributed
         self.buffer = torch.zeros_like(self.weight)
         self.weight.grad = self.buffer
         self.ids: list[torch.Tensor] = []
         embedding.sparse = True
-        self._handle = embedding.register_forward_pre_hook(self._record)
+        embedding.register_forward_pre_hook(self._record)
 
     def _record(self, module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         # Only lookups that can produce a gradient; evaluation runs under no_grad.
@@ -56,11 +55,11 @@ class EmbeddingGradRows:
     def clear(self) -> None:
         """Zero the written rows and hand the buffer back to the parameter (zero_grad(set_to_none=True)
         detached it; the same storage goes back, so nothing is allocated)."""
-        rows = self.rows()
-        if rows is None:
+        if self.distributed:
             self.buffer.zero_()
-        elif rows.numel():
-            self.buffer.index_fill_(0, rows, 0.0)
+        elif self.ids:
+            # Repeated ids are harmless here (unlike in the norm), so no torch.unique on this path.
+            self.buffer.index_fill_(0, torch.cat(self.ids).to(self.buffer.device), 0.0)
         self.ids.clear()
         self.weight.grad = self.buffer
 

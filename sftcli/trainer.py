@@ -567,17 +567,16 @@ class Trainer:
         params = [p for _, p in self._named_parameters() if p.grad is not None]
         if not params:
             return torch.zeros((), device=self.env.device)
+        norm = self._grad_norm(params)
         if max_norm is None:
-            return torch.stack([p.grad.detach().norm() for p in params]).norm()
+            return norm
         if self.cfg.optim.fused_clipping and self.scaler is None and self.optimizer.defaults.get("fused"):
             # Fused AdamW divides every gradient by its grad_scale as it reads it, so the clipping factor
             # rides along the optimizer's own sweep over the gradients instead of a multiply pass of its
             # own (the same factor as clip_grad_norm_: max_norm / (norm + 1e-6), at most 1).
-            norm = self._grad_norm(params)
             self.clip_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)
-            return norm
-        norm = self._grad_norm(params)
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
+        else:
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
         return norm
 
     def _grad_norm(self, params: list[torch.nn.Parameter]) -> torch.Tensor:

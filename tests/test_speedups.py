@@ -216,3 +216,14 @@ def test_clipping_inside_fused_adamw_matches_clip_grad_norm(trainer) -> None:
             torch.testing.assert_close(p.detach(), by_id[id(p)].detach(), rtol=1e-5, atol=1e-7)
             by_id[id(p)].data.copy_(p.detach())  # the next step's forward runs on the trainer's weights
     assert any(not torch.equal(p, s) for p, s in zip(params, start, strict=True))
+
+
+def test_without_clipping_the_reported_norm_is_the_dense_norm_and_gradients_stay(trainer) -> None:
+    trainer.cfg.optim.max_grad_norm = None
+    trainer._forward_backward("sup")
+    params = [p for _, p in trainer._named_parameters() if p.grad is not None]
+    before = [p.grad.clone() for p in params]
+    norm = trainer._clip_gradients()
+    torch.testing.assert_close(norm, torch.stack([g.norm() for g in before]).norm())
+    assert trainer.clip_scale is None
+    assert all(torch.equal(p.grad, g) for p, g in zip(params, before, strict=True))
