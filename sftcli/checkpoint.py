@@ -27,6 +27,9 @@ log = logging.getLogger("sft")
 
 MANIFEST = "manifest.json"
 TRAIN_STATE = "train_state.pt"
+# Step, config, best-so-far and fingerprints: what `sft eval` / `sft predict` read, in every checkpoint.
+SFT_STATE = "sft_state.json"
+RNG_PREFIX = "rng_state_rank"
 NAME_RE = re.compile(r"^step-(\d{6,})$")
 TMP_PREFIX = ".tmp-"
 FORMAT_VERSION = 1
@@ -217,7 +220,8 @@ def clean_temporary(root: Path) -> list[Path]:
 def apply_retention(root: Path, keep_last: int, protect: set[Path]) -> list[Path]:
     """Delete all but the newest `keep_last` checkpoints, never one in `protect` (best, resumed-from)."""
     items = listed(root)
-    keep = {p.resolve() for _, p in items[-keep_last:]} | {p.resolve() for p in protect if p is not None}
+    newest = items[-keep_last:] if keep_last > 0 else []
+    keep = {p.resolve() for _, p in newest} | {p.resolve() for p in protect if p is not None}
     removed = []
     for _, p in items:
         if p.resolve() not in keep:
@@ -226,10 +230,100 @@ def apply_retention(root: Path, keep_last: int, protect: set[Path]) -> list[Path
     return removed
 
 
+# ----------------------------------------------------------------------------------------------------
+# Training state: only the newest checkpoints keep it
+#
+# A checkpoint's training state (optimizer moments, scheduler, data positions, per-rank RNG: about twice
+# the weights) serves only exact resume, which needs the newest valid checkpoint. Once a newer one is
+# committed, older ones keep their weights, tokenizer and sft_state.json: evaluable, loadable, exportable,
+# but not resumable. The manifest is rewritten first (atomically), then the files go: a kill in between
+# leaves a valid, weights-only checkpoint with stray files that no manifest lists.
+
+
+def _is_training_file(name: str) -> bool:
+    return name == TRAIN_STATE or (name.startswith(RNG_PREFIX) and name.endswith(".pt"))
+
+
+def is_resumable(manifest: dict[str, Any]) -> bool:
+    """Whether a checkpoint (its manifest) holds the training state that exact resume needs."""
+    return TRAIN_STATE in manifest["files"]
+
+
+def drop_training_state(path: Path) -> None:
+    """Turn a committed checkpoint into a weights-only one (see above)."""
+    manifest = read_manifest(path)
+    names = [name for name in manifest["files"] if _is_training_file(name)]
+    if not names:
+        return
+    manifest["files"] = {k: v for k, v in manifest["files"].items() if k not in names}
+    manifest["resumable"] = False
+    tmp = path / f"{MANIFEST}.tmp"
+    with tmp.open("w") as fh:
+        json.dump(manifest, fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path / MANIFEST)
+    _fsync_dir(path)
+    for name in names:
+        (path / name).unlink(missing_ok=True)
+
+
+def keep_training_state(root: Path, step: int, keep: int) -> None:
+    """Right after committing the checkpoint of `step`: drop the training state of the older ones but
+    the newest `keep - 1`. (Newer ones exist only when a run was resumed from an older checkpoint; they
+    are left for its saves to replace.)"""
+    older = [path for s, path in listed(root) if s < step]
+    for path in older[:len(older) - (keep - 1)]:
+        try:
+            drop_training_state(path)
+        except CheckpointError as exc:  # a damaged older checkpoint: nothing to resume from it anyway
+            log.debug("training state of %s left as is: %s", path, exc)
+
+
+def newest_resumable(root: Path) -> Path | None:
+    """The newest checkpoint that verifies and holds training state; damaged newer ones are skipped with
+    a warning. None when there is no checkpoint at all; a CheckpointError when the valid ones hold weights
+    only, saying why."""
+    weights_only = []
+    for _, path in reversed(listed(root)):
+        try:
+            manifest = verify(path)
+        except CheckpointError as exc:
+            log.warning("skipping damaged checkpoint: %s", exc)
+            continue
+        if is_resumable(manifest):
+            return path
+        weights_only.append(path.name)
+    if weights_only:
+        raise CheckpointError(
+            f"no checkpoint in {root} holds training state for exact resume: {', '.join(weights_only)} hold "
+            "weights only (trainer.save_only_model=true, or their training state was dropped when a newer "
+            "checkpoint was saved; trainer.keep_train_state=2 keeps one more). Start the run afresh, or train "
+            "from those weights with model=hf model.name_or_path=CHECKPOINT")
+    return None
+
+
+def read_sft_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's step, training config (plain dict) and best-so-far, for `sft eval` / `sft predict`."""
+    file = path / SFT_STATE
+    if file.is_file():
+        try:
+            return json.loads(file.read_text())
+        except ValueError as exc:
+            raise CheckpointError(f"{file} is damaged (not valid JSON)") from exc
+    if (path / TRAIN_STATE).is_file():  # checkpoints written before sft_state.json existed
+        state = load_state(path / TRAIN_STATE)
+        return {"step": int(state["step"]), "config": json.loads(state["config"])}
+    raise CheckpointError(f"{path} is not an sft checkpoint: {SFT_STATE} is missing")
+
+
 def resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint dir as given, or a run dir's best checkpoint (from summary.json, else newest valid)."""
+    """A checkpoint dir as given, or a run dir's best checkpoint (from summary.json, else newest valid);
+    a run's exported model/ stands for its run dir."""
     if (path / MANIFEST).exists() or NAME_RE.match(path.name):
         return path
+    if path.name == "model" and (path.parent / "summary.json").is_file():
+        path = path.parent
     summary = path / "summary.json"
     if summary.is_file():
         data = json.loads(summary.read_text())

@@ -27,13 +27,13 @@ def load_checkpoint(path_str: str) -> tuple[Path, Any, Any, dict[str, Any]]:
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per command is noise
     path = ckpt.resolve_checkpoint(Path(path_str).expanduser())
     ckpt.verify(path)
-    state = ckpt.load_state(path / ckpt.TRAIN_STATE)
+    saved = ckpt.read_sft_state(path)
     model = load_checkpoint_model(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path}: no loadable tokenizer ({exc})") from exc
-    return path, model, tokenizer, json.loads(state["config"])
+    return path, model, tokenizer, saved["config"]
 
 
 def _label_names(model: Any) -> list[str]:

@@ -154,7 +154,9 @@ class TrainerConfig:
     eval_batch_size: int = 128
     eval_every: int = 50
     save_every: int = 50
-    keep_last: int = 2
+    keep_last: int = 1
+    keep_train_state: int = 1
+    save_only_model: bool = False
     log_every: int = 10
     select_metric: str = "val/accuracy"
     nproc: int = 1
@@ -174,7 +176,7 @@ class TrainerConfig:
 
     def check(self, err: _Errors, prefix: str) -> None:
         for key in ("max_steps", "batch_size", "unlabeled_batch_size", "eval_batch_size", "keep_last",
-                    "log_every", "nproc", "max_nonfinite_skips", "dist_timeout_s"):
+                    "keep_train_state", "log_every", "nproc", "max_nonfinite_skips", "dist_timeout_s"):
             err.require(getattr(self, key) >= 1, f"{prefix}.{key}", "must be >= 1")
         for key in ("eval_every", "save_every"):
             err.require(getattr(self, key) >= 0, f"{prefix}.{key}", "must be >= 0 (0 = only at the end)")

@@ -99,9 +99,16 @@ def _apply_dropout(config: Any, p: float | None) -> None:
 
 
 def build_model(cfg: ModelConfig, label_names: list[str], seed: int) -> Any:
-    """A sequence-classification model with a fresh head for `label_names`, seeded."""
+    """A sequence-classification model with a fresh head for `label_names`, seeded.
+
+    model.head_pooling=pooler gives the model's own class (BERT: the CLS token through its pooler);
+    `mean` gives :class:`~sftcli.modeling_sft_bert.SftBertForSequenceClassification`, whose head reads the
+    mean over non-pad tokens (what sentence encoders such as all-MiniLM-L6-v2 were trained to produce)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig
 
+    from sftcli.modeling_sft_bert import SftBertForSequenceClassification
+
+    register_sft_classes()
     id2label = dict(enumerate(label_names))
     label2id = {name: i for i, name in id2label.items()}
     torch.manual_seed(seed)
@@ -114,9 +121,9 @@ def build_model(cfg: ModelConfig, label_names: list[str], seed: int) -> Any:
             id2label=id2label, label2id=label2id, pad_token_id=tok.pad_token_id,
         )
         _apply_dropout(config, cfg.dropout)
-        model = AutoModelForSequenceClassification.from_config(config)
-        set_head_pooling(model, cfg.head_pooling)
-        return model
+        if cfg.head_pooling == "mean":
+            return SftBertForSequenceClassification(mean_head_config(config))
+        return AutoModelForSequenceClassification.from_config(config)
     where = model_location(cfg)
     kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     try:
@@ -130,65 +137,79 @@ def build_model(cfg: ModelConfig, label_names: list[str], seed: int) -> Any:
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()  # the "newly initialized classifier" report is expected here
-        model = AutoModelForSequenceClassification.from_pretrained(where, config=config, **kwargs)
+        if cfg.head_pooling == "mean":
+            # The pretrained encoder's pooler weights (if any) are left out: this head does not read them.
+            return SftBertForSequenceClassification.from_pretrained(where, config=mean_head_config(config),
+                                                                    revision=cfg.revision)
+        return AutoModelForSequenceClassification.from_pretrained(where, config=config, **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_error("model", where, exc) from exc
-    set_head_pooling(model, cfg.head_pooling)
-    return model
 
 
 def load_checkpoint_model(path: Path) -> Any:
-    """A trained classifier from a checkpoint directory (transformers loading, plus sft's head pooling)."""
-    from transformers import AutoModelForSequenceClassification
+    """A trained classifier from a checkpoint or exported model directory, as plain transformers loads it
+    (sft's mean-pooling class is sft's own code: no trust_remote_code needed here)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
+    from sftcli.modeling_sft_bert import SftBertForSequenceClassification
+
+    register_sft_classes()
     hf_logging.set_verbosity_error()
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(path))
+        config = AutoConfig.from_pretrained(str(path))
+        if getattr(config, HEAD_POOLING_KEY, None) == "mean":
+            # An older sft checkpoint: a stock BERT config marked with the mean head.
+            return SftBertForSequenceClassification.from_pretrained(str(path), config=mean_head_config(config))
+        return AutoModelForSequenceClassification.from_pretrained(str(path), config=config)
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path} is not a loadable model checkpoint: {_first_line(exc)}") from exc
-    set_head_pooling(model, getattr(model.config, HEAD_POOLING_KEY, "pooler"))
-    return model
 
 
-# The config.json key that records model.head_pooling=mean in a checkpoint, so sft eval and sft predict
-# rebuild the same head. (Plain transformers loading ignores it and would read the CLS token.)
+# The config.json key that older sft checkpoints used to record model.head_pooling=mean on a stock BERT
+# config; such checkpoints are read as SftBertForSequenceClassification (see load_checkpoint_model).
 HEAD_POOLING_KEY = "sft_head_pooling"
 
 
-class MeanPooler(torch.nn.Module):
-    """Stands in for a BERT pooler: the mean of the last hidden states over non-pad tokens, so the
-    classifier reads the same sentence representation as the contrastive term with model.pooling=mean
-    (and as sentence-transformers checkpoints such as all-MiniLM-L6-v2 were trained to produce)."""
+def register_sft_classes() -> None:
+    """Make transformers' Auto classes build sft's own mean-pooling classifier for model type `sft_bert`
+    (sft's code, so no trust_remote_code is needed inside sft)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.mask: torch.Tensor | None = None
+    from sftcli.modeling_sft_bert import SftBertConfig, SftBertForSequenceClassification
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        mask = self.mask
-        self.mask = None
-        if mask is None:
-            mask = torch.ones(hidden_states.shape[:2], device=hidden_states.device)
-        return pool(hidden_states, mask, "mean")
+    try:
+        AutoConfig.register(SftBertConfig.model_type, SftBertConfig)
+        AutoModelForSequenceClassification.register(SftBertConfig, SftBertForSequenceClassification)
+    except ValueError:  # registered already (a second call in the same process)
+        pass
 
 
-def _remember_mask(encoder: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-    encoder.pooler.mask = kwargs.get("attention_mask")
+def head_pooling_of(model: Any) -> str:
+    """What the classifier head reads: `mean` (sft's mean-pooling class) or `pooler` (the model's own)."""
+    from sftcli.modeling_sft_bert import SftBertForSequenceClassification
+
+    return "mean" if isinstance(model, SftBertForSequenceClassification) else "pooler"
 
 
-def set_head_pooling(model: Any, how: str) -> None:
-    """model.head_pooling: what the classification head reads. `pooler` leaves the model's own (BERT: the
-    CLS token through a dense + tanh layer); `mean` replaces the pooler with :class:`MeanPooler`."""
-    if how == "pooler":
-        return
-    encoder = model.base_model
-    if not isinstance(getattr(encoder, "pooler", None), torch.nn.Module):
-        raise ModelError(f"model.head_pooling={how} needs an encoder with a pooler layer (BERT family); "
-                         f"{type(encoder).__name__} has none")
-    encoder.pooler = MeanPooler()
-    encoder.register_forward_pre_hook(_remember_mask, with_kwargs=True)
-    setattr(model.config, HEAD_POOLING_KEY, how)
+def mean_head_config(config: Any) -> Any:
+    """The SftBertConfig of a BERT config: the same encoder, with the mean-pooling head.
+
+    Only BERT-architecture encoders have this class (one exported file that plain transformers loads);
+    another model type with head_pooling=mean is refused rather than exported with a head that plain
+    transformers would rebuild differently."""
+    from sftcli.modeling_sft_bert import SftBertConfig
+
+    if config.model_type == SftBertConfig.model_type:
+        return config
+    if config.model_type != "bert":
+        raise ModelError(f"model.head_pooling=mean needs a BERT-architecture encoder (model type 'bert'); "
+                         f"this one is {config.model_type!r}: use model.head_pooling=pooler")
+    data = config.to_dict()
+    data.pop("model_type", None)
+    data.pop(HEAD_POOLING_KEY, None)
+    data.pop("architectures", None)
+    return SftBertConfig(**data)
 
 
 class ResidualProjection(torch.nn.Module):
@@ -214,8 +235,9 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
     """Sentence representation from the last hidden states: mean over non-pad tokens, or CLS."""
     if pooling == "cls":
         return hidden[:, 0]
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+    from sftcli.modeling_sft_bert import mean_pool
+
+    return mean_pool(hidden, attention_mask)
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:
@@ -260,10 +282,10 @@ CLS_ONLY_ATTENTION = ("sdpa", "eager")
 def cls_only_possible(model: Any) -> str | None:
     """Why the last layer cannot run for the first token only on this model, or None when it can."""
     config = model.config
+    if head_pooling_of(model) != "pooler":
+        return "the classifier reads the mean over all tokens (model.head_pooling=mean)"
     if config.model_type != "bert":
         return f"model type {config.model_type!r} (only BERT-architecture encoders are covered)"
-    if getattr(config, HEAD_POOLING_KEY, "pooler") != "pooler":
-        return "the classifier reads the mean over all tokens (model.head_pooling=mean)"
     if getattr(config, "_attn_implementation", None) not in CLS_ONLY_ATTENTION:
         return f"attention implementation {config._attn_implementation!r}"
     if config.is_decoder or getattr(config, "chunk_size_feed_forward", 0):

@@ -40,6 +40,7 @@ from sftcli.data import (
 from sftcli.embedgrad import EmbeddingGradRows, embedding_grad_rows_possible
 from sftcli.errors import CheckpointError, NonFiniteError, Preempted
 from sftcli.evaluate import autocast, evaluate, predict_logits, resolve_precision, scalar_metrics
+from sftcli.export import MODEL_DIR, export_model, model_card
 from sftcli.losses import consistency_loss, info_nce, select_pseudo_labels, softmax, supervised_loss
 from sftcli.model import (
     ResidualProjection,
@@ -326,6 +327,9 @@ class Trainer:
                     improved = self._validate()
                 if stop:
                     self.save()
+                    if tc.save_only_model:
+                        raise Preempted(f"stopped by a signal at step {self.step}; trainer.save_only_model=true "
+                                        "keeps no training state, so this run cannot be resumed")
                     raise Preempted(f"stopped by a signal at step {self.step}; checkpoint saved; "
                                     f"continue with resume=auto")
                 if (tc.save_every and self.step % tc.save_every == 0) or last or improved:
@@ -771,11 +775,20 @@ class Trainer:
         return {"data": self.data.fingerprint()}
 
     def save(self) -> Path | None:
-        """Commit a checkpoint of the whole training state (every rank calls; rank 0 writes)."""
-        rng_states = dist.all_gather_object(self.env, self._rng_state())
+        """Commit a checkpoint of the whole training state (every rank calls; rank 0 writes).
+
+        With trainer.save_only_model a checkpoint holds the model alone, and only a new best (or, while
+        there is none, the newest) is worth writing: the others could not resume the run either."""
+        only_model = self.tc.save_only_model
+        if only_model and self.best_step is not None and self.best_step != self.step:
+            return None
+        rng_states = None if only_model else dist.all_gather_object(self.env, self._rng_state())
         path = None
         if self.env.is_main:
             best_name = ckpt.checkpoint_name(self.best_step) if self.best_step is not None else None
+            light = {"step": self.step, "config": to_plain(self.cfg), "world_size": self.env.world_size,
+                     "best": {"metric": self.best_metric, "step": self.best_step, "checkpoint": best_name},
+                     "fingerprints": self._fingerprints()}
             state = {
                 "step": self.step,
                 "optimizer": self.optimizer.state_dict(),
@@ -797,17 +810,23 @@ class Trainer:
             def write(tmp: Path) -> None:
                 self.model.save_pretrained(tmp, safe_serialization=True)
                 self.tokenizer.save_pretrained(tmp)
+                (tmp / ckpt.SFT_STATE).write_text(json.dumps(light, indent=1, default=_json_default))
+                if only_model:
+                    return
                 torch.save(state, tmp / ckpt.TRAIN_STATE)
                 for rank, rng in enumerate(rng_states):
-                    torch.save(rng, tmp / f"rng_state_rank{rank}.pt")
+                    torch.save(rng, tmp / f"{ckpt.RNG_PREFIX}{rank}.pt")
 
             path = ckpt.save(self.ckpt_dir, self.step, write,
                              {"world_size": self.env.world_size, "select_metric": self.tc.select_metric,
-                              "metric": self.best_metric if self.best_step == self.step else None})
+                              "metric": self.best_metric if self.best_step == self.step else None,
+                              "resumable": not only_model})
             protect = {self.ckpt_dir / best_name} if best_name else set()
             if self.resumed_from is not None:
                 protect.add(self.resumed_from)
-            ckpt.apply_retention(self.ckpt_dir, self.tc.keep_last, protect)
+            # save_only_model: the best checkpoint is the only one kept (none can resume the run).
+            ckpt.apply_retention(self.ckpt_dir, 0 if only_model else self.tc.keep_last, protect or {path})
+            ckpt.keep_training_state(self.ckpt_dir, self.step, self.tc.keep_train_state)
             self.metrics.write(self.step, {"checkpoint/saved": path.relative_to(self.run_dir).as_posix()})
         dist.barrier(self.env)
         return path
@@ -815,7 +834,7 @@ class Trainer:
     def _resume(self) -> None:
         cfg = self.cfg
         if cfg.resume == "auto":
-            path = ckpt.newest_valid(self.ckpt_dir)
+            path = ckpt.newest_resumable(self.ckpt_dir)
             if path is None:
                 log.info("resume=auto: no valid checkpoint in %s; starting from step 0", self.ckpt_dir)
                 return
@@ -823,10 +842,13 @@ class Trainer:
             target = Path(cfg.resume)
             path = target if (target / ckpt.MANIFEST).exists() or ckpt.NAME_RE.match(target.name) else None
             if path is None:
-                path = ckpt.newest_valid(target / "checkpoints")
+                path = ckpt.newest_resumable(target / "checkpoints")
                 if path is None:
                     raise CheckpointError(f"resume={cfg.resume}: no valid checkpoint in {target / 'checkpoints'}")
-            ckpt.verify(path)
+            if not ckpt.is_resumable(ckpt.verify(path)):
+                raise CheckpointError(f"resume={cfg.resume}: {path} holds weights only (trainer.save_only_model=true, "
+                                      "or its training state was dropped when a newer checkpoint was saved); "
+                                      "resume from the newest checkpoint of the run, e.g. resume=auto")
         state = ckpt.load_state(path / ckpt.TRAIN_STATE)
         self._check_resume_config(json.loads(state["config"]), state, path)
         missing, unexpected = self.model.load_state_dict(ckpt.load_weights(path), strict=False)
@@ -892,16 +914,19 @@ class Trainer:
         items = ckpt.listed(self.ckpt_dir)
         last = ckpt.checkpoint_name(self.step)
         best = ckpt.checkpoint_name(self.best_step) if self.best_step is not None else last
+        last_kept = any(p.name == last for _, p in items)
         summary: dict[str, Any] = {
             "status": "completed",
             "best_checkpoint": f"checkpoints/{best}",
-            "last_checkpoint": f"checkpoints/{last}",
+            # null with trainer.save_only_model when the last step was not the best (only the best is kept)
+            "last_checkpoint": f"checkpoints/{last}" if last_kept or not self.env.is_main else None,
+            "model": MODEL_DIR,
             "best_step": self.best_step,
             "steps": self.step,
             "select_metric": self.tc.select_metric,
             "select_value": self.best_metric,
         }
-        assert any(p.name == last for _, p in items) or not self.env.is_main, "the last checkpoint was not saved"
+        assert last_kept or self.tc.save_only_model or not self.env.is_main, "the last checkpoint was not saved"
         # Evaluate exactly what the best checkpoint holds (the weights read back from disk).
         self.model.load_state_dict(ckpt.load_weights(self.ckpt_dir / best), strict=False)
         val = evaluate(self.model, self.enc_val, self.data.validation.labels, self.data.label_names,
@@ -927,6 +952,8 @@ class Trainer:
         if self.env.is_main:
             final = {k: v for k, v in summary.items() if k.startswith(("test/", "val/")) and not isinstance(v, dict)}
             self.metrics.write(self.step, {f"final/{k}": v for k, v in final.items()})
+            export_model(self.ckpt_dir / best, self.run_dir / MODEL_DIR,
+                         model_card(self.cfg, summary, self.run_dir, self.model.config.model_type))
             tmp = self.run_dir / "summary.json.tmp"
             tmp.write_text(json.dumps(summary, indent=2, default=_json_default))
             tmp.replace(self.run_dir / "summary.json")

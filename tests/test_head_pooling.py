@@ -10,7 +10,8 @@ import torch
 
 from sftcli.config import ModelConfig
 from sftcli.errors import ModelError
-from sftcli.model import MeanPooler, build_model, load_checkpoint_model, set_head_pooling
+from sftcli.model import build_model, load_checkpoint_model, mean_head_config
+from sftcli.modeling_sft_bert import SftBertForSequenceClassification
 
 
 def _batch() -> dict[str, torch.Tensor]:
@@ -40,15 +41,32 @@ def test_mean_head_survives_a_checkpoint(tmp_path: Path) -> None:
     model = build_model(ModelConfig(source="tiny", head_pooling="mean"), ["a", "b"], seed=1).eval()
     model.save_pretrained(tmp_path, safe_serialization=True)
     loaded = load_checkpoint_model(tmp_path).eval()
-    assert isinstance(loaded.base_model.pooler, MeanPooler)
+    assert isinstance(loaded, SftBertForSequenceClassification) and loaded.base_model.pooler is None
     with torch.no_grad():
         assert torch.allclose(model(**_batch()).logits, loaded(**_batch()).logits, atol=1e-6)
 
 
-def test_mean_head_needs_a_pooler() -> None:
-    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+def test_mean_head_needs_a_bert_encoder() -> None:
+    # The exported class is BERT's encoder with a mean head; another architecture is refused up front
+    # rather than exported with a head that plain transformers would rebuild differently.
+    from transformers import DistilBertConfig
 
-    model = DistilBertForSequenceClassification(DistilBertConfig(dim=32, hidden_dim=64, n_layers=1, n_heads=2,
-                                                                 vocab_size=100))
-    with pytest.raises(ModelError, match="model.head_pooling=mean"):
-        set_head_pooling(model, "mean")
+    with pytest.raises(ModelError, match="model.head_pooling=mean needs a BERT-architecture encoder"):
+        mean_head_config(DistilBertConfig(dim=32, hidden_dim=64, n_layers=1, n_heads=2, vocab_size=100))
+
+
+def test_an_older_mean_checkpoint_loads_with_the_mean_head(tmp_path: Path) -> None:
+    # Checkpoints of earlier sft versions: a stock BERT config.json marked sft_head_pooling=mean.
+    import json
+
+    model = build_model(ModelConfig(source="tiny", head_pooling="mean"), ["a", "b"], seed=1).eval()
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.update(model_type="bert", architectures=["BertForSequenceClassification"], sft_head_pooling="mean")
+    config.pop("auto_map")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "modeling_sft_bert.py").unlink()
+    loaded = load_checkpoint_model(tmp_path).eval()
+    assert isinstance(loaded, SftBertForSequenceClassification)
+    with torch.no_grad():
+        assert torch.allclose(model(**_batch()).logits, loaded(**_batch()).logits, atol=1e-6)

@@ -160,7 +160,8 @@ def test_damaged_checkpoints_are_detected(tmp_path) -> None:
 
 
 def test_explicit_resume_from_a_damaged_checkpoint_fails_naming_the_file(sft, tmp_path) -> None:
-    sft("train", *TINY, "run_name=d", check=True)
+    # Two checkpoints with training state, so resume=auto has a previous one to fall back to.
+    sft("train", *TINY, "trainer.keep_last=2", "trainer.keep_train_state=2", "run_name=d", check=True)
     target = tmp_path / "runs" / "d" / "checkpoints" / "step-000004"
     blob = target / "model.safetensors"
     data = bytearray(blob.read_bytes())

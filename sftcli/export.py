@@ -1,0 +1,136 @@
+"""The run's final model: `RUN/model/`, the best checkpoint without training state, plus a model card.
+
+What a user uploads or serves. It loads in plain transformers as the checkpoint does
+(`pipeline("text-classification", model="RUN/model")`; with `trust_remote_code=True` for
+model.head_pooling=mean, whose class file travels with the model). The weights are hard links to the
+best checkpoint's files where the filesystem allows, so the run holds them once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sftcli import checkpoint as ckpt
+from sftcli.config import TrainConfig
+
+log = logging.getLogger("sft")
+
+MODEL_DIR = "model"
+# Checkpoint files that are sft's bookkeeping, not the model.
+_NOT_MODEL = (ckpt.MANIFEST, ckpt.TRAIN_STATE, ckpt.SFT_STATE)
+_EMBEDDED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def export_model(checkpoint: Path, out: Path, card: str) -> Path:
+    """Write `out` from `checkpoint`: every model, config and tokenizer file, and README.md = `card`.
+    Built under a temporary name and renamed, so `out` is always complete (or the previous export)."""
+    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for src in sorted(p for p in checkpoint.iterdir() if p.is_file()):
+        if src.name in _NOT_MODEL or src.name.startswith(ckpt.RNG_PREFIX):
+            continue
+        _link_or_copy(src, tmp / src.name)
+    (tmp / "README.md").write_text(card)
+    if out.exists():
+        old = out.with_name(f".old-{out.name}-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    return out
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    # Weights are large and never rewritten in place (a checkpoint is written once), so a hard link is
+    # a safe way to hold them once; small files are copied.
+    if src.suffix in (".safetensors", ".bin"):
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
+
+
+def needs_remote_code(model_type: str) -> bool:
+    """Whether plain transformers needs trust_remote_code=True to load this model type (sft's own class)."""
+    from sftcli.modeling_sft_bert import SftBertConfig
+
+    return model_type == SftBertConfig.model_type
+
+
+def _base_model(cfg: TrainConfig) -> str:
+    if cfg.model.source == "hf":
+        return str(cfg.model.name_or_path)
+    if cfg.model.source == "minilm":
+        return _EMBEDDED_MODEL_ID
+    return "a randomly initialised tiny BERT (model=tiny)"
+
+
+def _command(run_dir: Path) -> str:
+    """The `sft train` command line of the run, from Hydra's record of its overrides."""
+    overrides = run_dir / ".hydra" / "overrides.yaml"
+    args: list[str] = []
+    if overrides.is_file():
+        from omegaconf import OmegaConf
+
+        args = [str(a) for a in OmegaConf.load(overrides) if not str(a).startswith("hydra.")]
+    return " ".join(["sft train", *args])
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "n/a"
+
+
+def model_card(cfg: TrainConfig, summary: dict[str, Any], run_dir: Path, model_type: str) -> str:
+    """README.md for the exported model (the Hugging Face model-card convention: YAML metadata, then text)."""
+    base = _base_model(cfg)
+    labels = summary.get("label_names", [])
+    remote = needs_remote_code(model_type)
+    flag = ", trust_remote_code=True" if remote else ""
+    meta = ["---", "library_name: transformers", "pipeline_tag: text-classification", "tags:", "- sft",
+            "- text-classification"]
+    if cfg.model.source != "tiny":
+        meta.append(f"base_model: {base}")
+    meta.append("---")
+    data = {"trec6": "TREC-6 questions (embedded)", "files": f"local files (train: {cfg.data.train})",
+            "hub": f"{cfg.data.name} (datasets)"}[cfg.data.source]
+    rows = [("validation", "val"), ("test", "test")]
+    metrics = ["| split | accuracy | macro-F1 |", "|---|---|---|"]
+    metrics += [f"| {name} | {_fmt(summary.get(f'{key}/accuracy'))} | {_fmt(summary.get(f'{key}/macro_f1'))} |"
+                for name, key in rows]
+    strategy = cfg.strategy.name if cfg.strategy else "none (supervised)"
+    lines = [
+        *meta, "",
+        f"# Text classifier fine-tuned with sft from {base}", "",
+        f"- Labels ({len(labels)}): {', '.join(map(str, labels))}",
+        f"- Data: {data}; {summary.get('n_labeled')} labeled texts"
+        + (f" ({cfg.data.labels_per_class} per class)" if cfg.data.labels_per_class else "")
+        + f", {summary.get('n_unlabeled')} unlabeled",
+        f"- Strategy: {strategy}; classifier head reads: "
+        + ("the mean over non-pad tokens" if cfg.model.head_pooling == "mean" else "the model's own pooler"),
+        f"- Selected: {summary.get('best_checkpoint')} (best {summary.get('select_metric')} over "
+        f"{summary.get('steps')} steps), seed {cfg.seed}, precision {summary.get('precision')}",
+        f"- Command: `{_command(run_dir)}`", "",
+        "## Metrics (this checkpoint)", "", *metrics, "",
+        "## Use", "",
+        "```python",
+        "from transformers import pipeline",
+        "",
+        f'classify = pipeline("text-classification", model="PATH/TO/THIS/DIR"{flag})',
+        'classify("How far is it from Denver to Aspen?")',
+        "```", "",
+    ]
+    if remote:
+        lines += ["The head is sft's mean-pooling classifier (`modeling_sft_bert.py`, in this directory). "
+                  "transformers runs that file only with `trust_remote_code=True`; without it, loading stops "
+                  "instead of building a stock BERT head that would answer differently.", ""]
+    lines += ["Or with sft: `sft predict checkpoint=RUN input=texts.csv output=predictions.jsonl`.", ""]
+    return "\n".join(lines)
+
