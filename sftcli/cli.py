@@ -204,7 +204,7 @@ def _check_sweeper_plugin(args: list[str]) -> None:
             installed = False
         if not installed:
             raise ConfigError("hydra/sweeper=optuna needs the Optuna sweeper plugin (hydra-optuna-sweeper): "
-                              "pip install 'sft[optuna]' (in a checkout: pip install -e \".[optuna]\")")
+                              "pip install 'sftcli[optuna]' (in a checkout: pip install -e \".[optuna]\")")
 
 
 def _composition_message(command: str, text: str) -> str:

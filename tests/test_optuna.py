@@ -88,5 +88,5 @@ def test_optuna_sweeper_without_the_plugin_says_how_to_install_it(tmp_path) -> N
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 2, proc.stderr
-    assert "pip install 'sft[optuna]'" in proc.stderr and "Traceback" not in proc.stderr
+    assert "pip install 'sftcli[optuna]'" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()
