@@ -866,6 +866,12 @@ class Trainer:
         self.step = int(state["step"])
         self.best_metric = state["best"]["metric"]
         self.best_step = state["best"]["step"]
+        if path.parent.resolve() != self.ckpt_dir.resolve() and self.best_step is not None:
+            # Resumed from another run's checkpoint: its best checkpoint lives there, not in this run,
+            # so this run picks its best among its own checkpoints.
+            log.info("resume: the best checkpoint of %s (step %d) stays there; this run selects its own",
+                     path.parent.parent, self.best_step)
+            self.best_metric, self.best_step = None, None
         self.nonfinite_skips = int(state["nonfinite_skips"])
         if state.get("pseudo_labels") is not None:
             self.pseudo_labels = state["pseudo_labels"].numpy()
