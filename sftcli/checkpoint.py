@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,19 +67,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _test_pause(point: str, step: int) -> None:
-    # Test-only hook: SFT_TEST_SAVE_PAUSE=<point>:<seconds>[:<step>] sleeps at that point of a save (of
-    # that step) so a test can kill the process there. Points: files (after the first file is hashed),
-    # manifest (before it is written), rename (before the commit).
-    parts = os.environ.get("SFT_TEST_SAVE_PAUSE", "").split(":")
-    if parts[0] == point and (len(parts) < 3 or int(parts[2]) == step):
-        spec = ":".join(parts[:2])
-        marker = os.environ.get("SFT_TEST_SAVE_PAUSE_MARKER")
-        if marker:
-            Path(marker).write_text(point)
-        time.sleep(float(spec.split(":", 1)[1]))
-
-
 def save(root: Path, step: int, write: Callable[[Path], None], meta: dict[str, Any]) -> Path:
     """Commit a checkpoint for `step` under `root`: write(tmp_dir) fills it, then manifest, rename."""
     root.mkdir(parents=True, exist_ok=True)
@@ -97,8 +83,8 @@ def save(root: Path, step: int, write: Callable[[Path], None], meta: dict[str, A
             _fsync_file(path)
             files[path.relative_to(tmp).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
             if i == 0:
-                _test_pause("files", step)
-        _test_pause("manifest", step)
+                faults.save_pause("files", step)
+        faults.save_pause("manifest", step)
         manifest = {"format": FORMAT_VERSION, "step": step, "files": files, **meta}
         mpath = tmp / MANIFEST
         with mpath.open("w") as fh:
@@ -120,7 +106,7 @@ def save(root: Path, step: int, write: Callable[[Path], None], meta: dict[str, A
         raise CheckpointError(f"cannot save checkpoint {final}: {reason}; the checkpoints already in {root} are "
                               "intact: fix that (free space, or keep fewer with trainer.keep_last), then continue "
                               "with resume=auto") from exc
-    _test_pause("rename", step)
+    faults.save_pause("rename", step)
     if final.exists():  # a checkpoint for this step already exists (e.g. re-saved after resume): replace it
         old = root / f"{TMP_PREFIX}old-{checkpoint_name(step)}-{os.getpid()}"
         os.replace(final, old)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +12,6 @@ from typing import Any
 from sftcli import checkpoint as ckpt
 from sftcli.config import DataConfig, from_plain, parse_eval, parse_predict
 from sftcli.errors import ConfigError, DataError, ModelError
-
-log = logging.getLogger("sft")
 
 
 def load_checkpoint(path_str: str) -> tuple[Path, Any, Any, dict[str, Any]]:
@@ -87,17 +84,11 @@ def run_eval(cfg: Any, out_dir: Path) -> dict[str, Any]:
 
 def _labeled_file(cfg: DataConfig, split: str, names: list[str]) -> Any:
     """A labeled file for `sft eval data=files data.test=FILE`, with the checkpoint's label names."""
-    from sftcli.data import LABELED_EXTENSIONS, _clean, _read_table, _rows, _to_set
+    from sftcli.data import read_labeled_file
 
-    file = getattr(cfg, split)
-    if not file:
+    if not getattr(cfg, split):
         raise ConfigError(f"data.{split}: a file is required to evaluate split={split} on data=files")
-    where = f"{file} (data.{split})"
-    notes: list[str] = []
-    rows = _clean(_rows(_read_table(file, f"data.{split}", LABELED_EXTENSIONS), where, cfg, True), where, True, notes)
-    for note in notes:
-        log.info("data: %s", note)
-    return _to_set(rows, {n: i for i, n in enumerate(names)}, where, "of the checkpoint")
+    return read_labeled_file(cfg, split, names, names_from="of the checkpoint")
 
 
 def print_eval_table(result: dict[str, Any]) -> None:

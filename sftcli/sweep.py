@@ -81,9 +81,9 @@ class SweepSummary(Callback):
 
 
 def _job_num(run_dir: Path, fallback: int) -> int:
-    from sftcli.report import _read_yaml
+    from sftcli.report import read_yaml
 
-    hydra_cfg = _read_yaml(run_dir / ".hydra" / "hydra.yaml")
+    hydra_cfg = read_yaml(run_dir / ".hydra" / "hydra.yaml")
     try:
         return int(hydra_cfg["hydra"]["job"]["num"])
     except (TypeError, KeyError, ValueError):

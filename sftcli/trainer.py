@@ -11,7 +11,6 @@ import copy
 import json
 import logging
 import math
-import os
 import random
 import signal
 import sys
@@ -357,14 +356,12 @@ class Trainer:
 
     def _record(self, stream: str, global_idx: np.ndarray, local: np.ndarray) -> None:
         self.last_local[stream] = local
-        # Test hook: SFT_TEST_RECORD_IDS=FILE appends every consumed global batch (rank 0) so tests can
-        # check that resume neither skips nor repeats an example in either stream.
-        path = os.environ.get("SFT_TEST_RECORD_IDS")
-        if path and self.env.is_main:
+        # Test hook (SFT_TEST_RECORD_IDS, see faults.record_batch): rank 0 records every consumed global
+        # batch so tests can check that resume neither skips nor repeats an example in either stream.
+        # The hook is tested first so that, unset, the step does not even look the ids up.
+        if faults.hooks().record_ids is not None and self.env.is_main:
             ids = self.data.labeled.ids if stream == "labeled" else self.data.unlabeled.ids
-            with open(path, "a") as fh:
-                fh.write(json.dumps({"step": self.step + 1, "stream": stream,
-                                     "ids": ids[global_idx].tolist()}) + "\n")
+            faults.record_batch(self.step + 1, stream, ids[global_idx])
 
     def _forward_backward(self, kind: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """One step's forward and backward; returns the local loss, its terms and diagnostics (detached)."""

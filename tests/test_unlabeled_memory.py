@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from sftcli.config import DataConfig
-from sftcli.data import Encoded, NpyRows, _read_token_cache, _write_token_cache, collate, load_data
+from sftcli.data import Encoded, NpyRows, collate, load_data
+from sftcli.data.tokens import _read_token_cache, _write_token_cache
 from sftcli.errors import DataError
 
 
