@@ -43,10 +43,10 @@ def run_eval(cfg: Any, out_dir: Path) -> dict[str, Any]:
 
     from sftcli.data import load_data
     from sftcli.dist import pick_device
+    from sftcli.engine import cache_root
     from sftcli.evaluate import evaluate
     from sftcli.model import tokenizer_fingerprint
     from sftcli.runlog import setup_logging
-    from sftcli.trainer import cache_root
 
     ec = parse_eval(cfg)
     setup_logging(None, True)

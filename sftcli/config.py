@@ -107,6 +107,8 @@ class LossConfig:
     self_training_targets: Literal["hard", "soft"] = "hard"
     self_training_ensemble: bool = False
     unlabeled_mask_prob: float = 0.0
+    supcon_weight: float = 0.0
+    supcon_tau: float = 0.1
 
     def check(self, err: _Errors, prefix: str) -> None:
         if self.weight is not None:
@@ -121,6 +123,8 @@ class LossConfig:
         err.require(self.self_training_every >= 1, f"{prefix}.self_training_every", "must be >= 1")
         err.require(0.0 < self.self_training_top <= 1.0, f"{prefix}.self_training_top", "must be in (0, 1]")
         err.require(0.0 <= self.self_training_top_step <= 1.0, f"{prefix}.self_training_top_step", "must be in [0, 1]")
+        err.require(self.supcon_weight >= 0, f"{prefix}.supcon_weight", "must be >= 0")
+        err.require(self.supcon_tau > 0, f"{prefix}.supcon_tau", "must be > 0")
 
 
 @dataclass

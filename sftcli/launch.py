@@ -55,7 +55,7 @@ def train_in_run_dir(cfg: Any, run_dir: Path) -> dict[str, Any]:
         dist.broadcast_object(env, str(run_dir))
         return worker_main(str(run_dir))
     if tc.trainer.nproc == 1:
-        from sftcli.trainer import run_worker
+        from sftcli.engine import run_worker
 
         return run_worker(str(run_dir))
     log.info("launching %d worker processes (torch.distributed elastic launch)", tc.trainer.nproc)
@@ -96,7 +96,7 @@ def follow_external_launch() -> int:
 
 def worker_main(run_dir: str) -> dict[str, Any]:
     """A worker process: known failures end with their own exit code and one message, no traceback."""
-    from sftcli.trainer import run_worker
+    from sftcli.engine import run_worker
 
     try:
         return run_worker(run_dir)

@@ -90,7 +90,7 @@ def test_resume_restores_the_projection_head(sft, tmp_path) -> None:
     assert second.returncode == 0, second.stderr
     ref, run = tmp_path / "runs" / "ref", tmp_path / "runs" / "r"
     assert_same_weights(weights(run, 4), weights(ref, 4))
-    heads = [ckpt.load_state(r / "checkpoints" / ckpt.checkpoint_name(4) / ckpt.TRAIN_STATE)["projection"]
+    heads = [ckpt.load_state(r / "checkpoints" / ckpt.checkpoint_name(4) / ckpt.TRAIN_STATE)["objectives"]["con"]["projection"]
              for r in (run, ref)]
     assert_same_weights(*heads)
 
@@ -224,17 +224,16 @@ def test_a_nonfinite_validation_metric_is_never_the_best() -> None:
 
     result = metrics(np.array([0, 1]), np.array([0, 1]), ["a", "b"])
     assert result["accuracy"] == 1.0
-    from sftcli.trainer import Trainer
+    import sftcli.engine.loop as loop
+    from sftcli.engine import Engine
 
-    t = Trainer.__new__(Trainer)
+    t = Engine.__new__(Engine)
     t.best_metric, t.best_step, t.step = 0.5, 2, 4
     t.tc = type("T", (), {"select_metric": "val/accuracy", "eval_batch_size": 8, "precision": "fp32"})()
     t.precision = "fp32"
     t.metrics = type("M", (), {"write": lambda self, *a: None})()
-    import sftcli.trainer as trainer_mod
-
-    original = trainer_mod.evaluate
-    trainer_mod.evaluate = lambda *a, **k: {"accuracy": float("nan"), "macro_f1": float("nan"), "n": 2}
+    original = loop.evaluate
+    loop.evaluate = lambda *a, **k: {"accuracy": float("nan"), "macro_f1": float("nan"), "n": 2}
     try:
         t.enc_val = t.data = t.model = t.pad_id = t.env = None
         t.data = type("D", (), {"validation": type("V", (), {"labels": None})(), "label_names": []})()
@@ -242,7 +241,7 @@ def test_a_nonfinite_validation_metric_is_never_the_best() -> None:
         assert t._validate() is False
         assert t.best_metric == 0.5 and t.best_step == 2
     finally:
-        trainer_mod.evaluate = original
+        loop.evaluate = original
 
 
 @pytest.mark.parametrize("override,key", [

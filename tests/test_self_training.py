@@ -10,24 +10,30 @@ FRESH = [*TINY, "+strategy=mix", "lambda=0", "loss.self_training_weight=1", "los
          "loss.self_training_student=fresh", "trainer.max_steps=6", "trainer.eval_every=3"]
 
 
+def objective(engine, name: str):
+    """The engine's objective called `name` (sup, con, st, ...)."""
+    return next(o for o in engine.objectives if o.name == name)
+
+
 @pytest.fixture
 def trainer(tmp_path, cache_dir, monkeypatch):
-    """An in-process Trainer (set up, not trained) for the fresh-student settings above, with the
-    contrastive term's projection head."""
+    """An in-process Engine (set up, not trained) for the fresh-student settings above, with the
+    contrastive term (lambda > 0) and its projection head."""
     from hydra import compose, initialize_config_dir
 
     from sftcli import dist
     from sftcli.cli import config_dir
     from sftcli.config import parse_train
-    from sftcli.trainer import Trainer
+    from sftcli.engine import Engine
 
     monkeypatch.setenv("SFT_CACHE_DIR", str(cache_dir))
     monkeypatch.chdir(tmp_path)
     torch.set_num_threads(1)
-    overrides = [a for a in FRESH if not a.startswith("trainer.log_every")] + ["loss.projection=mlp"]
+    overrides = [a for a in FRESH if not a.startswith(("trainer.log_every", "lambda"))] + ["lambda=0.5",
+                                                                                           "loss.projection=mlp"]
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name="train"):
         cfg = parse_train(compose(config_name="train", overrides=[*overrides, "trainer.progress=none"]))
-    t = Trainer(cfg, tmp_path / "run", dist.DistEnv())
+    t = Engine(cfg, tmp_path / "run", dist.DistEnv())
     (tmp_path / "run").mkdir()
     t.setup()
     return t
@@ -35,26 +41,26 @@ def trainer(tmp_path, cache_dir, monkeypatch):
 
 def test_a_fresh_student_restarts_from_the_initial_weights_and_optimizer(trainer) -> None:
     initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    initial_head = {k: v.clone() for k, v in trainer.projection.state_dict().items()}
+    initial_head = {k: v.clone() for k, v in objective(trainer, "con").projection.state_dict().items()}
     # Train the teacher for one round by hand: a few real steps move the weights and fill AdamW's state.
     for _ in range(3):
-        trainer._forward_backward("mix")
+        trainer._step()
         trainer._optimizer_step()
         trainer.scheduler.step()
         trainer.optimizer.zero_grad(set_to_none=True)
         trainer.step += 1
     moved = [k for k, v in trainer.model.state_dict().items() if not torch.equal(v, initial[k])]
     assert moved and trainer.optimizer.state
-    assert not torch.equal(trainer.projection.up.weight, initial_head["up.weight"])  # weight decay moved it
+    assert not torch.equal(objective(trainer, "con").projection.up.weight, initial_head["up.weight"])  # weight decay moved it
     teacher_head = trainer.model.classifier.weight.detach().clone()
 
-    trainer._maybe_relabel()  # step 3 = self_training_every: the teacher labels, the student starts over
+    objective(trainer, "st").before_step(trainer)  # step 3 = self_training_every: the teacher labels, the student starts over
 
-    assert trainer.pseudo_labels is not None and (trainer.pseudo_labels >= 0).any()
+    assert objective(trainer, "st").pseudo_labels is not None and (objective(trainer, "st").pseudo_labels >= 0).any()
     for key, value in trainer.model.state_dict().items():
         assert torch.equal(value, initial[key]), key
     assert not torch.equal(trainer.model.classifier.weight, teacher_head)
-    for key, value in trainer.projection.state_dict().items():  # the contrastive head starts over too
+    for key, value in objective(trainer, "con").projection.state_dict().items():  # the contrastive head starts over too
         assert torch.equal(value, initial_head[key]), key
     assert len(trainer.optimizer.state) == 0
     # The student's lr schedule starts over too: step 4 uses step 1's lr.
@@ -78,20 +84,23 @@ def test_fresh_students_in_a_run_restart_the_lr_schedule_each_round(sft, tmp_pat
 
 
 def test_unlabeled_mask_noises_only_the_unlabeled_rows(trainer) -> None:
-    from sftcli.data import pad_concat
-
     trainer.cfg.loss.unlabeled_mask_prob = 0.5
-    lab, _ = trainer._labeled_batch()
-    unl, _ = trainer._unlabeled_batch()
-    inputs = pad_concat(lab, unl, trainer.pad_id)
-    n_lab = len(lab["input_ids"])
-    masked = trainer._mask_unlabeled(inputs, n_lab)
-    assert torch.equal(masked["input_ids"][:n_lab], inputs["input_ids"][:n_lab])
-    changed = masked["input_ids"][n_lab:] != inputs["input_ids"][n_lab:]
+    start = trainer.batches.state_dict()
+    batch = trainer.batches.next(0)
+    n_lab = batch.n_labeled
+    inputs, clean = batch.inputs, batch.clean_unlabeled
+    assert n_lab and clean is not None
+    # The labeled rows are untouched: drawn again from a fresh stream at the same position, unmasked.
+    trainer.cfg.loss.unlabeled_mask_prob = 0.0
+    trainer.batches.load_state_dict(start)
+    plain = trainer.batches.next(0).inputs
+    assert torch.equal(inputs["input_ids"][:n_lab], plain["input_ids"][:n_lab])
+    assert torch.equal(clean["input_ids"], plain["input_ids"][n_lab:])
+    changed = inputs["input_ids"][n_lab:] != clean["input_ids"]
     assert changed.any()
-    assert (masked["input_ids"][n_lab:][changed] == trainer.tokenizer.mask_token_id).all()
+    assert (inputs["input_ids"][n_lab:][changed] == trainer.tokenizer.mask_token_id).all()
     # Padding and special tokens are never masked.
-    special = torch.isin(inputs["input_ids"][n_lab:], torch.tensor(trainer.tokenizer.all_special_ids))
+    special = torch.isin(clean["input_ids"], torch.tensor(trainer.tokenizer.all_special_ids))
     assert not (changed & special).any()
 
 
@@ -100,14 +109,14 @@ def test_soft_targets_keep_the_teachers_probabilities(trainer) -> None:
 
     trainer.cfg.loss.self_training_targets = "soft"
     trainer.step = 3
-    trainer._maybe_relabel()
-    probs, labels = trainer.pseudo_probs, trainer.pseudo_labels
+    objective(trainer, "st").before_step(trainer)
+    probs, labels = objective(trainer, "st").pseudo_probs, objective(trainer, "st").pseudo_labels
     assert probs is not None and probs.shape == (len(labels), len(trainer.data.label_names))
     assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
     kept = labels >= 0
     assert (probs[kept].argmax(1) == labels[kept]).all()
     # A step on the soft targets: the distillation term is there and finite.
-    _, terms, _ = trainer._forward_backward("mix")
+    _, terms, _ = trainer._step()
     assert "st" in terms and torch.isfinite(terms["st"]) and terms["st"] > 0
 
 
@@ -118,25 +127,25 @@ def test_an_ensemble_labels_with_the_mean_of_every_teacher_so_far(trainer) -> No
     from sftcli.losses import softmax
 
     def teacher_probs() -> np.ndarray:
-        return softmax(predict_logits(trainer.model, trainer.enc_unlabeled, trainer.tc.eval_batch_size, trainer.pad_id,
+        return softmax(predict_logits(trainer.model, trainer.batches.unlabeled, trainer.tc.eval_batch_size, trainer.pad_id,
                                       trainer.env.device, trainer.precision, trainer.env))
 
     trainer.cfg.loss.self_training_ensemble = True
     trainer.step = 3
     first = teacher_probs()
-    trainer._maybe_relabel()
-    assert np.allclose(trainer.ensemble_probs, first)
+    objective(trainer, "st").before_step(trainer)
+    assert np.allclose(objective(trainer, "st").ensemble_probs, first)
     # A second teacher that disagrees: a different classifier.
     with torch.no_grad():
         trainer.model.classifier.weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(1))
     second = teacher_probs()
     assert (first.argmax(1) != second.argmax(1)).any()
     trainer.step = 6
-    trainer._maybe_relabel()
+    objective(trainer, "st").before_step(trainer)
     mean = (first + second) / 2
-    assert np.allclose(trainer.ensemble_probs, mean, atol=1e-6)
-    kept = trainer.pseudo_labels >= 0
-    assert (trainer.pseudo_labels[kept] == mean[kept].argmax(1)).all()
+    assert np.allclose(objective(trainer, "st").ensemble_probs, mean, atol=1e-6)
+    kept = objective(trainer, "st").pseudo_labels >= 0
+    assert (objective(trainer, "st").pseudo_labels[kept] == mean[kept].argmax(1)).all()
 
 
 def test_the_self_training_recipe_is_the_chosen_configuration() -> None:
@@ -174,7 +183,7 @@ def test_short_bf16_batches_train_attention_on_the_math_backend(trainer) -> None
     def attention_ops(max_length: int) -> set[str]:
         trainer.tc.sdpa_math_max_length = max_length
         with profile() as prof:
-            trainer._forward_backward("mix")
+            trainer._step()
         trainer.optimizer.zero_grad(set_to_none=True)
         return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
 

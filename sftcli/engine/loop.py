@@ -1,0 +1,360 @@
+"""The training engine: one explicit loop. `train()` and `_step()` each read top to bottom.
+
+One Engine runs in each worker process. Everything distributed goes through `sftcli.dist`; rank 0 writes
+files; stop decisions (max steps, signals, non-finite values) are agreed across ranks. What the loss is
+made of lives in sftcli/objectives/, how the objects are built in build.py, checkpoints in state.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sftcli import checkpoint as ckpt
+from sftcli import dist, faults
+from sftcli.config import TrainConfig
+from sftcli.engine import state
+from sftcli.engine.build import build, malloc_tuning
+from sftcli.engine.metrics import MetricWindow
+from sftcli.engine.progress import Progress
+from sftcli.errors import ConfigError, NonFiniteError, Preempted
+from sftcli.evaluate import autocast, evaluate, scalar_metrics
+from sftcli.export import MODEL_DIR, export_model, model_card
+from sftcli.objectives import StepView, Term
+from sftcli.runlog import MetricsWriter, format_metrics
+
+log = logging.getLogger("sft")
+
+_TERM_NAMES = {"sup": "loss_sup (cross-entropy)", "con": "loss_con (InfoNCE)", "cons": "loss_cons (consistency)",
+               "st": "loss_st (self-training)", "supcon": "loss_supcon (supervised contrastive)",
+               "gradient": "gradient norm"}
+
+
+class Engine:
+    def __init__(self, cfg: TrainConfig, run_dir: Path, env: dist.DistEnv):
+        self.cfg, self.tc, self.run_dir, self.env = cfg, cfg.trainer, run_dir, env
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=env.is_main)
+        self.step = 0  # optimizer steps done
+        self.best_metric: float | None = None
+        self.best_step: int | None = None
+        self.nonfinite_skips = 0
+        self.resumed_from: Path | None = None
+        self.stop_requested = 0
+
+    def setup(self) -> None:
+        build(self)  # data, tokenizer, model, objectives, optimizer, scheduler, batches
+        if self.cfg.resume is not None:
+            state.resume(self)
+        if self.tc.tensorboard and self.env.is_main:
+            from sftcli.tb import TensorBoardWriter
+
+            # purge_step hides events an interrupted attempt logged after the step resumed from.
+            self.metrics.mirror = TensorBoardWriter(self.run_dir, True,
+                                                    purge_step=self.step + 1 if self.resumed_from else None)
+        n_params = sum(p.numel() for p in self.model.parameters())
+        log.info("model: %s (%.1fM parameters), device %s, %d process(es), precision %s", type(self.model).__name__,
+                 n_params / 1e6, self.env.device, self.env.world_size, self.precision)
+
+    # ------------------------------------------------------------------------------------------------
+    # the loop
+
+    def train(self) -> dict[str, Any]:
+        tc, env = self.tc, self.env
+        self._install_signal_handlers()
+        window = MetricWindow(env)
+        progress = Progress(tc.progress, tc.max_steps, self.step, enabled=env.is_main)
+        self.model.train()  # from_pretrained returns a model in eval mode; evaluation switches back
+        malloc_tuning(self.model, tc)
+        log.info("training: steps %d -> %d, strategy %s, objectives %s", self.step, tc.max_steps,
+                 self.cfg.strategy.name if self.cfg.strategy else "none (supervised baseline)",
+                 ", ".join(o.name for o in self.objectives))
+        try:
+            while self.step < tc.max_steps:
+                faults.at_step_start(self.step + 1, env.rank)
+                t0 = time.perf_counter()
+                for objective in self.objectives:
+                    objective.before_step(self)  # e.g. self-training re-labels every N steps
+                kind = self.batches.kind(self.step)
+                loss, terms, ratios = self._step()
+                grad_norm = self._clip_gradients()
+                bad_local = ~torch.isfinite(loss)
+                if self.scaler is None:
+                    # fp16: overflowing gradients are the grad scaler's business (it skips the step and
+                    # lowers the scale); a non-finite loss still stops training.
+                    bad_local = bad_local | ~torch.isfinite(grad_norm)
+                # The step's one host sync: no update when any rank saw a non-finite value, and a stop
+                # signal on any rank stops all; one collective decides both.
+                bad, stop = dist.any_flag(env, bad_local, self.stop_requested > 0)
+                if bad:
+                    self._handle_nonfinite(terms, grad_norm)
+                else:
+                    self._optimizer_step()
+                window.lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                self._account(window, loss, terms, ratios, grad_norm)
+                window.end_step(time.perf_counter() - t0, self.batches.samples(kind), self.batches.tokens, bad)
+
+                last = self.step == tc.max_steps
+                if self.step % tc.log_every == 0 or last:
+                    progress.update(self.step, self._flush(window))
+                    window = MetricWindow(env)
+                improved = False
+                if (tc.eval_every and self.step % tc.eval_every == 0) or last:
+                    improved = self._validate()
+                if stop:
+                    state.save(self)
+                    raise Preempted(self._preempted_message())
+                if (tc.save_every and self.step % tc.save_every == 0) or last or improved:
+                    state.save(self)
+            progress.close()
+            return self.finish()
+        finally:
+            progress.close()
+            self._restore_signal_handlers()
+            self.metrics.close()
+
+    def _step(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """One step's forward and backward: the batches, one forward over them, every objective's terms.
+        Returns the local loss, its terms and the diagnostics (detached)."""
+        batch = self.batches.next(self.step)
+        wants_hidden = any(o.wants_hidden_states(batch) for o in self.objectives)
+        with autocast(self.env.device, self.precision), self._attention_backend(batch.inputs["input_ids"].shape[1]):
+            out = self.ddp_model(**batch.inputs, output_hidden_states=wants_hidden)
+        view = StepView(batch, out)
+        if batch.has_unlabeled and any(o.uses_weak_view for o in self.objectives):
+            view.weak_logits = self._weak_logits(batch.clean_unlabeled)
+        loss = torch.zeros((), device=self.env.device)
+        terms: list[Term] = []
+        ratios: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for objective in self.objectives:
+            contribution = objective.contribute(view, self)
+            for term in contribution.terms:
+                loss = loss + term.weight * term.value
+            terms += contribution.terms
+            ratios.update(contribution.ratios)
+        if not batch.has_labeled:
+            # Under DDP every parameter must take part in each backward; the classifier head does not in
+            # an unlabeled-only step, so it joins with a zero-weight term.
+            loss = loss + 0.0 * out.logits.float().sum()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        detached = {t.name: t.value.detach() for t in terms}
+        return loss.detach(), detached, {k: (n.detach(), d.detach()) for k, (n, d) in ratios.items()}
+
+    @torch.no_grad()
+    def _weak_logits(self, rows: dict[str, torch.Tensor] | None) -> torch.Tensor:
+        """Classifier logits of the unlabeled rows as read, without dropout (the lightly perturbed view)."""
+        from sftcli.engine.batches import to_device
+
+        assert rows is not None
+        self.model.eval()
+        try:
+            with autocast(self.env.device, self.precision):
+                return self.model(**{k: to_device(v, self.env.device) for k, v in rows.items()}).logits.float()
+        finally:
+            self.model.train()
+
+    def _attention_backend(self, length: int) -> Any:
+        """SDPA's math backend for short batches on CPU in bf16 (trainer.sdpa_math_max_length)."""
+        if self.env.device.type != "cpu" or self.precision != "bf16" or length > self.tc.sdpa_math_max_length:
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel(SDPBackend.MATH)
+
+    def _clip_gradients(self) -> torch.Tensor:
+        """Clip to optim.max_grad_norm; returns the total norm before clipping (on the device: no sync)."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        params = [p for _, p in self.named_parameters() if p.grad is not None]
+        if not params:
+            return torch.zeros((), device=self.env.device)
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        if self.cfg.optim.max_grad_norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, self.cfg.optim.max_grad_norm, norm, foreach=True)
+        return norm
+
+    def _optimizer_step(self) -> None:
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+
+    def _handle_nonfinite(self, terms: dict[str, torch.Tensor], grad_norm: torch.Tensor) -> None:
+        """All ranks agreed that some rank saw a non-finite value: stop (default) or skip the step."""
+        mine = [name for name, v in terms.items() if not torch.isfinite(v).all()]
+        if not mine and not math.isfinite(float(grad_norm)):
+            mine = ["gradient"]
+        reports = dist.all_gather_object(self.env, mine)
+        where = "; ".join(f"rank {r}: {', '.join(_TERM_NAMES.get(t, t) for t in names)}"
+                          for r, names in enumerate(reports) if names)
+        step = self.step + 1
+        if self.scaler is not None:
+            self.scaler.update()  # fp16: the scaler lowers its scale; the step is skipped
+        if self.tc.nonfinite == "skip":
+            self.nonfinite_skips += 1
+            log.warning("step %d: non-finite value (%s); update skipped on all ranks (%d/%d skips)", step, where,
+                        self.nonfinite_skips, self.tc.max_nonfinite_skips)
+            self.metrics.write(step, {"train/nonfinite_skips": self.nonfinite_skips})
+            if self.nonfinite_skips >= self.tc.max_nonfinite_skips:
+                raise NonFiniteError(f"step {step}: {self.nonfinite_skips} non-finite steps skipped, the limit "
+                                     f"trainer.max_nonfinite_skips={self.tc.max_nonfinite_skips}; last: {where}")
+            return
+        raise NonFiniteError(f"step {step}: non-finite {where}; stopped before the optimizer step (no checkpoint "
+                             f"holds these weights). Lower optim.lr, or set trainer.nonfinite=skip to skip such steps")
+
+    def named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """Every trained parameter: the model's, then the objectives' own (a projection head)."""
+        named = list(self.model.named_parameters())
+        for objective in self.objectives:
+            named += objective.named_parameters()
+        return named
+
+    def restart_from(self, weights: dict[str, torch.Tensor]) -> None:
+        """A fresh start of the trained model (self-training students): these weights, every objective's
+        own parameters reset, and a new optimizer state (AdamW builds its moments again on the next step)."""
+        self.model.load_state_dict(weights)
+        for objective in self.objectives:
+            objective.reset()
+        self.optimizer.state.clear()
+
+    # ------------------------------------------------------------------------------------------------
+    # metrics and evaluation
+
+    def _account(self, window: MetricWindow, loss: torch.Tensor, terms: dict[str, torch.Tensor],
+                 ratios: dict[str, tuple[torch.Tensor, torch.Tensor]], grad_norm: torch.Tensor) -> None:
+        # Local shares that sum over ranks to global figures; no host sync until the log step.
+        # train/loss is each step's L_sup + lambda * L_con (+ the other weighted terms) as summed.
+        window.add_step_mean("train/loss", loss)
+        for name, value in terms.items():
+            window.add_step_mean(f"train/loss_{name}", value)
+        for name, (num, den) in ratios.items():
+            window.add(f"train/{name}", num, den)
+        window.add_finite_step_mean("train/grad_norm", grad_norm)  # before clipping; the same on every rank
+
+    def _flush(self, window: MetricWindow) -> dict[str, Any]:
+        values: dict[str, Any] = window.reduce()
+        for objective in self.objectives:
+            if f"train/loss_{objective.name}" in values:
+                values.update(objective.window_values(self))
+        values["train/lr"] = window.lr
+        values["train/epoch_labeled"] = self.batches.epoch_labeled()
+        self.metrics.write(self.step, values)
+        return values
+
+    def _validate(self) -> bool:
+        """Evaluate on validation; True when this is a new best (non-finite metrics never are)."""
+        result = evaluate(self.model, self.enc_val, self.data.validation.labels, self.data.label_names,
+                          self.tc.eval_batch_size, self.pad_id, self.env.device, self.precision, self.env)
+        values = scalar_metrics(result, "val")
+        self.metrics.write(self.step, values)
+        metric = values.get(self.tc.select_metric)
+        if metric is None:
+            raise ConfigError(f"trainer.select_metric: {self.tc.select_metric!r} is not a validation metric; "
+                              f"choose one of {sorted(values)}")
+        log.info("step %d: %s", self.step, format_metrics(values, ["val/accuracy", "val/macro_f1"]))
+        if math.isfinite(metric) and (self.best_metric is None or metric > self.best_metric):
+            self.best_metric, self.best_step = metric, self.step
+            return True
+        return False
+
+    def _preempted_message(self) -> str:
+        if self.tc.save_only_model:
+            return (f"stopped by a signal at step {self.step}; trainer.save_only_model=true keeps no training "
+                    "state, so this run cannot be resumed")
+        return f"stopped by a signal at step {self.step}; checkpoint saved; continue with resume=auto"
+
+    # ------------------------------------------------------------------------------------------------
+    # the end
+
+    def finish(self) -> dict[str, Any]:
+        """Test metrics of the best checkpoint, the exported model, then summary.json (rank 0)."""
+        last = ckpt.checkpoint_name(self.step)
+        best = ckpt.checkpoint_name(self.best_step) if self.best_step is not None else last
+        last_kept = any(p.name == last for _, p in ckpt.listed(self.ckpt_dir))
+        assert last_kept or self.tc.save_only_model or not self.env.is_main, "the last checkpoint was not saved"
+        summary: dict[str, Any] = {
+            "status": "completed",
+            "best_checkpoint": f"checkpoints/{best}",
+            # null with trainer.save_only_model when the last step was not the best (only the best is kept)
+            "last_checkpoint": f"checkpoints/{last}" if last_kept or not self.env.is_main else None,
+            "model": MODEL_DIR,
+            "best_step": self.best_step, "steps": self.step,
+            "select_metric": self.tc.select_metric, "select_value": self.best_metric,
+        }
+        # Evaluate exactly what the best checkpoint holds (the weights read back from disk).
+        self.model.load_state_dict(ckpt.load_weights(self.ckpt_dir / best), strict=False)
+        val = evaluate(self.model, self.enc_val, self.data.validation.labels, self.data.label_names,
+                       self.tc.eval_batch_size, self.pad_id, self.env.device, self.precision, self.env)
+        summary.update(scalar_metrics(val, "val"))
+        if self.enc_test is not None and self.data.test is not None:
+            test = evaluate(self.model, self.enc_test, self.data.test.labels, self.data.label_names,
+                            self.tc.eval_batch_size, self.pad_id, self.env.device, self.precision, self.env)
+            summary.update(scalar_metrics(test, "test"))
+            summary["test/per_class"] = test["per_class"]
+        else:
+            summary["test"] = "skipped: the data has no test split"
+        summary.update({
+            "label_names": self.data.label_names, "n_labeled": len(self.data.labeled),
+            "n_unlabeled": 0 if self.data.unlabeled is None else len(self.data.unlabeled),
+            "world_size": self.env.world_size,
+            "precision": self.precision,  # as run (trainer.precision=auto resolves per device)
+            "strategy": self.cfg.strategy.name if self.cfg.strategy else None,
+            "objectives": [o.name for o in self.objectives],
+            "seed": self.cfg.seed, "data_notes": self.data.notes,
+        })
+        if self.env.is_main:
+            final = {k: v for k, v in summary.items() if k.startswith(("test/", "val/")) and not isinstance(v, dict)}
+            self.metrics.write(self.step, {f"final/{k}": v for k, v in final.items()})
+            export_model(self.ckpt_dir / best, self.run_dir / MODEL_DIR,
+                         model_card(self.cfg, summary, self.run_dir, self.model.config.model_type))
+            tmp = self.run_dir / "summary.json.tmp"
+            tmp.write_text(json.dumps(summary, indent=2, default=state.json_default))
+            tmp.replace(self.run_dir / "summary.json")
+            log.info("done: best %s (%s=%.4f); test accuracy %s, macro-F1 %s", summary["best_checkpoint"],
+                     self.tc.select_metric, self.best_metric if self.best_metric is not None else float("nan"),
+                     _fmt(summary.get("test/accuracy")), _fmt(summary.get("test/macro_f1")))
+        return summary
+
+    # ------------------------------------------------------------------------------------------------
+    # signals
+
+    def _install_signal_handlers(self) -> None:
+        self._old_handlers: dict[int, Any] = {}
+
+        def handler(signum: int, frame: Any) -> None:
+            self.stop_requested += 1
+            name = signal.Signals(signum).name
+            if self.stop_requested == 1:
+                log.warning("received %s: finishing step %d, saving a checkpoint, then exiting", name, self.step + 1)
+            else:
+                log.warning("received %s again: already stopping (the checkpoint save is not interrupted)", name)
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old_handlers[sig] = signal.signal(sig, handler)
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, old in getattr(self, "_old_handlers", {}).items():
+            signal.signal(sig, old)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float | np.floating) else "n/a"

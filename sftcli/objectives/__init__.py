@@ -1,0 +1,46 @@
+"""The training terms, one module each, and the recipe that turns a config into a weighted list of them.
+
+Adding a method: a module here with an :class:`~sftcli.objectives.base.Objective`, its keys in
+sftcli/config.py (and the YAML group that documents them), one line in :func:`build_objectives`, and a
+test. The engine needs no change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sftcli import dist
+from sftcli.config import TrainConfig
+from sftcli.data import Encoded
+from sftcli.objectives.base import Contribution, Objective, StepBatch, StepView, Term
+from sftcli.objectives.consistency import Consistency
+from sftcli.objectives.contrastive import Contrastive
+from sftcli.objectives.self_training import SelfTraining
+from sftcli.objectives.supcon import SupCon
+from sftcli.objectives.supervised import Supervised
+
+__all__ = ["Contribution", "Objective", "StepBatch", "StepView", "Term", "build_objectives"]
+
+
+def build_objectives(cfg: TrainConfig, model: torch.nn.Module, unlabeled: Encoded | None,
+                     hidden_labels: np.ndarray | None, pad_id: int, env: dist.DistEnv, cache: Path,
+                     teacher_key: tuple[str, ...]) -> list[Objective]:
+    """The run's objectives, in the order their terms are summed. A term whose weight is 0 is left out,
+    so it costs nothing (no frozen-encoder cache, no extra forward)."""
+    lc = cfg.loss
+    objectives: list[Objective] = [Supervised()]
+    if lc.supcon_weight > 0:
+        objectives.append(SupCon(lc.supcon_weight, lc.supcon_tau, cfg.model.pooling))
+    if cfg.strategy is None or unlabeled is None:
+        return objectives
+    if lc.weight:
+        objectives.append(Contrastive(lc, cfg.model.pooling, model, unlabeled, pad_id, env, cache, teacher_key,
+                                      cfg.trainer.eval_batch_size, cfg.seed))
+    if lc.consistency_weight > 0:
+        objectives.append(Consistency(lc))
+    if lc.self_training_weight > 0:
+        objectives.append(SelfTraining(lc, unlabeled, hidden_labels, model))
+    return objectives

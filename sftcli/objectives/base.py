@@ -1,0 +1,127 @@
+"""What a training objective is, and what one optimizer step hands it.
+
+An objective is one term of the training loss (cross-entropy, the seed's InfoNCE, consistency,
+self-training, supervised contrastive, ...). Each step, the engine draws the batches the strategy asks
+for, runs one forward over them, and asks every objective for its weighted terms and diagnostics. An
+objective may keep state (pseudo-labels, a projection head) that goes into checkpoints, train parameters
+of its own, and act before a step (self-training re-labels every N steps).
+
+Loss terms are LOCAL: the value one process contributes, scaled so that DDP's gradient averaging over
+ranks yields the single-process gradient of the global mean (see each objective).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from sftcli.engine.loop import Engine
+
+
+@dataclass
+class StepBatch:
+    """The inputs of one optimizer step on this process: labeled rows first, then unlabeled rows."""
+
+    step: int  # the step being taken, 1-based
+    inputs: dict[str, torch.Tensor]  # on the device; the unlabeled rows with any input noise applied
+    n_labeled: int  # local labeled rows (0: an unlabeled-only step)
+    labels: torch.Tensor | None  # [n_labeled] on the device
+    unlabeled_index: np.ndarray | None  # GLOBAL indices of the step's unlabeled batch (None: no unlabeled rows)
+    clean_unlabeled: dict[str, torch.Tensor] | None = None  # the unlabeled rows as read (host), before noise
+
+    @property
+    def has_labeled(self) -> bool:
+        return self.labels is not None
+
+    @property
+    def has_unlabeled(self) -> bool:
+        return self.unlabeled_index is not None
+
+
+@dataclass
+class StepView:
+    """The forward's outputs of one step, shared by the objectives (each slices what it reads)."""
+
+    batch: StepBatch
+    output: Any  # the model's output: logits, and hidden_states when an objective asked for them
+    weak_logits: torch.Tensor | None = None  # no-dropout logits of the unlabeled rows, when a term uses them
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def labeled_logits(self) -> torch.Tensor:
+        return self.output.logits[: self.batch.n_labeled]
+
+    @property
+    def unlabeled_logits(self) -> torch.Tensor:
+        """The unlabeled rows' logits of the training forward, in fp32."""
+        if "unlabeled_logits" not in self.cache:
+            self.cache["unlabeled_logits"] = self.output.logits[self.batch.n_labeled :].float()
+        return self.cache["unlabeled_logits"]
+
+    def unlabeled_predictions(self) -> torch.Tensor:
+        """The classifier's predicted class of each unlabeled row (from the weak view when there is one)."""
+        logits = self.weak_logits if self.weak_logits is not None else self.unlabeled_logits
+        return logits.detach().argmax(-1)
+
+
+@dataclass
+class Term:
+    """One weighted loss term: `weight * value` enters the step's loss; train/loss_<name> logs `value`."""
+
+    name: str
+    value: torch.Tensor
+    weight: float = 1.0
+
+
+@dataclass
+class Contribution:
+    """What an objective adds to a step: its terms, and diagnostics as (numerator, denominator) sums over
+    rows (logged as numerator / denominator over the logging window, across ranks)."""
+
+    terms: list[Term] = field(default_factory=list)
+    ratios: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+
+class Objective:
+    """Base class: override what the term needs. Names are stable (checkpoint keys, metric names)."""
+
+    name = "objective"
+    uses_weak_view = False  # the step computes no-dropout logits of the unlabeled rows for this term
+
+    def wants_hidden_states(self, batch: StepBatch) -> bool:
+        """Whether this step's forward must return hidden states for this term (the contrastive terms)."""
+        return False
+
+    def contribute(self, view: StepView, engine: Engine) -> Contribution:
+        raise NotImplementedError
+
+    def before_step(self, engine: Engine) -> None:
+        """Called at the start of every step, before its batches are drawn (engine.step = steps done)."""
+
+    def window_values(self, engine: Engine) -> dict[str, float]:
+        """Extra values for the logging window that just ended (e.g. the weight its last step used)."""
+        return {}
+
+    def named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """Parameters this objective trains besides the model's (optimized with them)."""
+        return []
+
+    def to_train(self, engine: Engine) -> None:
+        """Move own modules to the device and wrap them for DDP (after the model is wrapped)."""
+
+    def reset(self) -> None:
+        """Back to the initial state of own parameters (a fresh self-training student)."""
+
+    def schedule_period(self) -> int | None:
+        """Steps after which the lr schedule restarts (None: one schedule over the run)."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

@@ -1,0 +1,36 @@
+"""Pseudo-label consistency (FixMatch / UDA style) on the unlabeled rows (train/loss_cons).
+
+The weak view (no dropout, the texts as read) predicts; its confident predictions (at least
+loss.consistency_threshold) are the targets of the strong view: the training forward, with dropout and,
+with loss.unlabeled_mask_prob, masked tokens. Weight: loss.consistency_weight.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sftcli.config import LossConfig
+from sftcli.losses import consistency_loss
+from sftcli.objectives.base import Contribution, Objective, StepView, Term
+
+if TYPE_CHECKING:
+    from sftcli.engine.loop import Engine
+
+
+class Consistency(Objective):
+    name = "cons"
+    uses_weak_view = True
+
+    def __init__(self, lc: LossConfig):
+        self.weight, self.threshold = lc.consistency_weight, lc.consistency_threshold
+
+    def contribute(self, view: StepView, engine: Engine) -> Contribution:
+        batch = view.batch
+        if not batch.has_unlabeled or view.weak_logits is None:
+            return Contribution()
+        total, confident = consistency_loss(view.unlabeled_logits, view.weak_logits, self.threshold)
+        # Sum over local rows / global batch, times world size: the global mean after DDP averaging.
+        value = total * engine.env.world_size / len(batch.unlabeled_index)
+        rows = view.unlabeled_logits.new_tensor(float(view.unlabeled_logits.shape[0]))
+        return Contribution(terms=[Term("cons", value, self.weight)],
+                            ratios={"pseudo_label_rate": (confident, rows)})

@@ -1,0 +1,151 @@
+"""L_con, the seed's term: InfoNCE that keeps each unlabeled text's fine-tuned representation close to
+the frozen pretrained representation of the same text, against the other texts as negatives.
+
+For text x: query q = f(x) (pooled last hidden states of the model being trained, optionally through a
+projection head), positive p = f0(x) (the frozen pretrained encoder; computed once and cached on disk,
+or by a live frozen copy with loss.teacher_cache=false), negatives: the other texts' q gathered across
+ranks (or their p with loss.negatives=pretrained, or none). Weight: lambda (ramped up over
+loss.rampup_steps when set).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from sftcli import dist, faults
+from sftcli.config import LossConfig
+from sftcli.data import Encoded, NpyRows, collate, rank_slice
+from sftcli.losses import info_nce
+from sftcli.model import ResidualProjection, pool, weights_fingerprint
+from sftcli.objectives.base import Contribution, Objective, StepBatch, StepView, Term
+from sftcli.teacher import teacher_representations
+
+if TYPE_CHECKING:
+    from sftcli.engine.loop import Engine
+
+# Name prefix of the projection head's parameters among the trained ones (optimizer groups).
+PROJECTION = "contrastive_projection"
+
+
+class Contrastive(Objective):
+    name = "con"
+
+    def __init__(self, lc: LossConfig, pooling: str, model: torch.nn.Module, unlabeled: Encoded, pad_id: int,
+                 env: dist.DistEnv, cache: Path, key_parts: tuple[str, ...], eval_batch_size: int, seed: int):
+        self.lc, self.pooling, self.env, self.pad_id, self.unlabeled = lc, pooling, env, pad_id, unlabeled
+        # The frozen pretrained encoder: a copy of the initial weights, eval mode, never updated.
+        teacher = copy.deepcopy(model.base_model).eval().requires_grad_(False)
+        self.teacher: torch.nn.Module | None = None
+        self.teacher_reps: NpyRows | None = None
+        if lc.teacher_cache:
+            self.teacher_reps = teacher_representations(
+                teacher, unlabeled, pooling, pad_id, cache, key_parts=(weights_fingerprint(teacher), *key_parts),
+                env=env, batch_size=eval_batch_size, precision="fp32")
+        else:
+            self.teacher = teacher.to(env.device)
+        # The projection head: trained with the model, saved in the training state (it is not part of the
+        # classifier, so exported models do not carry it).
+        self.projection: torch.nn.Module | None = None
+        self.ddp_projection: torch.nn.Module | None = None
+        self.initial_projection: dict[str, torch.Tensor] | None = None
+        if lc.projection == "mlp":
+            with torch.random.fork_rng(devices=[]):  # its own init draws; the run's RNG stream is unchanged
+                torch.manual_seed(seed)
+                self.projection = ResidualProjection(model.config.hidden_size)
+            self.initial_projection = {k: v.detach().clone() for k, v in self.projection.state_dict().items()}
+
+    def weight(self, step: int) -> float:
+        """lambda of step `step` (1-based), ramped up linearly over loss.rampup_steps when set."""
+        assert self.lc.weight is not None
+        if self.lc.rampup_steps:
+            return self.lc.weight * min(1.0, step / self.lc.rampup_steps)
+        return self.lc.weight
+
+    def wants_hidden_states(self, batch: StepBatch) -> bool:
+        return batch.has_unlabeled
+
+    def contribute(self, view: StepView, engine: Engine) -> Contribution:
+        batch = view.batch
+        if not batch.has_unlabeled:
+            return Contribution()
+        n_lab = batch.n_labeled
+        hidden = view.output.hidden_states[-1][n_lab:]
+        con, ratios = self._info_nce(hidden, batch.inputs["attention_mask"][n_lab:], batch.unlabeled_index,
+                                     view.unlabeled_predictions())
+        con = faults.poison("con", con, batch.step)
+        return Contribution(terms=[Term("con", con, self.weight(batch.step))], ratios=ratios)
+
+    def _info_nce(self, hidden: torch.Tensor, mask: torch.Tensor, global_idx: np.ndarray, preds: torch.Tensor
+                  ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        env, dev = self.env, self.env.device
+        b = hidden.shape[0]
+        local_idx = rank_slice(global_idx, env.rank, env.world_size)
+        pooled = pool(hidden.float(), mask, self.pooling)
+        q = pooled if self.ddp_projection is None else self.ddp_projection(pooled)
+        if self.teacher_reps is not None:
+            p = torch.from_numpy(np.asarray(self.teacher_reps[local_idx])).to(dev)
+            p_global = None
+            if self.lc.negatives == "pretrained":
+                p_global = torch.from_numpy(np.asarray(self.teacher_reps[global_idx])).to(dev)
+        else:
+            assert self.teacher is not None
+            rows = {k: v.to(dev) for k, v in collate(self.unlabeled, local_idx, self.pad_id).items()}
+            with torch.no_grad():
+                p = pool(self.teacher(**rows).last_hidden_state.float(), rows["attention_mask"], self.pooling)
+            p_global = dist.gather_with_grad(env, p) if self.lc.negatives == "pretrained" else None
+        keys = p_global if p_global is not None else dist.gather_with_grad(env, q)
+        # Negatives the classifier puts in the query's class: a diagnostic, and optionally masked out.
+        all_preds = dist.gather_with_grad(env, preds)
+        same = preds[:, None] == all_preds[None, :]
+        rows_b = torch.arange(b, device=dev)
+        same[rows_b, rows_b + env.rank * b] = False
+        n_keys = all_preds.shape[0]
+        if self.lc.negatives == "none":
+            keys = None
+        exclude = same if self.lc.mask_same_class else None
+        total, stats = info_nce(q, p, keys, self.lc.tau, self_offset=env.rank * b, exclude=exclude)
+        # Sum over local rows / global batch size, times world size: DDP's gradient averaging then
+        # yields exactly the single-process gradient of the global mean.
+        con = total * env.world_size / len(global_idx)
+        with torch.no_grad():
+            # Drift of what the encoder itself produces (before any projection head).
+            drift = (1.0 - torch.nn.functional.cosine_similarity(pooled.detach(), p, dim=-1)).sum()
+        count = torch.tensor(float(b), device=dev)
+        ratios = {"con_pos_sim": (stats["pos_sim"], count), "con_top1": (stats["top1"], count),
+                  "con_drift": (drift, count), "con_neg_sim": (stats["neg_sim"], count),
+                  "con_same_class_neg": (same.float().sum() / max(n_keys - 1, 1), count)}
+        return con, ratios
+
+    def window_values(self, engine: Engine) -> dict[str, float]:
+        return {"train/lambda": self.weight(engine.step)}  # the window's last step, just taken
+
+    def named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        if self.projection is None:
+            return []
+        return [(f"{PROJECTION}.{n}", p) for n, p in self.projection.named_parameters()]
+
+    def to_train(self, engine: Engine) -> None:
+        if self.projection is not None:
+            self.projection.to(self.env.device)
+            self.ddp_projection = dist.wrap_model(self.env, self.projection)
+
+    def reset(self) -> None:
+        if self.projection is not None:
+            assert self.initial_projection is not None
+            self.projection.load_state_dict(self.initial_projection)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"projection": None if self.projection is None else self.projection.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.projection is not None:
+            if state.get("projection") is None:
+                from sftcli.errors import CheckpointError
+
+                raise CheckpointError("loss.projection=mlp, but the checkpoint has no projection head")
+            self.projection.load_state_dict(state["projection"])

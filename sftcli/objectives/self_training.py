@@ -1,0 +1,117 @@
+"""Self-training (train/loss_st): the classifier's own confident predictions on the unlabeled texts as
+targets, refreshed every loss.self_training_every steps.
+
+At each re-label the current classifier (eval mode: no randomness, so a resumed run re-labels exactly as
+the uninterrupted one) labels the whole unlabeled set, and the most confident share becomes the targets
+(per predicted class, or of all texts; a curriculum widens the share each round; hard or soft targets;
+optionally the mean of every labeling model so far). With loss.self_training_student=fresh the labeling
+model is the teacher: the student starts over from the initial weights with a new optimizer state and
+its own lr schedule (rounds of self_training_every steps).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from sftcli.config import LossConfig
+from sftcli.data import Encoded, rank_slice
+from sftcli.evaluate import predict_logits
+from sftcli.losses import select_pseudo_labels, softmax
+from sftcli.objectives.base import Contribution, Objective, StepView, Term
+from sftcli.runlog import format_metrics
+
+if TYPE_CHECKING:
+    from sftcli.engine.loop import Engine
+
+log = logging.getLogger("sft")
+
+
+class SelfTraining(Objective):
+    name = "st"
+
+    def __init__(self, lc: LossConfig, unlabeled: Encoded, hidden_labels: np.ndarray | None,
+                 model: torch.nn.Module):
+        self.lc, self.unlabeled, self.hidden_labels = lc, unlabeled, hidden_labels
+        self.pseudo_labels: np.ndarray | None = None  # [n_unlabeled], -1: not used
+        self.pseudo_probs: np.ndarray | None = None  # with soft targets: the labeling model's probabilities
+        self.ensemble_probs: np.ndarray | None = None  # with the ensemble: the mean over labeling models so far
+        # Fresh students restart from these weights (a host copy of the initial model).
+        self.initial_state: dict[str, torch.Tensor] | None = None
+        if lc.self_training_student == "fresh":
+            self.initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def schedule_period(self) -> int | None:
+        # Fresh students each get the whole schedule (warmup, then decay to zero at the end of their
+        # round), as a separate run would.
+        return self.lc.self_training_every if self.initial_state is not None else None
+
+    def before_step(self, engine: Engine) -> None:
+        lc = self.lc
+        if engine.step == 0 or engine.step % lc.self_training_every:
+            return
+        t0 = time.perf_counter()
+        logits = predict_logits(engine.model, self.unlabeled, engine.tc.eval_batch_size, engine.pad_id,
+                                engine.env.device, engine.precision, engine.env)
+        probs = softmax(logits)
+        relabel = engine.step // lc.self_training_every  # 1 at the first re-label
+        if lc.self_training_ensemble:
+            # Running mean over the labeling models of all rounds (an ensemble across rounds), in place
+            # of the newest model alone.
+            if self.ensemble_probs is not None:
+                probs = (self.ensemble_probs * (relabel - 1) + probs) / relabel
+            self.ensemble_probs = probs
+        # Curriculum: each later re-label keeps a larger share (top, top + step, ...; at most all).
+        share = min(1.0, lc.self_training_top + (relabel - 1) * lc.self_training_top_step)
+        self.pseudo_labels, conf = select_pseudo_labels(probs, share, per_class=lc.self_training_select == "per_class")
+        if lc.self_training_targets == "soft":
+            self.pseudo_probs = probs
+        if self.initial_state is not None:
+            # The labeling model was the teacher; the student starts over from the initial weights with
+            # a new optimizer state (AdamW builds its moments again on the next step).
+            engine.restart_from(self.initial_state)
+        kept = self.pseudo_labels >= 0
+        values = {"self_training/kept": float(kept.mean()), "self_training/min_confidence":
+                  float(conf[kept].min()) if kept.any() else float("nan"),
+                  "self_training/seconds": time.perf_counter() - t0}
+        if self.hidden_labels is not None and kept.any():
+            # Only possible when the unlabeled texts came from labeled train (data.labels_per_class).
+            values["self_training/pseudo_label_accuracy"] = float((self.pseudo_labels[kept]
+                                                                   == self.hidden_labels[kept]).mean())
+        if engine.env.is_main:
+            engine.metrics.write(engine.step, values)
+            log.info("self-training: step %d: %s", engine.step, format_metrics(values, sorted(values)))
+
+    def contribute(self, view: StepView, engine: Engine) -> Contribution:
+        batch, env = view.batch, engine.env
+        if not batch.has_unlabeled or self.pseudo_labels is None:
+            return Contribution()
+        dev = env.device
+        u_logits = view.unlabeled_logits
+        local = rank_slice(batch.unlabeled_index, env.rank, env.world_size)
+        targets = torch.from_numpy(self.pseudo_labels[local]).to(dev)
+        if self.pseudo_probs is not None:
+            # Soft targets: the teacher's whole distribution (distillation), not only its argmax.
+            probs = torch.from_numpy(self.pseudo_probs[local]).to(dev)
+            per_text = -(probs * torch.log_softmax(u_logits, dim=-1)).sum(-1)
+        else:
+            per_text = torch.nn.functional.cross_entropy(u_logits, targets.clamp_min(0), reduction="none")
+        # Texts without a pseudo-label count as zero; over the global batch, times world size (DDP mean).
+        value = (per_text * (targets >= 0)).sum() * env.world_size / len(batch.unlabeled_index)
+        return Contribution(terms=[Term("st", value, self.lc.self_training_weight)])
+
+    def state_dict(self) -> dict[str, Any]:
+        def tensor(a: np.ndarray | None) -> torch.Tensor | None:
+            return None if a is None else torch.from_numpy(a)
+
+        return {"pseudo_labels": tensor(self.pseudo_labels), "pseudo_probs": tensor(self.pseudo_probs),
+                "ensemble_probs": tensor(self.ensemble_probs)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("pseudo_labels", "pseudo_probs", "ensemble_probs"):
+            value = state.get(key)
+            setattr(self, key, None if value is None else value.numpy())

@@ -1,0 +1,70 @@
+"""Supervised contrastive term on the labeled rows (SupCon, Khosla et al. 2020; train/loss_supcon).
+
+Texts of the same class are positives, the other labeled texts of the global batch negatives, on the
+normalised pooled representations (model.pooling) of the training forward. For anchor i with positives
+P(i) (same label, not i) among all other texts A(i):
+
+    l_i = -1/|P(i)| * sum_{p in P(i)} log( exp(s(i,p)/tau) / sum_{a in A(i)} exp(s(i,a)/tau) )
+
+averaged over the global batch (an anchor without a positive adds 0); similarities are cosine, in fp32,
+against the whole global batch gathered across ranks with gradients, as the seed's term does. Weight: loss.supcon_weight; temperature: loss.supcon_tau.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from sftcli import dist
+from sftcli.model import pool
+from sftcli.objectives.base import Contribution, Objective, StepBatch, StepView, Term
+
+if TYPE_CHECKING:
+    from sftcli.engine.loop import Engine
+
+
+def supcon_loss(z: torch.Tensor, labels: torch.Tensor, z_all: torch.Tensor, labels_all: torch.Tensor, tau: float,
+                self_offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """SUM over the local anchors `z` [b, d] of SupCon against all rows `z_all` [N, d] (row self_offset + i
+    is anchor i itself), and the number of local anchors with at least one positive."""
+    z = F.normalize(z.float(), dim=-1)
+    z_all = F.normalize(z_all.float(), dim=-1)
+    b = z.shape[0]
+    rows = torch.arange(b, device=z.device)
+    logits = z @ z_all.t() / tau  # [b, N]
+    not_self = torch.ones_like(logits, dtype=torch.bool)
+    not_self[rows, rows + self_offset] = False
+    logits = logits.masked_fill(~not_self, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    positives = (labels[:, None] == labels_all[None, :]) & not_self
+    n_pos = positives.sum(1)
+    has = n_pos > 0
+    per_anchor = -(log_prob.masked_fill(~positives, 0.0).sum(1)) / n_pos.clamp_min(1)
+    return (per_anchor * has).sum(), has.sum()
+
+
+class SupCon(Objective):
+    name = "supcon"
+
+    def __init__(self, weight: float, tau: float, pooling: str):
+        self.weight, self.tau, self.pooling = weight, tau, pooling
+
+    def wants_hidden_states(self, batch: StepBatch) -> bool:
+        return batch.has_labeled
+
+    def contribute(self, view: StepView, engine: Engine) -> Contribution:
+        batch, env = view.batch, engine.env
+        if not batch.has_labeled:
+            return Contribution()
+        n = batch.n_labeled
+        z = pool(view.output.hidden_states[-1][:n].float(), batch.inputs["attention_mask"][:n], self.pooling)
+        z_all = dist.gather_with_grad(env, z)
+        labels_all = dist.gather_with_grad(env, batch.labels)
+        total, anchors = supcon_loss(z, batch.labels, z_all, labels_all, self.tau, self_offset=env.rank * n)
+        # Mean over the local anchors: every rank has n of them, so DDP's averaging gives the global mean.
+        value = total / n
+        count = z.new_tensor(float(n))
+        return Contribution(terms=[Term("supcon", value, self.weight)],
+                            ratios={"supcon_anchor_rate": (anchors.float(), count)})

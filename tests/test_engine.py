@@ -1,0 +1,122 @@
+"""The engine's step: gradient clipping as torch computes it, and the objectives seam (a term added as
+one module: the supervised contrastive term)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import TINY, read_jsonl, run_dirs
+
+from sftcli.objectives.supcon import supcon_loss
+
+
+@pytest.fixture
+def engine(tmp_path, cache_dir, monkeypatch):
+    """An in-process Engine on the tiny model with a small clipping norm, so clipping is active."""
+    from hydra import compose, initialize_config_dir
+
+    from sftcli import dist
+    from sftcli.cli import config_dir
+    from sftcli.config import parse_train
+    from sftcli.engine import Engine
+
+    monkeypatch.setenv("SFT_CACHE_DIR", str(cache_dir))
+    monkeypatch.chdir(tmp_path)
+    torch.set_num_threads(1)
+    overrides = [a for a in TINY if not a.startswith("trainer.log_every")]
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name="train"):
+        cfg = parse_train(compose(config_name="train", overrides=[*overrides, "trainer.progress=none",
+                                                                   "optim.max_grad_norm=0.01", "model.dropout=0"]))
+    e = Engine(cfg, tmp_path / "run", dist.DistEnv())
+    (tmp_path / "run").mkdir()
+    e.setup()
+    return e
+
+
+def test_clipping_matches_clip_grad_norm_and_a_plain_adamw(engine) -> None:
+    params = [p for _, p in engine.named_parameters()]
+    start = [p.detach().clone() for p in params]
+    # The same groups, lr, betas, decay and fused kernel, on copies of the weights.
+    reference = torch.optim.AdamW([{**g, "params": [p.detach().clone().requires_grad_(True) for p in g["params"]]}
+                                   for g in engine.optimizer.param_groups])
+    ref_params = [p for g in reference.param_groups for p in g["params"]]
+    order = [id(p) for g in engine.optimizer.param_groups for p in g["params"]]
+    by_id = dict(zip(order, ref_params, strict=True))
+    for _ in range(3):
+        engine._step()
+        for p in params:
+            by_id[id(p)].grad = p.grad.detach().clone()
+        norm = engine._clip_gradients()
+        ref_norm = torch.nn.utils.clip_grad_norm_(ref_params, 0.01)
+        assert norm > 0.01  # clipping was active
+        torch.testing.assert_close(norm, ref_norm)
+        engine._optimizer_step()
+        reference.step()
+        engine.optimizer.zero_grad(set_to_none=True)
+        reference.zero_grad(set_to_none=True)
+        for p in params:  # both optimizers trained the same weights the same way
+            torch.testing.assert_close(p.detach(), by_id[id(p)].detach(), rtol=1e-5, atol=1e-7)
+            by_id[id(p)].data.copy_(p.detach())  # the next step's forward runs on the engine's weights
+    assert any(not torch.equal(p, s) for p, s in zip(params, start, strict=True))
+
+
+def test_without_clipping_the_reported_norm_is_the_dense_norm_and_gradients_stay(engine) -> None:
+    engine.cfg.optim.max_grad_norm = None
+    engine._step()
+    params = [p for _, p in engine.named_parameters() if p.grad is not None]
+    before = [p.grad.clone() for p in params]
+    norm = engine._clip_gradients()
+    torch.testing.assert_close(norm, torch.stack([g.norm() for g in before]).norm())
+    assert all(torch.equal(p.grad, g) for p, g in zip(params, before, strict=True))
+
+
+def _supcon_reference(z: torch.Tensor, labels: torch.Tensor, tau: float) -> torch.Tensor:
+    """Khosla et al.'s L_out, written as the paper's sums, one anchor at a time."""
+    z = torch.nn.functional.normalize(z, dim=-1)
+    total = torch.zeros(())
+    for i in range(len(z)):
+        others = [a for a in range(len(z)) if a != i]
+        positives = [p for p in others if labels[p] == labels[i]]
+        if not positives:
+            continue
+        denominator = torch.stack([torch.exp(z[i] @ z[a] / tau) for a in others]).sum()
+        total = total - sum(torch.log(torch.exp(z[i] @ z[p] / tau) / denominator) for p in positives) / len(positives)
+    return total
+
+
+def test_supcon_loss_is_the_papers_sum() -> None:
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(7, 5, generator=gen, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 3])  # class 2 and 3 anchors have no positive
+    total, anchors = supcon_loss(z, labels, z, labels, tau=0.1, self_offset=0)
+    torch.testing.assert_close(total.double(), _supcon_reference(z.float(), labels, 0.1).double(), rtol=1e-5,
+                               atol=1e-5)
+    assert int(anchors) == 5
+    # One rank's rows against the whole global batch: the same sum as its share of the anchors.
+    part, _ = supcon_loss(z[3:], labels[3:], z, labels, tau=0.1, self_offset=3)
+    first, _ = supcon_loss(z[:3], labels[:3], z, labels, tau=0.1, self_offset=0)
+    torch.testing.assert_close(part + first, total)
+
+
+def test_supcon_is_one_more_weighted_term_of_the_loss(sft, tmp_path) -> None:
+    sft("train", *TINY, "loss.supcon_weight=0.5", "run_name=s", check=True)
+    (run,) = run_dirs(tmp_path / "runs")
+    steps = [e for e in read_jsonl(run / "metrics.jsonl") if "train/loss_supcon" in e]
+    assert len(steps) == 4  # log_every=1
+    for e in steps:
+        assert e["train/loss"] == pytest.approx(e["train/loss_sup"] + 0.5 * e["train/loss_supcon"], rel=1e-6)
+        assert e["train/loss_supcon"] > 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["objectives"] == ["sup", "supcon"]
+
+
+def test_a_term_with_weight_zero_costs_nothing(sft, tmp_path) -> None:
+    # +recipe=self_training sets lambda=0: no contrastive objective, no frozen-encoder cache, no loss_con.
+    sft("train", *TINY, "+strategy=mix", "lambda=0", "run_name=z", check=True,
+        env={"SFT_CACHE_DIR": str(tmp_path / "cache")})
+    (run,) = run_dirs(tmp_path / "runs")
+    assert not any("train/loss_con" in e for e in read_jsonl(run / "metrics.jsonl"))
+    assert not (tmp_path / "cache" / "teacher").exists()
+    assert json.loads((run / "summary.json").read_text())["objectives"] == ["sup"]
