@@ -54,8 +54,9 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import sftcli.engine.build as sft_build  # noqa: E402
+import sftcli.objectives.contrastive as sft_contrastive  # noqa: E402
 from sftcli import malloc  # noqa: E402
-from sftcli import trainer as sft_trainer  # noqa: E402
 from sftcli.config import (  # noqa: E402
     DataConfig,
     LossConfig,
@@ -66,6 +67,7 @@ from sftcli.config import (  # noqa: E402
     TrainerConfig,
 )
 from sftcli.dist import DistEnv  # noqa: E402
+from sftcli.engine import Engine  # noqa: E402
 
 SEED = 0
 
@@ -263,9 +265,9 @@ def sft_config(s: Settings, *, precision: str = "fp32", strategy: str | None = N
     )
 
 
-def new_sft_trainer(cfg: TrainConfig) -> sft_trainer.Trainer:
+def new_sft_trainer(cfg: TrainConfig) -> Engine:
     run_dir = Path(tempfile.mkdtemp(prefix="sft-run-", dir=cfg.cache_dir))
-    t = sft_trainer.Trainer(cfg, run_dir, DistEnv())
+    t = Engine(cfg, run_dir, DistEnv())
     t.setup()
     return t
 
@@ -397,7 +399,7 @@ def matmul_peak(n: int, dtype: torch.dtype, seconds: float = 3.0) -> float:
 # users (trainer.malloc_tuning=true); the HF Trainer runs with glibc's own settings. The "_plain" and
 # "_tuned" arms swap that, to show how much of the difference the allocator makes. The "_nolevers" arms
 # turn off every setting in LEVERS (what sft computes differently from the HF Trainer's model): what is left
-# is the loop itself. An sft arm name followed by -LEVER (e.g. sft_bf16-cpu_dropout) turns off that one.
+# is the loop itself. An sft arm name followed by -LEVER (e.g. sft_bf16-cls_only_last_layer) turns off that one.
 ARMS = {
     "sft_fp32": ("sft", "fp32", True, True), "hf_fp32": ("hf", "fp32", False, False),
     "sft_bf16": ("sft", "bf16", True, True), "hf_bf16": ("hf", "bf16", False, False),
@@ -414,9 +416,6 @@ def _off(section: str, key: str, value: Any) -> Any:
 # sft's compute levers, and how each is turned off.
 LEVERS = {
     "cls_only_last_layer": _off("trainer", "cls_only_last_layer", False),
-    "embedding_grad_rows": _off("trainer", "embedding_grad_rows", False),
-    "cpu_dropout": _off("trainer", "cpu_dropout", "torch"),
-    "fused_clipping": _off("optim", "fused_clipping", False),
 }
 
 
@@ -529,7 +528,7 @@ def bench_mix(s: Settings, results: dict[str, Any]) -> None:
         f"{s.labels_per_class} labels/class), teacher cache on and off; {s.repeats} repeats x {s.mix_steps} "
         f"timed steps")
     teacher_times: list[float] = []
-    original = sft_trainer.teacher_representations
+    original = sft_contrastive.teacher_representations
 
     def timed_teacher(*a: Any, **k: Any) -> Any:
         t0 = time.perf_counter()
@@ -538,7 +537,7 @@ def bench_mix(s: Settings, results: dict[str, Any]) -> None:
         return out
 
     per_arm: dict[str, list[dict[str, float]]] = {"cache_on": [], "cache_off": []}
-    sft_trainer.teacher_representations = timed_teacher
+    sft_contrastive.teacher_representations = timed_teacher
     try:
         for r in range(s.repeats):
             for arm in (("cache_on", "cache_off") if r % 2 == 0 else ("cache_off", "cache_on")):
@@ -548,7 +547,7 @@ def bench_mix(s: Settings, results: dict[str, Any]) -> None:
                     f"{out['fwd_bwd_s'] * 1000:6.0f} ms   +clip+optimizer {out['opt_s'] * 1000:5.0f} ms   "
                     f"ratio {out['ratio_to_fwd_bwd']:.3f}x")
     finally:
-        sft_trainer.teacher_representations = original
+        sft_contrastive.teacher_representations = original
     summary = {arm: {k: spread([o[k] for o in outs]) for k in outs[0]} for arm, outs in per_arm.items()}
     summary["teacher_cache_build_s"] = teacher_times[0] if teacher_times else None  # first call: a miss
     summary["teacher_cache_read_s"] = statistics.median(teacher_times[1:]) if len(teacher_times) > 1 else None
@@ -723,10 +722,10 @@ def scale_job(spec: dict[str, Any]) -> dict[str, Any]:
         return bundles[-1]
 
     # Only the unlabeled set's tokenisation is timed (not the labeled, validation and test sets').
-    load_data = sft_trainer.load_data
-    sft_trainer.load_data = timed("read", read)
-    sft_trainer.encode = timed("tokenise", sft_trainer.encode, lambda ts, *a, **k: ts is bundles[-1].unlabeled)
-    sft_trainer.teacher_representations = timed("teacher_cache", sft_trainer.teacher_representations)
+    load_data = sft_build.load_data
+    sft_build.load_data = timed("read", read)
+    sft_build.encode = timed("tokenise", sft_build.encode, lambda ts, *a, **k: ts is bundles[-1].unlabeled)
+    sft_contrastive.teacher_representations = timed("teacher_cache", sft_contrastive.teacher_representations)
     files = spec["files"]
     data = DataConfig(source="files", train=files["train"], validation=files["validation"], test=files["test"],
                       unlabeled=spec["corpus"], labels_per_class=16)
@@ -736,7 +735,7 @@ def scale_job(spec: dict[str, Any]) -> dict[str, Any]:
     t = new_sft_trainer(cfg)
     phases["setup_total"] = time.perf_counter() - t0
     rss["after_setup"] = current_rss_mb()
-    n_tokens = int(t.enc_unlabeled.offsets[-1])
+    n_tokens = int(t.batches.unlabeled.offsets[-1])
     out: dict[str, Any] = {"size": n, "model": spec["model"], "phase": spec["phase"], "unlabeled_tokens": n_tokens}
     if spec["steps"]:
         t0 = time.perf_counter()
@@ -888,7 +887,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's own; quick: 1, robust on a busy machine)")
-    p.add_argument("--arms", default="sft_fp32,hf_fp32,sft_bf16,hf_bf16", help="section 1 arms, comma-separated; also sft_fp32_plain, sft_bf16_plain (sft without malloc tuning), hf_fp32_tuned, hf_bf16_tuned (HF with it), sft_fp32_nolevers, sft_bf16_nolevers (sft without its compute levers), and an sft arm with -LEVER to turn one off (LEVER: cls_only_last_layer, embedding_grad_rows, cpu_dropout, fused_clipping)")
+    p.add_argument("--arms", default="sft_fp32,hf_fp32,sft_bf16,hf_bf16", help="section 1 arms, comma-separated; also sft_fp32_plain, sft_bf16_plain (sft without malloc tuning), hf_fp32_tuned, hf_bf16_tuned (HF with it), sft_fp32_nolevers, sft_bf16_nolevers (sft without its compute levers), and an sft arm with -LEVER to turn one off (LEVER: cls_only_last_layer)")
     p.add_argument("--hf-workers", type=int, default=0, help="HF Trainer dataloader_num_workers (default 0)")
     p.add_argument("--hf-compile", action="store_true", help="HF Trainer with torch_compile=True")
     p.add_argument("--acc-steps", type=int, default=None, help="steps of the bf16/fp32 accuracy runs (default 150)")
