@@ -46,23 +46,20 @@ def config_groups() -> dict[str, list[str]]:
 
 
 def usage() -> str:
+    from sftcli.helptext import EXAMPLES, columns, read_yaml_doc
+
     lines = ["usage: sft COMMAND [key=value ...]", "", "Semi-supervised fine-tuning of text encoders:",
              "  L = L_sup (cross-entropy on labels) + lambda * L_con (InfoNCE towards the frozen encoder)", "",
              "commands:"]
     lines += [f"  {name:<8} {text}" for name, text in COMMANDS.items()]
     lines += ["", "config groups (sft train GROUP=OPTION; strategy and recipe are added with +GROUP=OPTION):"]
+    defaults = read_yaml_doc(config_dir() / "train.yaml").defaults
     for group, options in config_groups().items():
-        default = {"model": "minilm", "data": "trec6", "loss": "infonce", "optim": "adamw",
-                   "trainer": "default"}.get(group)
+        default = defaults.get(group, ("",))[0]
         shown = ", ".join(f"{o} (default)" if o == default else o for o in options)
         lines.append(f"  {group + ':':<10} {shown}")
-    lines += ["", "examples:",
-              "  sft train                                     supervised baseline (embedded MiniLM + TREC-6)",
-              "  sft train +strategy=mix lambda=0.5            semi-supervised",
-              "  sft train -m +strategy=alternate,mix lambda=0.1,0.5   sweep",
-              "  sft train +recipe=self_training               self-training with fresh students (best measured)",
-              "  sft train trainer.nproc=2                     2 processes (torch.distributed)",
-              "  sft eval checkpoint=runs/RUN                  evaluate a run's best checkpoint",
+    examples = [*EXAMPLES["train"][:5], EXAMPLES["eval"][0]]
+    lines += ["", "examples:", *columns(examples, cap=46),
               "", "sft COMMAND --help shows a command's options. SFT_DEBUG=1 (or debug=true) shows tracebacks."]
     return "\n".join(lines)
 
@@ -84,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"sft: unknown command {command!r}{extra}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
     debug = _debug_requested(rest)
+    if any(a in ("-h", "--help") for a in rest):
+        sys.exit(_guarded(lambda: _print_help(command, rest), debug))
     if command in HYDRA_COMMANDS:
         code = _run_hydra(command, rest, debug)
     elif command == "predict":
@@ -91,6 +90,33 @@ def main(argv: list[str] | None = None) -> None:
     else:
         code = _guarded(lambda: _report(rest), debug)
     sys.exit(code)
+
+
+def _print_help(command: str, args: list[str]) -> int:
+    """`sft COMMAND --help`: the command's own keys and their meanings (sftcli/helptext.py). Handled here,
+    not by Hydra, whose help page cannot show the YAML comments; Hydra's own --hydra-help stays Hydra's."""
+    if command == "report":
+        from sftcli.report import USAGE
+
+        print(USAGE)
+        return 0
+    from sftcli import helptext
+
+    if command == "predict":
+        print(helptext.predict_help())
+        return 0
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sftcli.errors import ConfigError
+
+    overrides = [a for a in args if not a.startswith("-") and not a.lstrip("+~").startswith("hydra.")]
+    try:
+        text = helptext.hydra_command_help(command, overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(_composition_message(command, str(exc), overrides)) from None
+    print(text)
+    return 0
 
 
 def _debug_requested(args: list[str]) -> bool:
@@ -129,13 +155,14 @@ _STATE: dict[str, Any] = {}
 
 
 def _run_hydra(command: str, args: list[str], debug: bool) -> int:
-    from sftcli import dist
+    if command == "train" and os.environ.get("RANK", "0") != "0":
+        from sftcli import dist  # imports torch: only under a launcher that set RANK
 
-    if command == "train" and dist.launched_by_torchrun() and os.environ.get("RANK", "0") != "0":
-        # External torchrun: only rank 0 runs Hydra and makes the run dir; the others follow it.
-        from sftcli.launch import follow_external_launch
+        if dist.launched_by_torchrun():
+            # External torchrun: only rank 0 runs Hydra and makes the run dir; the others follow it.
+            from sftcli.launch import follow_external_launch
 
-        return _guarded(follow_external_launch, debug)
+            return _guarded(follow_external_launch, debug)
     if command == "train":
         args = _resolve_auto_resume(args)
     code = _guarded(lambda: _precheck(command, args), debug)
@@ -185,7 +212,7 @@ def _precheck(command: str, args: list[str]) -> None:
         with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name=command):
             compose(config_name=command, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(_composition_message(command, str(exc))) from None
+        raise ConfigError(_composition_message(command, str(exc), overrides)) from None
 
 
 def _check_sweeper_plugin(args: list[str]) -> None:
@@ -207,7 +234,7 @@ def _check_sweeper_plugin(args: list[str]) -> None:
                               "pip install 'sft[optuna]' (in a checkout: pip install -e \".[optuna]\")")
 
 
-def _composition_message(command: str, text: str) -> str:
+def _composition_message(command: str, text: str, overrides: list[str]) -> str:
     import re
 
     first = text.strip().splitlines()[0] if text.strip() else text

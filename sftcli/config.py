@@ -202,15 +202,33 @@ class TrainConfig:
     debug: bool = False
 
 
+def _key(default: Any, meaning: str, required: bool = False) -> Any:
+    """A field with its one-line meaning, for the commands without a YAML file (`sft predict --help`
+    lists these); `required` fields have no usable default and are checked by the command's parser."""
+    return field(default=default, metadata={"help": meaning, "required": required})
+
+
+def field_help(cls: type) -> list[tuple[str, Any, Any, str, bool]]:
+    """(name, annotation, default, meaning, required) of each field of a config dataclass, in order."""
+    hints = typing.get_type_hints(cls)
+    return [(f.name, hints[f.name], f.default, f.metadata.get("help", ""), bool(f.metadata.get("required")))
+            for f in dataclasses.fields(cls)]
+
+
+def type_text(tp: Any) -> str:
+    """A field's annotation as a user reads it: `int`, `'auto' | 'cpu' | 'cuda'`, `str or null`."""
+    return _type_name(tp)
+
+
 @dataclass
 class _ScoringConfig:
     """What `sft eval` and `sft predict` share: a checkpoint scored in batches on a device."""
 
-    checkpoint: str = ""
-    batch_size: int = 128
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    debug: bool = False
+    checkpoint: str = _key("", "a checkpoint directory, or a run directory (its best checkpoint)", required=True)
+    batch_size: int = _key(128, "texts per batch")
+    device: Literal["auto", "cpu", "cuda"] = _key("auto", "where the model runs (auto: cuda when available)")
+    precision: Literal["fp32", "bf16", "fp16"] = _key("fp32", "number format of the forward (bf16, fp16: autocast)")
+    debug: bool = _key(False, "show full tracebacks for user errors")
 
 
 @dataclass
@@ -224,11 +242,14 @@ class EvalConfig(_ScoringConfig):
 
 @dataclass
 class PredictConfig(_ScoringConfig):
-    input: str = ""
-    output: str = ""
-    text_column: str | None = None  # null = the checkpoint's data.text_column
-    text_pair_column: str | None = None  # null = the checkpoint's data.text_pair_column
-    max_length: int | None = None
+    input: str = _key("", "texts to label: .csv, .tsv, .jsonl, or .txt (one text per line)", required=True)
+    output: str = _key("", "where predictions go: .csv or .jsonl (each input row + pred_label + prob_LABEL)",
+                       required=True)
+    text_column: str | None = _key(None, "column or field that holds the text; null = the checkpoint's data.text_column")
+    text_pair_column: str | None = _key(None, "second text column for sentence pairs; null = the checkpoint's "
+                                              "data.text_pair_column")
+    max_length: int | None = _key(None, "tokens per text (longer texts are truncated); null = the checkpoint's "
+                                        "model.max_length")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -395,8 +416,9 @@ def parse_eval(cfg: Any) -> EvalConfig:
 def parse_predict(raw: dict[str, Any]) -> PredictConfig:
     err = _Errors()
     out: PredictConfig = _build(PredictConfig, raw, "", err)
-    for key in ("checkpoint", "input", "output"):
-        err.require(bool(getattr(out, key)), key, f"is required: sft predict {key}=PATH")
+    for key, *_, required in field_help(PredictConfig):
+        if required:
+            err.require(bool(getattr(out, key)), key, f"is required: sft predict {key}=PATH")
     err.require(out.batch_size >= 1, "batch_size", "must be >= 1")
     err.raise_if_any("predict")
     return out
