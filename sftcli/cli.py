@@ -243,6 +243,9 @@ def _composition_message(command: str, text: str, overrides: list[str]) -> str:
         from sftcli.config import RENAMED_KEYS, unknown_key_message
 
         key = m.group(1)
+        added = _added_group_message(command, key, overrides)
+        if added:
+            return added
         return f"{key}: {unknown_key_message(key, None if key in RENAMED_KEYS else _closest_key(command, key))}"
     m = re.search(r"Multiple values for (\w+)", text)
     if m:
@@ -257,6 +260,28 @@ def _composition_message(command: str, text: str, overrides: list[str]) -> str:
         extra = f" (did you mean {group}={hint[0]}?)" if hint else ""
         return f"{group}={option}: no such option{extra}; options: {', '.join(options)}"
     return f"invalid overrides: {first}"
+
+
+def _added_group_message(command: str, key: str, overrides: list[str]) -> str | None:
+    """`strategy=mix` or `strategy.name=mix` for a group that the command adds with a `+` and that was not
+    added: name the `+GROUP=OPTION` that was meant, not a spelling guess."""
+    from sftcli.helptext import ADDED_GROUPS
+
+    group, _, sub = key.partition(".")
+    if group not in ADDED_GROUPS.get(command, {}):
+        return None
+    value = next((a.split("=", 1)[1] for a in overrides if "=" in a and a.split("=", 1)[0].lstrip("+~") == key), "")
+    options = config_groups().get(group, [])
+    if value in options:
+        return f"{key}={value}: no {group} is chosen; {group} options are added with a '+': write +{group}={value}"
+    if not sub:
+        return f"{key}={value}: {group} options are added with a '+': +{group}=OPTION (options: {', '.join(options)})"
+    from omegaconf import OmegaConf
+
+    if any(sub in (OmegaConf.load(config_dir() / group / f"{o}.yaml").get(group) or {}) for o in options):
+        return (f"{key}: no {group} is chosen, so it has no {sub!r}; add one first with +{group}=OPTION "
+                f"(options: {', '.join(options)})")
+    return None
 
 
 def _closest_key(command: str, key: str) -> str | None:

@@ -116,6 +116,11 @@ def test_help_of_every_command_does_not_import_torch() -> None:
     subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
 
+def test_help_with_a_mistyped_group_option_exits_2(sft) -> None:
+    proc = sft("train", "strategy=mix", "--help")
+    assert proc.returncode == 2 and "+strategy=mix" in proc.stderr and "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize("flags,expected", [
     (["--cfg", "job"], r"^trainer:\n  max_steps: 150"),
     (["--info"], r"Hydra 1\.\d"),
