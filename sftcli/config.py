@@ -256,12 +256,22 @@ class PredictConfig(_ScoringConfig):
 # Validation machinery
 
 
+# Keys that users write under another name: `lambda` and `tau` are mapped into loss.weight / loss.tau
+# by configs/loss/*.yaml, so a problem with those is named by both.
+SHOWN_AS = {"loss.weight": "lambda (loss.weight)", "loss.tau": "tau (loss.tau)"}
+
+
 class _Errors:
     def __init__(self) -> None:
         self.messages: list[str] = []
+        self.type_errors = 0  # values that do not fit their field's annotation (the field keeps its default)
 
     def add(self, key: str, message: str) -> None:
-        self.messages.append(f"{key}: {message}")
+        self.messages.append(f"{SHOWN_AS.get(key, key)}: {message}")
+
+    def add_type_error(self, key: str, message: str) -> None:
+        self.type_errors += 1
+        self.add(key, message)
 
     def require(self, ok: bool, key: str, message: str) -> None:
         if not ok:
@@ -282,8 +292,13 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp: Any, key: str, err: _Errors) -> Any:
-    """Check `value` against the annotation `tp`; returns the (possibly int->float widened) value."""
+_WRONG = object()  # what _coerce returns for a value that does not fit its annotation
+
+
+def _coerce(value: Any, tp: Any, key: str, err: _Errors, shown: Any = None) -> Any:
+    """Check `value` against the annotation `tp`: the (possibly int->float widened) value, or _WRONG after
+    reporting a type error, so no later check ever sees a value of the wrong type. `shown`: the
+    annotation the message names (the whole `X | None` when checking its X)."""
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         args = get_args(tp)
@@ -291,19 +306,20 @@ def _coerce(value: Any, tp: Any, key: str, err: _Errors) -> Any:
             return None
         non_none = [a for a in args if a is not type(None)]
         if len(non_none) == 1:
-            return _coerce(value, non_none[0], key, err)
+            return _coerce(value, non_none[0], key, err, shown=tp)
+        raise TypeError(f"{key}: unions of several types are not supported by the config schema")
     if origin is Literal:
         if value not in get_args(tp):
             hint = difflib.get_close_matches(str(value), [str(a) for a in get_args(tp)], n=1)
             extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-            err.add(key, f"got {value!r}, expected one of {_type_name(tp)}{extra}")
+            err.add_type_error(key, f"got {value!r}, expected one of {_type_name(shown or tp)}{extra}")
+            return _WRONG
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            err.add(key, f"expected a group of keys, got {value!r}")
-            return tp()
+            err.add_type_error(key, f"expected a group of keys, got {value!r}")
+            return _WRONG
         return _build(tp, value, key, err)
-    ok = True
     if tp is bool:
         ok = isinstance(value, bool)
     elif tp is int:
@@ -317,8 +333,11 @@ def _coerce(value: Any, tp: Any, key: str, err: _Errors) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = str(value)
         ok = isinstance(value, str)
+    else:
+        raise TypeError(f"{key}: annotation {tp!r} is not supported by the config schema")
     if not ok:
-        err.add(key, f"expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+        err.add_type_error(key, f"expected {_type_name(shown or tp)}, got {value!r} ({type(value).__name__})")
+        return _WRONG
     return value
 
 
@@ -348,7 +367,9 @@ def _build(cls: type, raw: dict[str, Any], prefix: str, err: _Errors) -> Any:
         if value == "???":
             err.add(full, "is required but missing")
             continue
-        kwargs[key] = _coerce(value, hints[key], full, err)
+        value = _coerce(value, hints[key], full, err)
+        if value is not _WRONG:  # a wrong value leaves the field at its default (reported above)
+            kwargs[key] = value
     try:
         obj = cls(**kwargs)
     except TypeError as exc:  # pragma: no cover - every field has a default
@@ -380,6 +401,10 @@ def parse_train(cfg: Any, overrides: list[str] | None = None) -> TrainConfig:
     raw.pop("lambda", None)  # mapped into loss.weight by configs/loss/*.yaml
     raw.pop("tau", None)
     out: TrainConfig = _build(TrainConfig, raw, "", err)
+    if err.type_errors:
+        # Types first: the checks below combine keys, and a key that was given the wrong type holds its
+        # default, which they would judge as if the user had chosen it.
+        err.raise_if_any("train")
     if out.strategy is None:
         if out.loss.weight is not None:
             err.add("lambda", "has no effect without a strategy: add +strategy=mix or +strategy=alternate "
@@ -406,6 +431,8 @@ def parse_eval(cfg: Any) -> EvalConfig:
     raw = _to_dict(cfg)
     err = _Errors()
     out: EvalConfig = _build(EvalConfig, raw, "", err)
+    if err.type_errors:
+        err.raise_if_any("eval")
     err.require(bool(out.checkpoint), "checkpoint", "is required: sft eval checkpoint=PATH")
     err.require(out.batch_size >= 1, "batch_size", "must be >= 1")
     _check_run_name(out.run_name, err)
@@ -416,6 +443,8 @@ def parse_eval(cfg: Any) -> EvalConfig:
 def parse_predict(raw: dict[str, Any]) -> PredictConfig:
     err = _Errors()
     out: PredictConfig = _build(PredictConfig, raw, "", err)
+    if err.type_errors:
+        err.raise_if_any("predict")
     for key, *_, required in field_help(PredictConfig):
         if required:
             err.require(bool(getattr(out, key)), key, f"is required: sft predict {key}=PATH")
