@@ -4,6 +4,7 @@ commands, so `sft` and `sft --help` answer at once."""
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import sys
 import traceback
@@ -165,6 +166,7 @@ def _run_hydra(command: str, args: list[str], debug: bool) -> int:
             return _guarded(follow_external_launch, debug)
     if command == "train":
         args = _resolve_auto_resume(args)
+    _STATE["new_dirs"] = []
     code = _guarded(lambda: _precheck(command, args), debug)
     if code:
         return code
@@ -196,23 +198,47 @@ _HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "
 
 
 def _precheck(command: str, args: list[str]) -> None:
-    """Compose once before Hydra runs, so a mistyped key or group option is a ConfigError (exit 2, with
-    a "did you mean") instead of Hydra's generic failure. Sweeps are composed per job by Hydra."""
+    """Compose and validate once before Hydra runs, so a mistyped key, group option or value is a
+    ConfigError (exit 2, with a "did you mean") before Hydra makes a run dir. Sweeps are composed and
+    validated per job by Hydra (one bad job does not stop the others)."""
     _check_sweeper_plugin(args)
     if any(a.startswith("-") for a in args):
         return  # -m and Hydra's own flags: Hydra handles them
+    cfg = check_config(command, [a for a in args if not a.lstrip("+~").startswith("hydra.")])
+    if cfg is not None:
+        # The folders that Hydra will create above the run dir: a run refused later removes them too.
+        root = Path(cfg.run_root)
+        _STATE["new_dirs"] = [d for d in ((root / "eval") if command == "eval" else root, root) if not d.exists()]
+
+
+def check_config(command: str, overrides: list[str]) -> Any:
+    """The typed config of one `sft train` / `sft eval` command line, through the same composition and
+    parse functions as the run itself (None when only the running job can resolve it); raises
+    ConfigError listing the problems."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from sftcli.config import parse_eval, parse_train
     from sftcli.errors import ConfigError
 
-    overrides = [a for a in args if not a.lstrip("+~").startswith("hydra.")]
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name=command):
-            compose(config_name=command, overrides=overrides)
+            cfg = compose(config_name=command, overrides=overrides, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(_composition_message(command, str(exc), overrides)) from None
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
+
+    # Values may read Hydra's own config (run_name=${hydra:job.name}) through its resolver.
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:
+        return None  # reads what only the running job knows (${hydra:job.num}): validated in the job
+    return parse_train(cfg) if command == "train" else parse_eval(cfg)
 
 
 def _check_sweeper_plugin(args: list[str]) -> None:
@@ -315,15 +341,17 @@ def _job_failed(exc: BaseException, code: int) -> None:
         run_dir, overrides = None, []
     _STATE["failures"].append(f"[{' '.join(overrides)}] {exc}")
     _STATE["exit_code"] = _STATE["exit_code"] or code
-    if run_dir is None or not run_dir.is_dir() or _STATE["command"] != "train":
+    if run_dir is None or not run_dir.is_dir():
+        return
+    if _STATE["command"] == "eval":
+        if not _STATE["multirun"] and not (run_dir / "eval.json").exists():
+            _remove_run_dir(run_dir)  # holds only Hydra's .hydra/: nothing was evaluated
         return
     started = any((run_dir / name).exists() for name in ("checkpoints", "metrics.jsonl", "summary.json"))
     if not _STATE["multirun"] and not started:
         # A single run refused before training: remove the directory Hydra just made, so a mistyped
         # command leaves nothing behind. Sweep jobs keep theirs: its summary records the failure.
-        import shutil
-
-        shutil.rmtree(run_dir, ignore_errors=True)
+        _remove_run_dir(run_dir)
         return
     import json
 
@@ -333,6 +361,18 @@ def _job_failed(exc: BaseException, code: int) -> None:
 
         status = "preempted" if code == EXIT_PREEMPTED else "failed"
         summary.write_text(json.dumps({"status": status, "error": str(exc), "exit_code": code}, indent=2))
+    if not _STATE["multirun"]:
+        print(f"run dir: {run_dir.resolve()}", file=sys.stderr, flush=True)  # what it kept, for resume=auto
+
+
+def _remove_run_dir(run_dir: Path) -> None:
+    """Remove a refused run's directory, and the folders above it that this command created (empty now)."""
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for folder in _STATE.get("new_dirs", []):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _handle(fn: Callable[[Any], Any], cfg: Any) -> Any:
@@ -375,6 +415,7 @@ def _train_task(cfg: Any) -> Any:
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         summary = train_in_run_dir(cfg, run_dir)
+        logging.getLogger("sft").info("run dir: %s", run_dir.resolve())  # the last line: where it all went
         return selection_value(summary)
 
     return _handle(run, cfg)

@@ -430,10 +430,14 @@ def parse_train(cfg: Any, overrides: list[str] | None = None) -> TrainConfig:
 def parse_eval(cfg: Any) -> EvalConfig:
     raw = _to_dict(cfg)
     err = _Errors()
+    if raw.get("checkpoint") == "???":
+        del raw["checkpoint"]  # reported once below, with the command that gives it
     out: EvalConfig = _build(EvalConfig, raw, "", err)
     if err.type_errors:
         err.raise_if_any("eval")
     err.require(bool(out.checkpoint), "checkpoint", "is required: sft eval checkpoint=PATH")
+    if out.checkpoint:
+        err.require(Path(out.checkpoint).expanduser().exists(), "checkpoint", f"path {out.checkpoint!r} does not exist")
     err.require(out.batch_size >= 1, "batch_size", "must be >= 1")
     _check_run_name(out.run_name, err)
     err.raise_if_any("eval")

@@ -1,0 +1,59 @@
+"""What the commands tell the user at the end, and what a refused command leaves behind (nothing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import TINY
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def test_train_and_eval_end_with_the_run_dirs_absolute_path(sft, tmp_path: Path) -> None:
+    train = sft("train", *TINY, "run_name=r", check=True)
+    run = (tmp_path / "runs" / "r").resolve()
+    assert last_line(train.stderr) == f"run dir: {run}"
+    assert (run / "summary.json").is_file()
+    ev = sft("eval", "checkpoint=runs/r", "run_name=e", check=True)
+    out = (tmp_path / "runs" / "eval" / "e").resolve()
+    assert last_line(ev.stdout) == f"run dir: {out}"
+    assert (out / "eval.json").is_file()
+
+
+def test_eval_without_a_checkpoint_says_so_once_and_leaves_nothing(sft, tmp_path: Path) -> None:
+    proc = sft("eval")
+    assert proc.returncode == 2
+    assert proc.stderr.count("is required") == 1 and "(1 problem(s))" in proc.stderr
+    assert "sft eval checkpoint=PATH" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["checkpoint=missing"],            # refused while validating, before Hydra
+    ["checkpoint=not_a_checkpoint"],   # refused inside the job, after Hydra made its run dir
+    ["--help"],
+    ["checkpoint=missing", "-h"],
+])
+def test_a_refused_or_help_eval_leaves_no_directory(sft, tmp_path: Path, args) -> None:
+    (tmp_path / "not_a_checkpoint").mkdir()
+    proc = sft("eval", *args)
+    assert proc.returncode == (0 if {"-h", "--help"} & set(args) else 2), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_refused_eval_keeps_the_runs_that_were_there(sft, tmp_path: Path) -> None:
+    (tmp_path / "runs" / "earlier").mkdir(parents=True)
+    (tmp_path / "not_a_checkpoint").mkdir()
+    assert sft("eval", "checkpoint=not_a_checkpoint").returncode == 2
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["earlier"]
+
+
+def test_a_train_refused_inside_the_job_leaves_nothing(sft, tmp_path: Path) -> None:
+    proc = sft("train", *TINY, "data=files", "data.train=missing.csv")
+    assert proc.returncode == 2 and "missing.csv" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
