@@ -414,6 +414,7 @@ def parse_train(cfg: Any, overrides: list[str] | None = None) -> TrainConfig:
     else:
         err.require(out.loss.weight is not None, "lambda", "is required with a strategy")
         err.require(out.loss.tau is not None, "tau", "is required with a strategy")
+    _check_unlabeled(out, err)
     _check_run_name(out.run_name, err)
     tr = out.trainer
     for key, value in (("batch_size", tr.batch_size), ("unlabeled_batch_size", tr.unlabeled_batch_size)):
@@ -455,6 +456,30 @@ def parse_predict(raw: dict[str, Any]) -> PredictConfig:
     err.require(out.batch_size >= 1, "batch_size", "must be >= 1")
     err.raise_if_any("predict")
     return out
+
+
+def _check_unlabeled(out: TrainConfig, err: _Errors) -> None:
+    """What needs the unlabeled stream, checked from the config alone before any data or model loads:
+    terms that only a strategy feeds, a strategy with no unlabeled source, self-training rounds that
+    would all fall after the last step (each of these would otherwise run as a silent no-op or fail late)."""
+    loss, data, tr = out.loss, out.data, out.trainer
+    if out.strategy is None:
+        for key in ("self_training_weight", "consistency_weight"):
+            if getattr(loss, key) > 0:
+                err.add(f"loss.{key}", "has no effect without a strategy (it trains on the unlabeled stream): "
+                                       "add +strategy=mix or +strategy=alternate")
+        return
+    source = {"files": "data.unlabeled", "hub": "data.unlabeled_split"}.get(data.source)
+    given = source is not None and getattr(data, source.split(".", 1)[1]) is not None
+    if data.labels_per_class is None and not given:
+        how = f" or {source}=..." if source else " (data=files or data=hub can name a source of unlabeled texts)"
+        err.add("data.labels_per_class", f"+strategy={out.strategy.name} needs unlabeled texts, but with "
+                "data.labels_per_class=null all of train stays labeled and no unlabeled source is given: set "
+                f"data.labels_per_class=K (the rest of train becomes unlabeled){how}")
+    if loss.self_training_weight > 0 and loss.self_training_every >= tr.max_steps:
+        err.add("loss.self_training_every", f"{loss.self_training_every} >= trainer.max_steps={tr.max_steps}: "
+                f"self-training re-labels first after step {loss.self_training_every}, so no round would happen; "
+                "lower loss.self_training_every or raise trainer.max_steps")
 
 
 def _check_run_name(name: str, err: _Errors) -> None:

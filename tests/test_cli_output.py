@@ -57,3 +57,21 @@ def test_a_train_refused_inside_the_job_leaves_nothing(sft, tmp_path: Path) -> N
     proc = sft("train", *TINY, "data=files", "data.train=missing.csv")
     assert proc.returncode == 2 and "missing.csv" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("override,names", [
+    # The recipe re-labels every 150 steps: in 30 steps no self-training round would happen.
+    (["+recipe=self_training", "trainer.max_steps=30"], ["loss.self_training_every", "trainer.max_steps=30"]),
+    (["+strategy=mix", "data.labels_per_class=null"], ["data.labels_per_class", "needs unlabeled texts"]),
+    (["data=files", "data.train=train.csv", "+strategy=alternate"], ["data.labels_per_class", "data.unlabeled"]),
+    (["loss.self_training_weight=1"], ["loss.self_training_weight", "without a strategy"]),
+])
+def test_what_needs_unlabeled_texts_is_checked_before_loading_anything(sft, tmp_path: Path, override, names) -> None:
+    (tmp_path / "train.csv").write_text("text,label\na,x\nb,y\n")
+    proc = sft("train", *TINY, *override)
+    assert proc.returncode == 2, proc.stderr
+    for name in names:
+        assert name in proc.stderr
+    # Refused from the config alone: no data read, no model built, no run dir.
+    assert "data: " not in proc.stderr and "model: " not in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
