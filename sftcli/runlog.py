@@ -76,9 +76,12 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def setup_logging(run_dir: Path | None, is_main: bool, rank: int = 0) -> None:
-    """Console (and, on rank 0, train.log in the run dir) handlers for the "sft" logger."""
+    """Console (and, on rank 0, train.log in the run dir) handlers for the "sft" logger.
+
+    The console shows what a user acts on (INFO); train.log also keeps the DEBUG lines (cache paths and
+    hits, speed levers that do not apply), which SFT_DEBUG=1 shows on the console too."""
     logger = logging.getLogger("sft")
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG)
     logger.propagate = False
     for h in list(logger.handlers):
         logger.removeHandler(h)
@@ -86,11 +89,13 @@ def setup_logging(run_dir: Path | None, is_main: bool, rank: int = 0) -> None:
     console = logging.StreamHandler(sys.stderr)
     prefix = "" if is_main else f"[rank {rank}] "
     console.setFormatter(logging.Formatter(f"{prefix}%(message)s"))
-    console.setLevel(logging.INFO if is_main else logging.WARNING)
+    verbose = os.environ.get("SFT_DEBUG", "") not in ("", "0")
+    console.setLevel(logging.WARNING if not is_main else logging.DEBUG if verbose else logging.INFO)
     logger.addHandler(console)
     if is_main and run_dir is not None:
         fh = logging.FileHandler(run_dir / "train.log")
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        fh.setLevel(logging.DEBUG)
         logger.addHandler(fh)
 
 

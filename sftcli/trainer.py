@@ -160,7 +160,7 @@ class Trainer:
             if why is None:
                 enable_cls_only_last_layer(self.model)
             else:
-                log.info("model: trainer.cls_only_last_layer does not apply (%s); the last layer runs in full", why)
+                log.debug("model: trainer.cls_only_last_layer does not apply (%s); the last layer runs in full", why)
         if self.tc.cpu_dropout == "int_mask" and env.device.type == "cpu" and not self.tc.compile:
             use_int_mask_dropout(self.model)
         self.model.to(env.device)
@@ -189,7 +189,7 @@ class Trainer:
             if why is None:
                 self.embedding_grad = EmbeddingGradRows(self.model.get_input_embeddings(), env.distributed)
             else:
-                log.info("model: trainer.embedding_grad_rows does not apply (%s); dense embedding gradient", why)
+                log.debug("model: trainer.embedding_grad_rows does not apply (%s); dense embedding gradient", why)
 
         self.optimizer = self._build_optimizer()
         self.clip_scale: torch.Tensor | None = None  # optim.fused_clipping: this step's clipping divisor

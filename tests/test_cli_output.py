@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,19 @@ def test_what_needs_unlabeled_texts_is_checked_before_loading_anything(sft, tmp_
     # Refused from the config alone: no data read, no model built, no run dir.
     assert "data: " not in proc.stderr and "model: " not in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_cache_lines_and_inapplicable_levers_are_debug_lines_kept_in_train_log(sft, tmp_path: Path) -> None:
+    # head_pooling=mean: the first-token-only last layer does not apply, which is a note, not news.
+    proc = sft("train", *TINY, "+strategy=mix", "model.head_pooling=mean", "run_name=r", check=True)
+    log = (tmp_path / "runs" / "r" / "train.log").read_text()
+    cache = r"data: (tokenised|token ids of) \d+ texts"
+    assert len(re.findall(cache, log)) == 4  # labeled, validation, test, unlabeled
+    assert "teacher cache: " in log and "trainer.cls_only_last_layer does not apply" in log
+    assert " DEBUG data: " in log
+    console = proc.stderr
+    assert not re.search(cache, console)
+    assert "teacher cache" not in console and "does not apply" not in console
+    # What a user needs stays on the console.
+    for line in ("data: labeled 96", "model: BertForSequenceClassification", "training: steps 0 -> 4", "done: best"):
+        assert line in console, line
