@@ -75,6 +75,39 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+# The rich console of the progress bar while one is live (see bar_console).
+_live: dict[str, Any] = {"console": None}
+
+
+class _ConsoleHandler(logging.StreamHandler):
+    """The console log. While a progress bar is live, its lines go through the bar's rich console, which
+    prints them above the bar; written to the terminal directly they would land on the bar's line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        console = _live["console"]
+        if console is None:
+            super().emit(record)
+            return
+        try:
+            console.print(self.format(record), markup=False, highlight=False, emoji=False, soft_wrap=True)
+        except Exception:
+            self.handleError(record)
+
+
+def bar_console() -> Any:
+    """A rich console on stderr (where the log goes) for a progress bar; the console log writes through it
+    until :func:`release_console`."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    _live["console"] = console
+    return console
+
+
+def release_console() -> None:
+    _live["console"] = None
+
+
 def setup_logging(run_dir: Path | None, is_main: bool, rank: int = 0) -> None:
     """Console (and, on rank 0, train.log in the run dir) handlers for the "sft" logger.
 
@@ -86,7 +119,7 @@ def setup_logging(run_dir: Path | None, is_main: bool, rank: int = 0) -> None:
     for h in list(logger.handlers):
         logger.removeHandler(h)
         h.close()
-    console = logging.StreamHandler(sys.stderr)
+    console = _ConsoleHandler(sys.stderr)
     prefix = "" if is_main else f"[rank {rank}] "
     console.setFormatter(logging.Formatter(f"{prefix}%(message)s"))
     verbose = os.environ.get("SFT_DEBUG", "") not in ("", "0")

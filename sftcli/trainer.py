@@ -741,7 +741,7 @@ class Trainer:
 
             raise ConfigError(f"trainer.select_metric: {self.tc.select_metric!r} is not a validation metric; "
                               f"choose one of {sorted(values)}")
-        log.info("step %d: %s", self.step, format_metrics(values, ["val/accuracy", "val/macro_f1"]))
+        log.info("step %d: val %s", self.step, format_metrics(values, ["val/accuracy", "val/macro_f1"]))
         if math.isfinite(metric) and (self.best_metric is None or metric > self.best_metric):
             self.best_metric, self.best_step = metric, self.step
             return True
@@ -1030,8 +1030,11 @@ class _Progress:
         if self.enabled and mode == "bar":
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+            from sftcli.runlog import bar_console
+
+            # On the log's console, so log lines print above the bar instead of onto its line.
             self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                TextColumn("{task.fields[losses]}"), transient=False)
+                                TextColumn("{task.fields[losses]}"), transient=False, console=bar_console())
             self.task = self.bar.add_task("train", total=total, completed=start, losses="")
             self.bar.start()
 
@@ -1047,8 +1050,11 @@ class _Progress:
 
     def close(self) -> None:
         if self.bar is not None:
+            from sftcli.runlog import release_console
+
             self.bar.stop()
             self.bar = None
+            release_console()
 
 
 def run_worker(run_dir: str) -> dict[str, Any]:

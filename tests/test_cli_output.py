@@ -92,3 +92,19 @@ def test_cache_lines_and_inapplicable_levers_are_debug_lines_kept_in_train_log(s
     # What a user needs stays on the console.
     for line in ("data: labeled 96", "model: BertForSequenceClassification", "training: steps 0 -> 4", "done: best"):
         assert line in console, line
+
+
+def test_log_lines_print_above_the_progress_bar_not_onto_its_line(sft, tmp_path: Path) -> None:
+    # rich's switches for "this is an interactive terminal" (stdout and stderr share it, as on a tty).
+    env = {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "COLUMNS": "200"}
+    proc = sft("train", *TINY, "trainer.max_steps=12", "trainer.eval_every=4", "trainer.progress=bar", env=env,
+               merge_stderr=True, check=True)
+    assert "\x1b[2K" in proc.stdout and "12/12" in proc.stdout  # the bar was drawn live
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", proc.stdout)
+    log_line = re.compile(r"(step \d+: |training: steps|done: best|run dir: )")
+    for line in re.split(r"[\r\n]", plain):
+        m = log_line.search(line)
+        assert m is None or m.start() == 0, f"a log line glued onto another: {line!r}"
+    # Evaluation lines name their split.
+    evals = [line for line in re.split(r"[\r\n]", plain) if re.match(r"step \d+: val accuracy=\S+ macro_f1=", line)]
+    assert [line.split(":")[0] for line in evals] == ["step 4", "step 8", "step 12"]
