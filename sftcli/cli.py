@@ -4,6 +4,7 @@ commands, so `sft` and `sft --help` answer at once."""
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import sys
 import traceback
@@ -46,23 +47,20 @@ def config_groups() -> dict[str, list[str]]:
 
 
 def usage() -> str:
+    from sftcli.helptext import EXAMPLES, columns, read_yaml_doc
+
     lines = ["usage: sft COMMAND [key=value ...]", "", "Semi-supervised fine-tuning of text encoders:",
              "  L = L_sup (cross-entropy on labels) + lambda * L_con (InfoNCE towards the frozen encoder)", "",
              "commands:"]
     lines += [f"  {name:<8} {text}" for name, text in COMMANDS.items()]
     lines += ["", "config groups (sft train GROUP=OPTION; strategy and recipe are added with +GROUP=OPTION):"]
+    defaults = read_yaml_doc(config_dir() / "train.yaml").defaults
     for group, options in config_groups().items():
-        default = {"model": "minilm", "data": "trec6", "loss": "infonce", "optim": "adamw",
-                   "trainer": "default"}.get(group)
+        default = defaults.get(group, ("",))[0]
         shown = ", ".join(f"{o} (default)" if o == default else o for o in options)
         lines.append(f"  {group + ':':<10} {shown}")
-    lines += ["", "examples:",
-              "  sft train                                     supervised baseline (embedded MiniLM + TREC-6)",
-              "  sft train +strategy=mix lambda=0.5            semi-supervised",
-              "  sft train -m +strategy=alternate,mix lambda=0.1,0.5   sweep",
-              "  sft train +recipe=self_training               self-training with fresh students (best measured)",
-              "  sft train trainer.nproc=2                     2 processes (torch.distributed)",
-              "  sft eval checkpoint=runs/RUN                  evaluate a run's best checkpoint",
+    examples = [*EXAMPLES["train"][:5], EXAMPLES["eval"][0]]
+    lines += ["", "examples:", *columns(examples, cap=46),
               "", "sft COMMAND --help shows a command's options. SFT_DEBUG=1 (or debug=true) shows tracebacks."]
     return "\n".join(lines)
 
@@ -84,6 +82,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"sft: unknown command {command!r}{extra}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
     debug = _debug_requested(rest)
+    if any(a in ("-h", "--help") for a in rest):
+        sys.exit(_guarded(lambda: _print_help(command, rest), debug))
     if command in HYDRA_COMMANDS:
         code = _run_hydra(command, rest, debug)
     elif command == "predict":
@@ -91,6 +91,33 @@ def main(argv: list[str] | None = None) -> None:
     else:
         code = _guarded(lambda: _report(rest), debug)
     sys.exit(code)
+
+
+def _print_help(command: str, args: list[str]) -> int:
+    """`sft COMMAND --help`: the command's own keys and their meanings (sftcli/helptext.py). Handled here,
+    not by Hydra, whose help page cannot show the YAML comments; Hydra's own --hydra-help stays Hydra's."""
+    if command == "report":
+        from sftcli.report import USAGE
+
+        print(USAGE)
+        return 0
+    from sftcli import helptext
+
+    if command == "predict":
+        print(helptext.predict_help())
+        return 0
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sftcli.errors import ConfigError
+
+    overrides = [a for a in args if not a.startswith("-") and not a.lstrip("+~").startswith("hydra.")]
+    try:
+        text = helptext.hydra_command_help(command, overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(_composition_message(command, str(exc), overrides)) from None
+    print(text)
+    return 0
 
 
 def _debug_requested(args: list[str]) -> bool:
@@ -129,15 +156,17 @@ _STATE: dict[str, Any] = {}
 
 
 def _run_hydra(command: str, args: list[str], debug: bool) -> int:
-    from sftcli import dist
+    if command == "train" and os.environ.get("RANK", "0") != "0":
+        from sftcli import dist  # imports torch: only under a launcher that set RANK
 
-    if command == "train" and dist.launched_by_torchrun() and os.environ.get("RANK", "0") != "0":
-        # External torchrun: only rank 0 runs Hydra and makes the run dir; the others follow it.
-        from sftcli.launch import follow_external_launch
+        if dist.launched_by_torchrun():
+            # External torchrun: only rank 0 runs Hydra and makes the run dir; the others follow it.
+            from sftcli.launch import follow_external_launch
 
-        return _guarded(follow_external_launch, debug)
+            return _guarded(follow_external_launch, debug)
     if command == "train":
         args = _resolve_auto_resume(args)
+    _STATE["new_dirs"] = []
     code = _guarded(lambda: _precheck(command, args), debug)
     if code:
         return code
@@ -169,23 +198,47 @@ _HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "
 
 
 def _precheck(command: str, args: list[str]) -> None:
-    """Compose once before Hydra runs, so a mistyped key or group option is a ConfigError (exit 2, with
-    a "did you mean") instead of Hydra's generic failure. Sweeps are composed per job by Hydra."""
+    """Compose and validate once before Hydra runs, so a mistyped key, group option or value is a
+    ConfigError (exit 2, with a "did you mean") before Hydra makes a run dir. Sweeps are composed and
+    validated per job by Hydra (one bad job does not stop the others)."""
     _check_sweeper_plugin(args)
     if any(a.startswith("-") for a in args):
         return  # -m and Hydra's own flags: Hydra handles them
+    cfg = check_config(command, [a for a in args if not a.lstrip("+~").startswith("hydra.")])
+    if cfg is not None:
+        # The folders that Hydra will create above the run dir: a run refused later removes them too.
+        root = Path(cfg.run_root)
+        _STATE["new_dirs"] = [d for d in ((root / "eval") if command == "eval" else root, root) if not d.exists()]
+
+
+def check_config(command: str, overrides: list[str]) -> Any:
+    """The typed config of one `sft train` / `sft eval` command line, through the same composition and
+    parse functions as the run itself (None when only the running job can resolve it); raises
+    ConfigError listing the problems."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from sftcli.config import parse_eval, parse_train
     from sftcli.errors import ConfigError
 
-    overrides = [a for a in args if not a.lstrip("+~").startswith("hydra.")]
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name=command):
-            compose(config_name=command, overrides=overrides)
+            cfg = compose(config_name=command, overrides=overrides, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(_composition_message(command, str(exc))) from None
+        raise ConfigError(_composition_message(command, str(exc), overrides)) from None
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
+
+    # Values may read Hydra's own config (run_name=${hydra:job.name}) through its resolver.
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:
+        return None  # reads what only the running job knows (${hydra:job.num}): validated in the job
+    return parse_train(cfg) if command == "train" else parse_eval(cfg)
 
 
 def _check_sweeper_plugin(args: list[str]) -> None:
@@ -207,7 +260,7 @@ def _check_sweeper_plugin(args: list[str]) -> None:
                               "pip install 'sftcli[optuna]' (in a checkout: pip install -e \".[optuna]\")")
 
 
-def _composition_message(command: str, text: str) -> str:
+def _composition_message(command: str, text: str, overrides: list[str]) -> str:
     import re
 
     first = text.strip().splitlines()[0] if text.strip() else text
@@ -216,6 +269,9 @@ def _composition_message(command: str, text: str) -> str:
         from sftcli.config import RENAMED_KEYS, unknown_key_message
 
         key = m.group(1)
+        added = _added_group_message(command, key, overrides)
+        if added:
+            return added
         return f"{key}: {unknown_key_message(key, None if key in RENAMED_KEYS else _closest_key(command, key))}"
     m = re.search(r"Multiple values for (\w+)", text)
     if m:
@@ -230,6 +286,28 @@ def _composition_message(command: str, text: str) -> str:
         extra = f" (did you mean {group}={hint[0]}?)" if hint else ""
         return f"{group}={option}: no such option{extra}; options: {', '.join(options)}"
     return f"invalid overrides: {first}"
+
+
+def _added_group_message(command: str, key: str, overrides: list[str]) -> str | None:
+    """`strategy=mix` or `strategy.name=mix` for a group that the command adds with a `+` and that was not
+    added: name the `+GROUP=OPTION` that was meant, not a spelling guess."""
+    from sftcli.helptext import ADDED_GROUPS
+
+    group, _, sub = key.partition(".")
+    if group not in ADDED_GROUPS.get(command, {}):
+        return None
+    value = next((a.split("=", 1)[1] for a in overrides if "=" in a and a.split("=", 1)[0].lstrip("+~") == key), "")
+    options = config_groups().get(group, [])
+    if value in options:
+        return f"{key}={value}: no {group} is chosen; {group} options are added with a '+': write +{group}={value}"
+    if not sub:
+        return f"{key}={value}: {group} options are added with a '+': +{group}=OPTION (options: {', '.join(options)})"
+    from omegaconf import OmegaConf
+
+    if any(sub in (OmegaConf.load(config_dir() / group / f"{o}.yaml").get(group) or {}) for o in options):
+        return (f"{key}: no {group} is chosen, so it has no {sub!r}; add one first with +{group}=OPTION "
+                f"(options: {', '.join(options)})")
+    return None
 
 
 def _closest_key(command: str, key: str) -> str | None:
@@ -263,15 +341,17 @@ def _job_failed(exc: BaseException, code: int) -> None:
         run_dir, overrides = None, []
     _STATE["failures"].append(f"[{' '.join(overrides)}] {exc}")
     _STATE["exit_code"] = _STATE["exit_code"] or code
-    if run_dir is None or not run_dir.is_dir() or _STATE["command"] != "train":
+    if run_dir is None or not run_dir.is_dir():
+        return
+    if _STATE["command"] == "eval":
+        if not _STATE["multirun"] and not (run_dir / "eval.json").exists():
+            _remove_run_dir(run_dir)  # holds only Hydra's .hydra/: nothing was evaluated
         return
     started = any((run_dir / name).exists() for name in ("checkpoints", "metrics.jsonl", "summary.json"))
     if not _STATE["multirun"] and not started:
         # A single run refused before training: remove the directory Hydra just made, so a mistyped
         # command leaves nothing behind. Sweep jobs keep theirs: its summary records the failure.
-        import shutil
-
-        shutil.rmtree(run_dir, ignore_errors=True)
+        _remove_run_dir(run_dir)
         return
     import json
 
@@ -281,6 +361,18 @@ def _job_failed(exc: BaseException, code: int) -> None:
 
         status = "preempted" if code == EXIT_PREEMPTED else "failed"
         summary.write_text(json.dumps({"status": status, "error": str(exc), "exit_code": code}, indent=2))
+    if not _STATE["multirun"]:
+        print(f"run dir: {run_dir.resolve()}", file=sys.stderr, flush=True)  # what it kept, for resume=auto
+
+
+def _remove_run_dir(run_dir: Path) -> None:
+    """Remove a refused run's directory, and the folders above it that this command created (empty now)."""
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for folder in _STATE.get("new_dirs", []):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _handle(fn: Callable[[Any], Any], cfg: Any) -> Any:
@@ -323,6 +415,7 @@ def _train_task(cfg: Any) -> Any:
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         summary = train_in_run_dir(cfg, run_dir)
+        logging.getLogger("sft").info("run dir: %s", run_dir.resolve())  # the last line: where it all went
         return selection_value(summary)
 
     return _handle(run, cfg)

@@ -79,6 +79,7 @@ def run_eval(cfg: Any, out_dir: Path) -> dict[str, Any]:
     (out_dir / "eval.json").write_text(json.dumps(out, indent=2))
     print_eval_table(out)
     print(f"eval.json written to {out_dir / 'eval.json'}")
+    print(f"run dir: {out_dir.resolve()}")
     return out
 
 

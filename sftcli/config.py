@@ -208,15 +208,33 @@ class TrainConfig:
     debug: bool = False
 
 
+def _key(default: Any, meaning: str, required: bool = False) -> Any:
+    """A field with its one-line meaning, for the commands without a YAML file (`sft predict --help`
+    lists these); `required` fields have no usable default and are checked by the command's parser."""
+    return field(default=default, metadata={"help": meaning, "required": required})
+
+
+def field_help(cls: type) -> list[tuple[str, Any, Any, str, bool]]:
+    """(name, annotation, default, meaning, required) of each field of a config dataclass, in order."""
+    hints = typing.get_type_hints(cls)
+    return [(f.name, hints[f.name], f.default, f.metadata.get("help", ""), bool(f.metadata.get("required")))
+            for f in dataclasses.fields(cls)]
+
+
+def type_text(tp: Any) -> str:
+    """A field's annotation as a user reads it: `int`, `'auto' | 'cpu' | 'cuda'`, `str or null`."""
+    return _type_name(tp)
+
+
 @dataclass
 class _ScoringConfig:
     """What `sft eval` and `sft predict` share: a checkpoint scored in batches on a device."""
 
-    checkpoint: str = ""
-    batch_size: int = 128
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    debug: bool = False
+    checkpoint: str = _key("", "a checkpoint directory, or a run directory (its best checkpoint)", required=True)
+    batch_size: int = _key(128, "texts per batch")
+    device: Literal["auto", "cpu", "cuda"] = _key("auto", "where the model runs (auto: cuda when available)")
+    precision: Literal["fp32", "bf16", "fp16"] = _key("fp32", "number format of the forward (bf16, fp16: autocast)")
+    debug: bool = _key(False, "show full tracebacks for user errors")
 
 
 @dataclass
@@ -230,23 +248,36 @@ class EvalConfig(_ScoringConfig):
 
 @dataclass
 class PredictConfig(_ScoringConfig):
-    input: str = ""
-    output: str = ""
-    text_column: str | None = None  # null = the checkpoint's data.text_column
-    text_pair_column: str | None = None  # null = the checkpoint's data.text_pair_column
-    max_length: int | None = None
+    input: str = _key("", "texts to label: .csv, .tsv, .jsonl, or .txt (one text per line)", required=True)
+    output: str = _key("", "where predictions go: .csv or .jsonl (each input row + pred_label + prob_LABEL)",
+                       required=True)
+    text_column: str | None = _key(None, "column or field that holds the text; null = the checkpoint's data.text_column")
+    text_pair_column: str | None = _key(None, "second text column for sentence pairs; null = the checkpoint's "
+                                              "data.text_pair_column")
+    max_length: int | None = _key(None, "tokens per text (longer texts are truncated); null = the checkpoint's "
+                                        "model.max_length")
 
 
 # ----------------------------------------------------------------------------------------------------
 # Validation machinery
 
 
+# Keys that users write under another name: `lambda` and `tau` are mapped into loss.weight / loss.tau
+# by configs/loss/*.yaml, so a problem with those is named by both.
+SHOWN_AS = {"loss.weight": "lambda (loss.weight)", "loss.tau": "tau (loss.tau)"}
+
+
 class _Errors:
     def __init__(self) -> None:
         self.messages: list[str] = []
+        self.type_errors = 0  # values that do not fit their field's annotation (the field keeps its default)
 
     def add(self, key: str, message: str) -> None:
-        self.messages.append(f"{key}: {message}")
+        self.messages.append(f"{SHOWN_AS.get(key, key)}: {message}")
+
+    def add_type_error(self, key: str, message: str) -> None:
+        self.type_errors += 1
+        self.add(key, message)
 
     def require(self, ok: bool, key: str, message: str) -> None:
         if not ok:
@@ -267,8 +298,13 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp: Any, key: str, err: _Errors) -> Any:
-    """Check `value` against the annotation `tp`; returns the (possibly int->float widened) value."""
+_WRONG = object()  # what _coerce returns for a value that does not fit its annotation
+
+
+def _coerce(value: Any, tp: Any, key: str, err: _Errors, shown: Any = None) -> Any:
+    """Check `value` against the annotation `tp`: the (possibly int->float widened) value, or _WRONG after
+    reporting a type error, so no later check ever sees a value of the wrong type. `shown`: the
+    annotation the message names (the whole `X | None` when checking its X)."""
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         args = get_args(tp)
@@ -276,19 +312,20 @@ def _coerce(value: Any, tp: Any, key: str, err: _Errors) -> Any:
             return None
         non_none = [a for a in args if a is not type(None)]
         if len(non_none) == 1:
-            return _coerce(value, non_none[0], key, err)
+            return _coerce(value, non_none[0], key, err, shown=tp)
+        raise TypeError(f"{key}: unions of several types are not supported by the config schema")
     if origin is Literal:
         if value not in get_args(tp):
             hint = difflib.get_close_matches(str(value), [str(a) for a in get_args(tp)], n=1)
             extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-            err.add(key, f"got {value!r}, expected one of {_type_name(tp)}{extra}")
+            err.add_type_error(key, f"got {value!r}, expected one of {_type_name(shown or tp)}{extra}")
+            return _WRONG
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            err.add(key, f"expected a group of keys, got {value!r}")
-            return tp()
+            err.add_type_error(key, f"expected a group of keys, got {value!r}")
+            return _WRONG
         return _build(tp, value, key, err)
-    ok = True
     if tp is bool:
         ok = isinstance(value, bool)
     elif tp is int:
@@ -302,8 +339,11 @@ def _coerce(value: Any, tp: Any, key: str, err: _Errors) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = str(value)
         ok = isinstance(value, str)
+    else:
+        raise TypeError(f"{key}: annotation {tp!r} is not supported by the config schema")
     if not ok:
-        err.add(key, f"expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+        err.add_type_error(key, f"expected {_type_name(shown or tp)}, got {value!r} ({type(value).__name__})")
+        return _WRONG
     return value
 
 
@@ -333,7 +373,9 @@ def _build(cls: type, raw: dict[str, Any], prefix: str, err: _Errors) -> Any:
         if value == "???":
             err.add(full, "is required but missing")
             continue
-        kwargs[key] = _coerce(value, hints[key], full, err)
+        value = _coerce(value, hints[key], full, err)
+        if value is not _WRONG:  # a wrong value leaves the field at its default (reported above)
+            kwargs[key] = value
     try:
         obj = cls(**kwargs)
     except TypeError as exc:  # pragma: no cover - every field has a default
@@ -365,6 +407,10 @@ def parse_train(cfg: Any, overrides: list[str] | None = None) -> TrainConfig:
     raw.pop("lambda", None)  # mapped into loss.weight by configs/loss/*.yaml
     raw.pop("tau", None)
     out: TrainConfig = _build(TrainConfig, raw, "", err)
+    if err.type_errors:
+        # Types first: the checks below combine keys, and a key that was given the wrong type holds its
+        # default, which they would judge as if the user had chosen it.
+        err.raise_if_any("train")
     if out.strategy is None:
         if out.loss.weight is not None:
             err.add("lambda", "has no effect without a strategy: add +strategy=mix or +strategy=alternate "
@@ -374,6 +420,7 @@ def parse_train(cfg: Any, overrides: list[str] | None = None) -> TrainConfig:
     else:
         err.require(out.loss.weight is not None, "lambda", "is required with a strategy")
         err.require(out.loss.tau is not None, "tau", "is required with a strategy")
+    _check_unlabeled(out, err)
     _check_run_name(out.run_name, err)
     tr = out.trainer
     for key, value in (("batch_size", tr.batch_size), ("unlabeled_batch_size", tr.unlabeled_batch_size)):
@@ -390,8 +437,14 @@ def parse_train(cfg: Any, overrides: list[str] | None = None) -> TrainConfig:
 def parse_eval(cfg: Any) -> EvalConfig:
     raw = _to_dict(cfg)
     err = _Errors()
+    if raw.get("checkpoint") == "???":
+        del raw["checkpoint"]  # reported once below, with the command that gives it
     out: EvalConfig = _build(EvalConfig, raw, "", err)
+    if err.type_errors:
+        err.raise_if_any("eval")
     err.require(bool(out.checkpoint), "checkpoint", "is required: sft eval checkpoint=PATH")
+    if out.checkpoint:
+        err.require(Path(out.checkpoint).expanduser().exists(), "checkpoint", f"path {out.checkpoint!r} does not exist")
     err.require(out.batch_size >= 1, "batch_size", "must be >= 1")
     _check_run_name(out.run_name, err)
     err.raise_if_any("eval")
@@ -401,11 +454,38 @@ def parse_eval(cfg: Any) -> EvalConfig:
 def parse_predict(raw: dict[str, Any]) -> PredictConfig:
     err = _Errors()
     out: PredictConfig = _build(PredictConfig, raw, "", err)
-    for key in ("checkpoint", "input", "output"):
-        err.require(bool(getattr(out, key)), key, f"is required: sft predict {key}=PATH")
+    if err.type_errors:
+        err.raise_if_any("predict")
+    for key, *_, required in field_help(PredictConfig):
+        if required:
+            err.require(bool(getattr(out, key)), key, f"is required: sft predict {key}=PATH")
     err.require(out.batch_size >= 1, "batch_size", "must be >= 1")
     err.raise_if_any("predict")
     return out
+
+
+def _check_unlabeled(out: TrainConfig, err: _Errors) -> None:
+    """What needs the unlabeled stream, checked from the config alone before any data or model loads:
+    terms that only a strategy feeds, a strategy with no unlabeled source, self-training rounds that
+    would all fall after the last step (each of these would otherwise run as a silent no-op or fail late)."""
+    loss, data, tr = out.loss, out.data, out.trainer
+    if out.strategy is None:
+        for key in ("self_training_weight", "consistency_weight"):
+            if getattr(loss, key) > 0:
+                err.add(f"loss.{key}", "has no effect without a strategy (it trains on the unlabeled stream): "
+                                       "add +strategy=mix or +strategy=alternate")
+        return
+    source = {"files": "data.unlabeled", "hub": "data.unlabeled_split"}.get(data.source)
+    given = source is not None and getattr(data, source.split(".", 1)[1]) is not None
+    if data.labels_per_class is None and not given:
+        how = f" or {source}=..." if source else " (data=files or data=hub can name a source of unlabeled texts)"
+        err.add("data.labels_per_class", f"+strategy={out.strategy.name} needs unlabeled texts, but with "
+                "data.labels_per_class=null all of train stays labeled and no unlabeled source is given: set "
+                f"data.labels_per_class=K (the rest of train becomes unlabeled){how}")
+    if loss.self_training_weight > 0 and loss.self_training_every >= tr.max_steps:
+        err.add("loss.self_training_every", f"{loss.self_training_every} >= trainer.max_steps={tr.max_steps}: "
+                f"self-training re-labels first after step {loss.self_training_every}, so no round would happen; "
+                "lower loss.self_training_every or raise trainer.max_steps")
 
 
 def _check_run_name(name: str, err: _Errors) -> None:

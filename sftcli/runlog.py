@@ -75,22 +75,60 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+# The rich console of the progress bar while one is live (see bar_console).
+_live: dict[str, Any] = {"console": None}
+
+
+class _ConsoleHandler(logging.StreamHandler):
+    """The console log. While a progress bar is live, its lines go through the bar's rich console, which
+    prints them above the bar; written to the terminal directly they would land on the bar's line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        console = _live["console"]
+        if console is None:
+            super().emit(record)
+            return
+        try:
+            console.print(self.format(record), markup=False, highlight=False, emoji=False, soft_wrap=True)
+        except Exception:
+            self.handleError(record)
+
+
+def bar_console() -> Any:
+    """A rich console on stderr (where the log goes) for a progress bar; the console log writes through it
+    until :func:`release_console`."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    _live["console"] = console
+    return console
+
+
+def release_console() -> None:
+    _live["console"] = None
+
+
 def setup_logging(run_dir: Path | None, is_main: bool, rank: int = 0) -> None:
-    """Console (and, on rank 0, train.log in the run dir) handlers for the "sft" logger."""
+    """Console (and, on rank 0, train.log in the run dir) handlers for the "sft" logger.
+
+    The console shows what a user acts on (INFO); train.log also keeps the DEBUG lines (cache paths and
+    hits, speed levers that do not apply), which SFT_DEBUG=1 shows on the console too."""
     logger = logging.getLogger("sft")
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG)
     logger.propagate = False
     for h in list(logger.handlers):
         logger.removeHandler(h)
         h.close()
-    console = logging.StreamHandler(sys.stderr)
+    console = _ConsoleHandler(sys.stderr)
     prefix = "" if is_main else f"[rank {rank}] "
     console.setFormatter(logging.Formatter(f"{prefix}%(message)s"))
-    console.setLevel(logging.INFO if is_main else logging.WARNING)
+    verbose = os.environ.get("SFT_DEBUG", "") not in ("", "0")
+    console.setLevel(logging.WARNING if not is_main else logging.DEBUG if verbose else logging.INFO)
     logger.addHandler(console)
     if is_main and run_dir is not None:
         fh = logging.FileHandler(run_dir / "train.log")
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        fh.setLevel(logging.DEBUG)
         logger.addHandler(fh)
 
 

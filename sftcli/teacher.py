@@ -67,12 +67,12 @@ def teacher_representations(encoder: torch.nn.Module, enc: Encoded, pooling: str
             finally:
                 if os.path.exists(tmp_name):
                     os.unlink(tmp_name)
-            log.info("teacher cache: %d representations computed in %.1fs -> %s", len(enc),
+            log.debug("teacher cache: %d representations computed in %.1fs -> %s", len(enc),
                      time.perf_counter() - t0, path)
             encoder.to("cpu")
         _wait_for(path, env)
     else:
-        log.info("teacher cache: reusing %s", path)
+        log.debug("teacher cache: reusing %s", path)
     reps = np.load(path, mmap_mode="r")
     if reps.shape[0] != len(enc):
         raise RuntimeError(f"teacher cache {path} holds {reps.shape[0]} rows for {len(enc)} texts")

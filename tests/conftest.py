@@ -24,16 +24,18 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def sft(tmp_path: Path, cache_dir: Path):
-    """sft(*args, timeout=..., env=...) -> CompletedProcess; runs under tmp_path with runs in tmp_path/runs."""
+    """sft(*args, timeout=..., env=...) -> CompletedProcess; runs under tmp_path with runs in tmp_path/runs.
+    merge_stderr=True: stderr goes into stdout, interleaved as on a terminal."""
 
     def run(*args: str, timeout: float = 300, env: dict[str, str] | None = None, cwd: Path | None = None,
-            check: bool | None = None) -> subprocess.CompletedProcess:
+            check: bool | None = None, merge_stderr: bool = False) -> subprocess.CompletedProcess:
         # One thread per sft process: tiny models gain nothing from more, and tests run beside each other.
         full_env = {"OMP_NUM_THREADS": "1", **os.environ, "SFT_CACHE_DIR": str(cache_dir), "PYTHONUNBUFFERED": "1",
                     "TOKENIZERS_PARALLELISM": "false", **(env or {})}
         full_env.pop("SFT_DEBUG", None)
         proc = subprocess.run([sys.executable, "-m", "sftcli", *args], cwd=cwd or tmp_path, env=full_env,
-                              capture_output=True, text=True, timeout=timeout)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+                              text=True, timeout=timeout)
         if check is True and proc.returncode != 0:
             raise AssertionError(f"sft {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
         return proc

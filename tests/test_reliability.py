@@ -264,6 +264,11 @@ def test_a_nonfinite_validation_metric_is_never_the_best() -> None:
     ("+loss.consistency_mask_prob=0.1", "renamed to 'loss.unlabeled_mask_prob'"),
     # The recipe already picks the strategy.
     ("+recipe=self_training +strategy=alternate", "strategy=OPTION, without the +"),
+    # A group that is added with a + (strategy, recipe) and was not: the + is named, not a spelling guess.
+    ("strategy=mix", "write +strategy=mix"),
+    ("strategy.name=mix", "write +strategy=mix"),
+    ("recipe=self_training", "write +recipe=self_training"),
+    ("strategy.labeled_steps=2", "add one first with +strategy=OPTION (options: alternate, mix)"),
 ])
 def test_config_mistakes_exit_2_naming_the_key(sft, tmp_path, override, key) -> None:
     proc = sft("train", *TINY, *override.split())

@@ -114,12 +114,12 @@ def encode(ts: TextSet, tokenizer: Any, max_length: int, cache_dir: Path | None,
     if folder is not None:
         cached = _read_token_cache(folder)
         if cached is not None and len(cached) == len(ts):
-            log.info("data: token ids of %d texts read from the cache %s (not re-tokenised)", len(ts), folder)
+            log.debug("data: token ids of %d texts read from the cache %s (not re-tokenised)", len(ts), folder)
             return cached
     out = _tokenise(ts, tokenizer, max_length, chunk)
     if folder is not None:
         _write_token_cache(folder, out)
-        log.info("data: tokenised %d texts (max_length %d), cached in %s", len(ts), max_length, folder)
+        log.debug("data: tokenised %d texts (max_length %d), cached in %s", len(ts), max_length, folder)
     return out
 
 

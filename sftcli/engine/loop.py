@@ -268,7 +268,7 @@ class Engine:
         if metric is None:
             raise ConfigError(f"trainer.select_metric: {self.tc.select_metric!r} is not a validation metric; "
                               f"choose one of {sorted(values)}")
-        log.info("step %d: %s", self.step, format_metrics(values, ["val/accuracy", "val/macro_f1"]))
+        log.info("step %d: val %s", self.step, format_metrics(values, ["val/accuracy", "val/macro_f1"]))
         if math.isfinite(metric) and (self.best_metric is None or metric > self.best_metric):
             self.best_metric, self.best_step = metric, self.step
             return True

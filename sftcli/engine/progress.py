@@ -21,10 +21,14 @@ class Progress:
         self.mode = mode
         self.bar = None
         if self.enabled and mode == "bar":
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
 
-            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                TextColumn("{task.fields[losses]}"), transient=False)
+            from sftcli.runlog import bar_console
+
+            # On the log's console, so log lines print above the bar instead of onto its line.
+            self.bar = RichProgress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                TextColumn("{task.fields[losses]}"), transient=False, console=bar_console())
             self.task = self.bar.add_task("train", total=total, completed=start, losses="")
             self.bar.start()
 
@@ -40,5 +44,8 @@ class Progress:
 
     def close(self) -> None:
         if self.bar is not None:
+            from sftcli.runlog import release_console
+
             self.bar.stop()
             self.bar = None
+            release_console()
