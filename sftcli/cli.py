@@ -97,7 +97,7 @@ def _print_help(command: str, args: list[str]) -> int:
     """`sft COMMAND --help`: the command's own keys and their meanings (sftcli/helptext.py). Handled here,
     not by Hydra, whose help page cannot show the YAML comments; Hydra's own --hydra-help stays Hydra's."""
     if command == "report":
-        from sftcli.report import USAGE
+        from sftcli.report.command import USAGE
 
         print(USAGE)
         return 0
