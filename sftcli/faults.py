@@ -6,6 +6,7 @@ SFT_TEST_NAN_AT_STEP=N[+][:TERM]   make loss term TERM (con, default; or sup) Na
 SFT_TEST_SAVE_PAUSE=POINT:SECONDS[:STEP]  sleep inside a checkpoint save (see checkpoint._test_pause)
 SFT_TEST_DISK_FULL_AT_SAVE=N       the checkpoint save of step N fails as on a full disk (ENOSPC)
 SFT_TEST_DISK_FREE=BYTES           report this much free space on the run's disk
+SFT_TEST_STEP_DELAY=SECONDS        sleep this long as each step starts (a test's signal then lands mid-run)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import errno
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import torch
@@ -30,6 +32,9 @@ def _rank_matches(parts: list[str], rank: int) -> bool:
 
 def at_step_start(step: int, rank: int) -> None:
     """Called when step `step` (1-based) starts."""
+    delay = _spec("SFT_TEST_STEP_DELAY")
+    if delay:
+        time.sleep(float(delay[0]))
     sig = _spec("SFT_TEST_SIGNAL_AT_STEP")
     if sig and int(sig[0]) == step and _rank_matches(sig, rank):
         os.kill(os.getpid(), signal.SIGTERM)
@@ -62,3 +67,4 @@ def disk_free(path: Path) -> int:
     """Free bytes on the disk that holds `path` (SFT_TEST_DISK_FREE overrides it)."""
     spec = _spec("SFT_TEST_DISK_FREE")
     return int(spec[0]) if spec else shutil.disk_usage(path).free
+

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from sftcli import checkpoint as ckpt
-from sftcli import dist, faults, malloc
+from sftcli import cluster, dist, faults, malloc
 from sftcli.config import TrainConfig, to_plain
 from sftcli.data import (
     BatchStream,
@@ -944,6 +944,7 @@ class Trainer:
         def handler(signum: int, frame: Any) -> None:
             self.stop_requested += 1
             if self.stop_requested == 1:
+                cluster.note_stop_signal(signum)
                 log.warning("received %s: finishing step %d, saving a checkpoint, then exiting",
                             signal.Signals(signum).name, self.step + 1)
             else:
@@ -954,7 +955,8 @@ class Trainer:
 
         if threading.current_thread() is not threading.main_thread():
             return
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # SIGTERM and SIGINT, and in a submitit job submitit's own preemption signal (sftcli/cluster.py).
+        for sig in cluster.stop_signals():
             self._old_handlers[sig] = signal.signal(sig, handler)
 
     def _restore_signal_handlers(self) -> None:
