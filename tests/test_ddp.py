@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import TINY, read_jsonl, run_dirs
+from conftest import TINY, cli_env, read_jsonl, run_dirs, wait_for
 from safetensors.torch import load_file
 
 from sftcli import checkpoint as ckpt
@@ -199,3 +200,40 @@ def test_missing_per_rank_state_is_an_error(sft, tmp_path) -> None:
     proc = sft("train", *args, "trainer.max_steps=6", f"resume={target}", "run_name=m2", timeout=300)
     assert proc.returncode == 2
     assert "rng_state_rank1.pt" in proc.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_parent_of_two_workers_ends_like_one_process(sft, tmp_path, cache_dir, sig) -> None:
+    # The signal goes to the process the user started (as kill, timeout or a scheduler send it), not
+    # to a worker: it stops both workers after the same step, with one checkpoint, exit 75, one message.
+    args = [*TINY, "+strategy=mix", "lambda=0.5", "trainer.nproc=2", "trainer.max_steps=8", "trainer.save_every=2"]
+    proc = subprocess.Popen([sys.executable, "-m", "sftcli", "train", *args, "run_name=r"], cwd=tmp_path,
+                            env=cli_env(cache_dir, {"SFT_TEST_STEP_DELAY": "0.3"}), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "runs" / "r"
+    wait_for(lambda: (run / "checkpoints" / "step-000002").is_dir(), 120, "the first checkpoint", proc)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 75, stderr[-3000:]
+    assert "Traceback" not in stderr
+    messages = [line for line in stderr.splitlines() if line.startswith("sft:")]
+    assert len(messages) == 1 and "stopped by a signal at step" in messages[0], messages
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "preempted" and summary["exit_code"] == 75
+    stopped = ckpt.newest_valid(run / "checkpoints")
+    assert stopped is not None and f"at step {int(stopped.name.split('-')[1])};" in messages[0]
+    assert ckpt.verify(stopped)
+    if sig == signal.SIGINT:
+        return  # the resume below is the same for either signal
+    sft("train", *args, "run_name=ref", check=True, timeout=300)
+    again = sft("train", *args, "run_name=r", "resume=auto", timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    a = load_file(run / "checkpoints" / "step-000008" / "model.safetensors")
+    b = load_file(tmp_path / "runs" / "ref" / "checkpoints" / "step-000008" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    final = [(e["step"], e["train/loss"]) for e in read_jsonl(run / "metrics.jsonl") if "train/loss" in e]
+    ref = [(e["step"], e["train/loss"]) for e in read_jsonl(tmp_path / "runs" / "ref" / "metrics.jsonl")
+           if "train/loss" in e]
+    assert final == ref
+    assert json.loads((run / "summary.json").read_text())["test/accuracy"] == \
+        json.loads((tmp_path / "runs" / "ref" / "summary.json").read_text())["test/accuracy"]
