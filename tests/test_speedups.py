@@ -128,6 +128,7 @@ def _bert_token_classifier() -> torch.nn.Module:
     ("non-BERT model", "DistilBertForSequenceClassification"),
     ("BERT head reading every token", "BertForTokenClassification"),
     ("flash attention", "flash_attention_2"),
+    ("gradient checkpointing", "gradient checkpointing is on"),
     ("device cuda", "device cuda: measured on CPU only"),
     ("torch.compile", "torch.compile is on"),
     ("switched off", "trainer.cls_only_last_layer=false"),
@@ -142,6 +143,9 @@ def test_cls_only_is_refused_where_it_was_not_tested_or_measured(case: str, word
         model = _bert_token_classifier()
     elif case == "flash attention":
         model.config._attn_implementation = "flash_attention_2"
+    elif case == "gradient checkpointing":
+        # 5.x's later name first (the older one warns there).
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     elif case == "device cuda":
         device = torch.device("cuda")  # the gate alone: no GPU needed
     elif case == "torch.compile":

@@ -13,10 +13,11 @@ layer keeps its parameters and names, so checkpoints do not change.
 
 Where it applies (:func:`why_not`): transformers' ``BertForSequenceClassification`` (not sft's
 mean-pooling class, whose head reads every token), encoder only, unchunked feed-forward, ``sdpa`` or
-``eager`` attention, eager mode (not under torch.compile), on CPU (never measured on CUDA), and
-transformers 5.x: it reads the private names ``ALL_ATTENTION_FUNCTIONS`` and ``eager_attention_forward``
-of ``transformers.models.bert.modeling_bert``, ``BertLayer.feed_forward_chunk`` and the attributes of
-``BertSelfAttention``, all checked to be there before the layer is patched.
+``eager`` attention, without gradient checkpointing, eager mode (not under torch.compile), on CPU (never
+measured on CUDA), and transformers 5.x (tested on 5.0.0 and 5.24): it reads the private names
+``ALL_ATTENTION_FUNCTIONS`` and ``eager_attention_forward`` of ``transformers.models.bert.modeling_bert``,
+``BertLayer.feed_forward_chunk`` and the attributes of ``BertSelfAttention``, all checked to be there
+before the layer is patched.
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ def model_why_not(model: Any) -> str | None:
         return f"attention implementation {config._attn_implementation!r}"
     if config.is_decoder or config.add_cross_attention or getattr(config, "chunk_size_feed_forward", 0):
         return "a decoder, cross-attention or chunked feed-forward configuration"
+    if any(getattr(m, "gradient_checkpointing", False) for m in model.modules()):  # transformers' own test
+        # The backward's recomputation runs after the forward has ended, with the full layer.
+        return "gradient checkpointing is on"
     return _missing_internals(model)
 
 
