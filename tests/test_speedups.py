@@ -318,13 +318,3 @@ def test_apply_to_model_notes_every_lever_that_is_off_on_cuda() -> None:
     assert [n.split(" ")[0] for n in notes] == ["trainer.cls_only_last_layer", "trainer.sdpa_math_max_length",
                                                 "trainer.malloc_tuning"]
     assert all("measured on CPU only" in n for n in notes)
-
-
-def test_the_names_the_engine_imports_today_are_the_speedups_ones() -> None:
-    # Until the engine calls sftcli.speedups itself (then this test goes).
-    from sftcli import malloc as old_malloc
-    from sftcli import model as old_model
-
-    assert old_model.cls_only_possible is cls_only.model_why_not
-    assert old_model.enable_cls_only_last_layer is cls_only.apply
-    assert old_malloc.keep_large_blocks is malloc.keep_large_blocks

@@ -1,7 +1,7 @@
 """The builder: from the typed config to the objects the engine runs (data, model, objectives, optimizer).
 
 The order matters and is kept fixed: the seed first, data before the model (the model's init draws come
-after every data draw), the frozen encoder copied before any speed-up touches the model, the model wrapped
+after every data draw), the frozen encoder copied before any speed-up touches the model (sftcli/speedups/), the model wrapped
 for DDP before the objectives wrap their own modules, the optimizer last.
 """
 
@@ -15,20 +15,14 @@ from typing import Any
 import torch
 
 from sftcli import checkpoint as ckpt
-from sftcli import dist, malloc
+from sftcli import dist, speedups
 from sftcli.config import OptimConfig, TrainConfig
 from sftcli.data import Encoded, encode, load_data
 from sftcli.engine.batches import StepBatches
 from sftcli.engine.state import seed_everything
 from sftcli.errors import DataError
 from sftcli.evaluate import resolve_precision
-from sftcli.model import (
-    build_model,
-    cls_only_possible,
-    enable_cls_only_last_layer,
-    load_tokenizer,
-    tokenizer_fingerprint,
-)
+from sftcli.model import build_model, load_tokenizer, tokenizer_fingerprint
 from sftcli.objectives import Objective, build_objectives
 
 log = logging.getLogger("sft")
@@ -74,7 +68,8 @@ def build(engine: Any) -> None:
     engine.objectives = objectives = build_objectives(
         cfg, model, unlabeled, hidden, engine.pad_id, env, cache,
         teacher_key=(tok_fp, str(cfg.model.max_length), cfg.model.pooling, data.fingerprint()))
-    _speedups(model, tc)
+    for note in speedups.apply_to_model(model, tc, env.device, engine.precision):
+        log.debug("model: %s", note)
     model.to(env.device)
     engine.ddp_model = dist.wrap_model(env, model)
     for objective in objectives:
@@ -95,20 +90,6 @@ def build(engine: Any) -> None:
     engine.batches = StepBatches(cfg, data, labeled, unlabeled, tokenizer, engine.pad_id, env)
     if env.is_main:
         ckpt.clean_temporary(engine.ckpt_dir)
-
-
-def _speedups(model: torch.nn.Module, tc: Any) -> None:
-    if tc.cls_only_last_layer:
-        why = "torch.compile is on" if tc.compile else cls_only_possible(model)
-        if why is None:
-            enable_cls_only_last_layer(model)
-        else:
-            log.debug("model: trainer.cls_only_last_layer does not apply (%s); the last layer runs in full", why)
-
-
-def malloc_tuning(model: torch.nn.Module, tc: Any) -> None:
-    if tc.malloc_tuning:
-        malloc.keep_large_blocks(malloc.largest_parameter_bytes(model))
 
 
 def _period(objectives: list[Objective]) -> int | None:

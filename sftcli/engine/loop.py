@@ -7,7 +7,6 @@ made of lives in sftcli/objectives/, how the objects are built in build.py, chec
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -21,10 +20,10 @@ import numpy as np
 import torch
 
 from sftcli import checkpoint as ckpt
-from sftcli import cluster, dist, faults
+from sftcli import cluster, dist, faults, speedups
 from sftcli.config import TrainConfig
 from sftcli.engine import state
-from sftcli.engine.build import build, malloc_tuning
+from sftcli.engine.build import build
 from sftcli.engine.metrics import MetricWindow
 from sftcli.engine.progress import Progress
 from sftcli.errors import ConfigError, NonFiniteError, Preempted
@@ -72,53 +71,14 @@ class Engine:
     def train(self) -> dict[str, Any]:
         tc, env = self.tc, self.env
         self._install_signal_handlers()
-        window = MetricWindow(env)
         progress = Progress(tc.progress, tc.max_steps, self.step, enabled=env.is_main)
         self.model.train()  # from_pretrained returns a model in eval mode; evaluation switches back
-        malloc_tuning(self.model, tc)
         log.info("training: steps %d -> %d, strategy %s, objectives %s", self.step, tc.max_steps,
                  self.cfg.strategy.name if self.cfg.strategy else "none (supervised baseline)",
                  ", ".join(o.name for o in self.objectives))
         try:
-            while self.step < tc.max_steps:
-                faults.at_step_start(self.step + 1, env.rank)
-                t0 = time.perf_counter()
-                for objective in self.objectives:
-                    objective.before_step(self)  # e.g. self-training re-labels every N steps
-                kind = self.batches.kind(self.step)
-                loss, terms, ratios = self._step()
-                grad_norm = self._clip_gradients()
-                bad_local = ~torch.isfinite(loss)
-                if self.scaler is None:
-                    # fp16: overflowing gradients are the grad scaler's business (it skips the step and
-                    # lowers the scale); a non-finite loss still stops training.
-                    bad_local = bad_local | ~torch.isfinite(grad_norm)
-                # The step's one host sync: no update when any rank saw a non-finite value, and a stop
-                # signal on any rank stops all; one collective decides both.
-                bad, stop = dist.any_flag(env, bad_local, self.stop_requested > 0)
-                if bad:
-                    self._handle_nonfinite(terms, grad_norm)
-                else:
-                    self._optimizer_step()
-                window.lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                self._account(window, loss, terms, ratios, grad_norm)
-                window.end_step(time.perf_counter() - t0, self.batches.samples(kind), self.batches.tokens, bad)
-
-                last = self.step == tc.max_steps
-                if self.step % tc.log_every == 0 or last:
-                    progress.update(self.step, self._flush(window))
-                    window = MetricWindow(env)
-                improved = False
-                if (tc.eval_every and self.step % tc.eval_every == 0) or last:
-                    improved = self._validate()
-                if stop:
-                    state.save(self)
-                    raise Preempted(self._preempted_message())
-                if (tc.save_every and self.step % tc.save_every == 0) or last or improved:
-                    state.save(self)
+            with speedups.malloc_tuning(self.model, tc, env.device):
+                self._loop(progress)
             progress.close()
             return self.finish()
         finally:
@@ -126,12 +86,58 @@ class Engine:
             self._restore_signal_handlers()
             self.metrics.close()
 
+    def _loop(self, progress: Progress) -> None:
+        """Steps until trainer.max_steps: step, agree, update, log, evaluate, save."""
+        tc, env = self.tc, self.env
+        window = MetricWindow(env)
+        while self.step < tc.max_steps:
+            faults.at_step_start(self.step + 1, env.rank)
+            t0 = time.perf_counter()
+            for objective in self.objectives:
+                objective.before_step(self)  # e.g. self-training re-labels every N steps
+            kind = self.batches.kind(self.step)
+            loss, terms, ratios = self._step()
+            grad_norm = self._clip_gradients()
+            bad_local = ~torch.isfinite(loss)
+            if self.scaler is None:
+                # fp16: overflowing gradients are the grad scaler's business (it skips the step and
+                # lowers the scale); a non-finite loss still stops training.
+                bad_local = bad_local | ~torch.isfinite(grad_norm)
+            # The step's one host sync: no update when any rank saw a non-finite value, and a stop
+            # signal on any rank stops all; one collective decides both.
+            bad, stop = dist.any_flag(env, bad_local, self.stop_requested > 0)
+            if bad:
+                self._handle_nonfinite(terms, grad_norm)
+            else:
+                self._optimizer_step()
+            window.lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            self._account(window, loss, terms, ratios, grad_norm)
+            window.end_step(time.perf_counter() - t0, self.batches.samples(kind), self.batches.tokens, bad)
+
+            last = self.step == tc.max_steps
+            if self.step % tc.log_every == 0 or last:
+                progress.update(self.step, self._flush(window))
+                window = MetricWindow(env)
+            improved = False
+            if (tc.eval_every and self.step % tc.eval_every == 0) or last:
+                improved = self._validate()
+            if stop:
+                state.save(self)
+                raise Preempted(self._preempted_message())
+            if (tc.save_every and self.step % tc.save_every == 0) or last or improved:
+                state.save(self)
+
     def _step(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
         """One step's forward and backward: the batches, one forward over them, every objective's terms.
         Returns the local loss, its terms and the diagnostics (detached)."""
         batch = self.batches.next(self.step)
         wants_hidden = any(o.wants_hidden_states(batch) for o in self.objectives)
-        with autocast(self.env.device, self.precision), self._attention_backend(batch.inputs["input_ids"].shape[1]):
+        length = batch.inputs["input_ids"].shape[1]
+        with autocast(self.env.device, self.precision), \
+                speedups.attention_context(self.env.device, self.precision, length, self.tc):
             out = self.ddp_model(**batch.inputs, output_hidden_states=wants_hidden)
         view = StepView(batch, out)
         if batch.has_unlabeled and any(o.uses_weak_view for o in self.objectives):
@@ -168,14 +174,6 @@ class Engine:
                 return self.model(**{k: to_device(v, self.env.device) for k, v in rows.items()}).logits.float()
         finally:
             self.model.train()
-
-    def _attention_backend(self, length: int) -> Any:
-        """SDPA's math backend for short batches on CPU in bf16 (trainer.sdpa_math_max_length)."""
-        if self.env.device.type != "cpu" or self.precision != "bf16" or length > self.tc.sdpa_math_max_length:
-            return contextlib.nullcontext()
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        return sdpa_kernel(SDPBackend.MATH)
 
     def _clip_gradients(self) -> torch.Tensor:
         """Clip to optim.max_grad_norm; returns the total norm before clipping (on the device: no sync)."""
