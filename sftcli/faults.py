@@ -14,6 +14,7 @@ SFT_TEST_SAVE_PAUSE_MARKER=FILE    written with the point's name when that pause
 SFT_TEST_DISK_FULL_AT_SAVE=N       the checkpoint save of step N fails as on a full disk (ENOSPC)
 SFT_TEST_DISK_FREE=BYTES           report this much free space on the run's disk
 SFT_TEST_RECORD_IDS=FILE           rank 0 appends every consumed global batch's example ids (see record_batch)
+SFT_TEST_STEP_DELAY=SECONDS        sleep this long as each step starts (a test's signal then lands mid-run)
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class Hooks:
     disk_full_at_save: int | None = None
     disk_free: int | None = None
     record_ids: str | None = None
+    step_delay: float | None = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Hooks:
@@ -104,6 +106,7 @@ class Hooks:
             disk_full_at_save=None if disk_full is None else int(disk_full[0]),
             disk_free=None if disk_free is None else int(disk_free[0]),
             record_ids=environ.get("SFT_TEST_RECORD_IDS") or None,
+            step_delay=float(environ["SFT_TEST_STEP_DELAY"]) if environ.get("SFT_TEST_STEP_DELAY") else None,
         )
 
 
@@ -125,6 +128,8 @@ def install(new: Hooks) -> Hooks:
 def at_step_start(step: int, rank: int) -> None:
     """Called when step `step` (1-based) starts."""
     h = _hooks
+    if h.step_delay is not None:
+        time.sleep(h.step_delay)
     if h.signal_at_step is not None and h.signal_at_step.matches(step, rank):
         os.kill(os.getpid(), signal.SIGTERM)
     if h.kill_at_step is not None and h.kill_at_step.matches(step, rank):

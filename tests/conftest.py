@@ -51,3 +51,30 @@ def run_dirs(root: Path) -> list[Path]:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def cli_env(cache_dir: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment the sft fixture runs the CLI with, for tests that start it themselves (Popen)."""
+    full = {"OMP_NUM_THREADS": "1", **os.environ, "SFT_CACHE_DIR": str(cache_dir), "PYTHONUNBUFFERED": "1",
+            "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    full.pop("SFT_DEBUG", None)
+    return full
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    """Poll until predicate() holds; fail naming `what` (and early when `proc` has already exited)."""
+    import time
+
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline or (proc is not None and proc.poll() is not None):
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import TINY, read_jsonl, run_dirs
+from conftest import TINY, cli_env, read_jsonl, run_dirs, wait_for
 from safetensors.torch import load_file
 
 from sftcli import checkpoint as ckpt
@@ -133,9 +134,21 @@ def test_a_killed_rank_ends_the_job_quickly_with_the_checkpoint_intact(sft, tmp_
     assert ckpt.newest_valid(run / "checkpoints").name == "step-000002"
 
 
-def test_two_rank_signal_and_exact_resume(sft, tmp_path) -> None:
-    args = [*TINY, "+strategy=mix", "lambda=0.5", "trainer.nproc=2", "trainer.max_steps=6"]
-    sft("train", *args, "run_name=ref", check=True, timeout=300)
+# The runs that a signal interrupts and that resume=auto then finishes, on 2 processes.
+TWO_RANKS = [*TINY, "+strategy=mix", "lambda=0.5", "trainer.nproc=2", "trainer.max_steps=6"]
+
+
+@pytest.fixture(scope="module")
+def two_rank_reference(tmp_path_factory, cache_dir) -> Path:
+    """The uninterrupted 2-process run of TWO_RANKS."""
+    root = tmp_path_factory.mktemp("two-ranks")
+    subprocess.run([sys.executable, "-m", "sftcli", "train", *TWO_RANKS, "run_name=ref"], cwd=root,
+                   env=cli_env(cache_dir), check=True, capture_output=True, timeout=300)
+    return root / "runs" / "ref"
+
+
+def test_two_rank_signal_and_exact_resume(sft, tmp_path, two_rank_reference) -> None:
+    args = TWO_RANKS
     # SIGTERM to rank 1 only: every rank stops after the same step, with one checkpoint.
     first = sft("train", *args, "run_name=r", env={"SFT_TEST_SIGNAL_AT_STEP": "3:1"}, timeout=300)
     assert first.returncode == 75, first.stderr[-2000:]
@@ -144,7 +157,7 @@ def test_two_rank_signal_and_exact_resume(sft, tmp_path) -> None:
     second = sft("train", *args, "run_name=r", "resume=auto", timeout=300)
     assert second.returncode == 0, second.stderr[-2000:]
     a = load_file(run / "checkpoints" / "step-000006" / "model.safetensors")
-    b = load_file(tmp_path / "runs" / "ref" / "checkpoints" / "step-000006" / "model.safetensors")
+    b = load_file(two_rank_reference / "checkpoints" / "step-000006" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -159,3 +172,38 @@ def test_missing_per_rank_state_is_an_error(sft, tmp_path) -> None:
     proc = sft("train", *args, "trainer.max_steps=6", f"resume={target}", "run_name=m2", timeout=300)
     assert proc.returncode == 2
     assert "rng_state_rank1.pt" in proc.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_parent_of_two_workers_ends_like_one_process(sft, tmp_path, cache_dir, two_rank_reference,
+                                                                      sig) -> None:
+    # The signal goes to the process the user started (as kill, timeout or a scheduler send it), not
+    # to a worker: it stops both workers after the same step, with one checkpoint, exit 75, one message.
+    proc = subprocess.Popen([sys.executable, "-m", "sftcli", "train", *TWO_RANKS, "run_name=r"], cwd=tmp_path,
+                            env=cli_env(cache_dir, {"SFT_TEST_STEP_DELAY": "0.3"}), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "runs" / "r"
+    wait_for(lambda: (run / "checkpoints" / "step-000002").is_dir(), 120, "the first checkpoint", proc)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 75, stderr[-3000:]
+    assert "Traceback" not in stderr
+    messages = [line for line in stderr.splitlines() if line.startswith("sft:")]
+    assert len(messages) == 1 and "stopped by a signal at step" in messages[0], messages
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "preempted" and summary["exit_code"] == 75
+    stopped = ckpt.newest_valid(run / "checkpoints")
+    assert stopped is not None and f"at step {int(stopped.name.split('-')[1])};" in messages[0]
+    assert ckpt.verify(stopped) and stopped.name < "step-000006"  # stopped mid-run
+    if sig == signal.SIGINT:
+        return  # the resume below is the same for either signal
+    again = sft("train", *TWO_RANKS, "run_name=r", "resume=auto", timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    a = load_file(run / "checkpoints" / "step-000006" / "model.safetensors")
+    b = load_file(two_rank_reference / "checkpoints" / "step-000006" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    final = [(e["step"], e["train/loss"]) for e in read_jsonl(run / "metrics.jsonl") if "train/loss" in e]
+    ref = [(e["step"], e["train/loss"]) for e in read_jsonl(two_rank_reference / "metrics.jsonl") if "train/loss" in e]
+    assert final == ref
+    assert json.loads((run / "summary.json").read_text())["test/accuracy"] == \
+        json.loads((two_rank_reference / "summary.json").read_text())["test/accuracy"]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from sftcli import checkpoint as ckpt
-from sftcli import dist, faults
+from sftcli import cluster, dist, faults
 from sftcli.config import TrainConfig
 from sftcli.engine import state
 from sftcli.engine.build import build, malloc_tuning
@@ -342,13 +342,15 @@ class Engine:
             self.stop_requested += 1
             name = signal.Signals(signum).name
             if self.stop_requested == 1:
+                cluster.note_stop_signal(signum)
                 log.warning("received %s: finishing step %d, saving a checkpoint, then exiting", name, self.step + 1)
             else:
                 log.warning("received %s again: already stopping (the checkpoint save is not interrupted)", name)
 
         if threading.current_thread() is not threading.main_thread():
             return
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # SIGTERM and SIGINT, and in a submitit job submitit's own preemption signal (sftcli/cluster.py).
+        for sig in cluster.stop_signals():
             self._old_handlers[sig] = signal.signal(sig, handler)
 
     def _restore_signal_handlers(self) -> None:
