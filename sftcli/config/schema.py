@@ -10,7 +10,7 @@ float and a number given to a text key is taken as text (YAML reads run_name=123
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
@@ -18,7 +18,8 @@ from pydantic_core import PydanticCustomError
 
 
 def _number_as_text(value: Any) -> Any:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    # A number is text as typed; so is a path given by code that builds a config (scripts, tests).
+    if isinstance(value, (int, float, PurePath)) and not isinstance(value, bool):
         return str(value)
     return value
 
