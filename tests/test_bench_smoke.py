@@ -54,8 +54,9 @@ def test_bench_quick(tmp_path: Path) -> None:
 
 def test_bench_refuses_an_unknown_arm_before_running(tmp_path: Path) -> None:
     for arms, words in (("sft_bf16,sft_bf17", "unknown arm 'sft_bf17'"),
-                        ("hf_bf16-cpu_dropout", "-LEVER applies to sft arms"),
-                        ("sft_bf16-no_such_lever", "LEVER one of cls_only_last_layer")):
+                        ("hf_bf16-cls_only_last_layer", "-LEVER applies to sft arms"),
+                        ("sft_bf16-no_such_lever", "LEVER one of cls_only_last_layer"),
+                        ("sft_bf16-cpu_dropout", "LEVER one of cls_only_last_layer")):
         proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--arms", arms], cwd=tmp_path,
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2, proc.stderr

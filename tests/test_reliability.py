@@ -262,6 +262,10 @@ def test_a_nonfinite_validation_metric_is_never_the_best() -> None:
     # A renamed key names its new name, from the command line and from a config added to the tree.
     ("loss.consistency_mask_prob=0.1", "renamed to 'loss.unlabeled_mask_prob'"),
     ("+loss.consistency_mask_prob=0.1", "renamed to 'loss.unlabeled_mask_prob'"),
+    # A removed key says so and why, in either form.
+    ("trainer.embedding_grad_rows=false", "trainer.embedding_grad_rows: removed: measured below 3% (README Benchmark)"),
+    ("+trainer.cpu_dropout=torch", "trainer.cpu_dropout: removed: measured below 3% (README Benchmark)"),
+    ("optim.fused_clipping=false", "optim.fused_clipping: removed: measured below 3% (README Benchmark)"),
     # The recipe already picks the strategy.
     ("+recipe=self_training +strategy=alternate", "strategy=OPTION, without the +"),
     # A group that is added with a + (strategy, recipe) and was not: the + is named, not a spelling guess.
@@ -276,6 +280,17 @@ def test_config_mistakes_exit_2_naming_the_key(sft, tmp_path, override, key) -> 
     assert key in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.rglob("metrics.jsonl"))  # nothing was trained
     assert not (tmp_path.parent / "escape").exists()
+
+
+def test_a_saved_config_holding_a_removed_key_still_loads() -> None:
+    # A checkpoint's config from before the removal (sft eval reads it): the key no longer changes anything.
+    from sftcli.config import REMOVED_KEYS, TrainConfig, from_plain, to_plain
+
+    saved = to_plain(TrainConfig())
+    for key in REMOVED_KEYS:
+        section, _, name = key.partition(".")
+        saved[section][name] = True
+    assert from_plain(saved) == TrainConfig()
 
 
 def test_all_config_mistakes_reported_at_once(sft) -> None:

@@ -22,12 +22,20 @@ _ALIAS_OF = {path: alias for alias, path in ALIASES.items()}
 # Keys that were renamed: a config or command line still using the old name is told the new one
 # instead of a spelling guess.
 RENAMED_KEYS = {"loss.consistency_mask_prob": "loss.unlabeled_mask_prob"}
+# Keys that were removed, and why: a config or command line still setting one is told so. A saved config
+# (a checkpoint's, read by from_plain) that holds one still loads: the key no longer changes anything.
+_BELOW_3_PERCENT = "measured below 3% (README Benchmark)"
+REMOVED_KEYS = {"trainer.embedding_grad_rows": _BELOW_3_PERCENT, "trainer.cpu_dropout": _BELOW_3_PERCENT,
+                "optim.fused_clipping": _BELOW_3_PERCENT}
 
 _MISSING = "???"  # Hydra's mark of a key without a value
 
 
 def unknown_key_message(key: str, guess: str | None) -> str:
-    """The error text for an unknown key: its new name when it was renamed, else the closest known key."""
+    """The error text for an unknown key: why it was removed, its new name when it was renamed, else the
+    closest known key."""
+    if key in REMOVED_KEYS:
+        return f"removed: {REMOVED_KEYS[key]}"
     if key in RENAMED_KEYS:
         return f"unknown key (renamed to {RENAMED_KEYS[key]!r})"
     return f"unknown key (did you mean {guess!r}?)" if guess else "unknown key"
@@ -199,4 +207,9 @@ def to_plain(obj: BaseModel) -> dict[str, Any]:
 
 def from_plain(data: dict[str, Any]) -> TrainConfig:
     """Rebuild a TrainConfig from :func:`to_plain` output (worker processes, checkpoints)."""
+    data = {**data}
+    for key in REMOVED_KEYS:
+        section, _, name = key.partition(".")
+        if isinstance(data.get(section), dict) and name in data[section]:
+            data[section] = {k: v for k, v in data[section].items() if k != name}
     return validate(TrainConfig, data, "saved", saved=True)

@@ -204,8 +204,6 @@ class OptimConfig(Group):
     max_grad_norm: float | None = key(1.0, "clip the global gradient norm; null = no clipping", gt=0)
     fused: bool = key(True, "fused AdamW kernel where torch has one (CPU, CUDA): several times faster than the "
                             "per-tensor loop")
-    fused_clipping: bool = key(True, "with the fused kernel: clip by handing it the clipping factor (one sweep "
-                                     "over the gradients less than clip_grad_norm_)")
 
 
 class TrainerConfig(Group):
@@ -238,19 +236,16 @@ class TrainerConfig(Group):
     dist_timeout_s: int = key(60, "seconds a rank waits for the others before the job fails", ge=1)
     tensorboard: bool = key(False, "also write TensorBoard event files in the run dir (needs the tensorboard "
                                    "package)")
-    malloc_tuning: bool = key(True, "glibc: keep large tensors (the embedding gradient, rebuilt every step) in "
-                                    "the heap, not fresh mmaps")
+    # The speed-ups (malloc_tuning, sdpa_math_max_length, cls_only_last_layer) are off on CUDA, where they
+    # were never measured.
+    malloc_tuning: bool = key(True, "glibc, CPU: keep large tensors (the embedding gradient, rebuilt every step) "
+                                    "in the heap, not fresh mmaps, while training")
     compile: bool = key(False, "torch.compile the training forward (no gain measured on CPU; minutes of "
-                               "compiling first)")
+                               "compiling first; cls_only_last_layer is off with it)")
     sdpa_math_max_length: int = key(128, "CPU + bf16: batches up to this many tokens per text train attention on "
                                          "SDPA's math backend; 0 = never", ge=0, note="0 = never")
-    cls_only_last_layer: bool = key(True, "BERT with head_pooling=pooler: the last layer runs for the first token "
+    cls_only_last_layer: bool = key(True, "CPU, BERT with head_pooling=pooler: the last layer runs for the first token "
                                           "only when no hidden states are asked for")
-    embedding_grad_rows: bool = key(True, "keep the word embedding's gradient in one buffer: the gradient norm "
-                                          "reads, and the next step clears, only the rows the step wrote")
-    cpu_dropout: Literal["int_mask", "torch"] = key(
-        "int_mask", "on CPU: int_mask (dropout masks from 32-bit random integers, one multiply) | torch "
-                    "(nn.Dropout as is)")
 
     @model_validator(mode="after")
     def _check(self) -> TrainerConfig:
