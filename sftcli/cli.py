@@ -22,7 +22,11 @@ HYDRA_COMMANDS = ("train", "eval")
 
 
 def config_dir() -> Path:
-    """The Hydra config directory: the installed package data, or the repository's configs/."""
+    """The Hydra config directory: the installed package data, or the repository's configs/. Its files
+    compose on the schema's base configs, which this registers with Hydra first."""
+    from sftcli.config import register
+
+    register()
     here = Path(__file__).resolve().parent
     for candidate in (here / "configs", here.parent / "configs"):
         if (candidate / "train.yaml").is_file():
@@ -338,9 +342,9 @@ def _added_group_message(command: str, key: str, overrides: list[str]) -> str | 
         return f"{key}={value}: no {group} is chosen; {group} options are added with a '+': write +{group}={value}"
     if not sub:
         return f"{key}={value}: {group} options are added with a '+': +{group}=OPTION (options: {', '.join(options)})"
-    from omegaconf import OmegaConf
+    from sftcli.config.store import group_keys
 
-    if any(sub in (OmegaConf.load(config_dir() / group / f"{o}.yaml").get(group) or {}) for o in options):
+    if sub in group_keys(command, group):
         return (f"{key}: no {group} is chosen, so it has no {sub!r}; add one first with +{group}=OPTION "
                 f"(options: {', '.join(options)})")
     return None
@@ -349,6 +353,8 @@ def _added_group_message(command: str, key: str, overrides: list[str]) -> str | 
 def _closest_key(command: str, key: str) -> str | None:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
+
+    from sftcli.config.store import group_keys
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name=command):
         base = OmegaConf.to_container(compose(config_name=command), resolve=False)
@@ -362,7 +368,7 @@ def _closest_key(command: str, key: str) -> str | None:
                 out.extend(flat(v, full + "."))
         return out
 
-    keys = flat(base) + [f"strategy.{k}" for k in ("name", "labeled_steps")]
+    keys = flat(base) + [f"strategy.{k}" for k in group_keys(command, "strategy")]
     hint = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
     return hint[0] if hint else None
 

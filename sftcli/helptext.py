@@ -1,9 +1,9 @@
 """`sft COMMAND --help`: every command's keys with their one-line meanings, from the single sources.
 
-For `sft train` and `sft eval` the source is the YAML config tree: every key there carries a one-line
-comment (DESIGN 7.2), and this module reads those comments next to the values Hydra composes for the
-command line given. For `sft predict` it is the typed definition in sftcli/config.py (defaults and
-meanings in one place). Nothing here imports torch or transformers, so help answers at once.
+A key's meaning is its `description` in the typed schema (sftcli/config/schema.py), for every command;
+`sft train` and `sft eval` show it next to the value Hydra composes for the command line given. The YAML
+files' opening comments describe the group options. Nothing here imports torch or transformers, so help
+answers at once.
 """
 
 from __future__ import annotations
@@ -122,24 +122,14 @@ def _option_docs() -> dict[str, dict[str, YamlDoc]]:
             for group, options in config_groups().items()}
 
 
-def key_comments(command: str, choices: dict[str, Any]) -> dict[str, str]:
-    """{dotted key: comment} for a command with the chosen group options. A key's comment is taken from
-    the file that defines it (the primary config, then the chosen option of its group, then the group's
-    other options); files that set keys of other groups (`@package _global_`: strategy, recipe) come last,
-    so a recipe's note on why it picks a value does not replace the key's own meaning."""
-    chosen, others, chosen_global, others_global = [], [], [], []
-    for group, options in _option_docs().items():
-        for option, doc in options.items():
-            is_global = doc.package == "_global_"
-            picked = option == choices.get(group)
-            bucket = (chosen_global if picked else others_global) if is_global else (chosen if picked else others)
-            bucket.append(("" if is_global else f"{group}.", doc))
-    ranked = [("", read_yaml_doc(config_dir() / f"{command}.yaml")), *chosen, *others, *chosen_global, *others_global]
-    out: dict[str, str] = {}
-    for prefix, doc in ranked:
-        for key, comment in doc.comments.items():
-            out.setdefault(prefix + key, comment)
-    return out
+def key_comments(command: str, choices: dict[str, Any] | None = None) -> dict[str, str]:
+    """{dotted key: one-line meaning} of a Hydra command's keys, from the schema. `choices` (the command
+    line's group options) change nothing: a key means the same whichever option sets its value, and a
+    preset's own comment on why it picks a value (a recipe's) stays in its file."""
+    from sftcli.config.schema import COMMAND_SCHEMAS
+    from sftcli.config.store import key_descriptions
+
+    return key_descriptions(COMMAND_SCHEMAS[command])
 
 
 def compose(command: str, overrides: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -216,7 +206,8 @@ def hydra_command_help(command: str, overrides: list[str]) -> str:
 
 def predict_help() -> str:
     """The help page of `sft predict`, from PredictConfig's fields (their defaults and meanings)."""
-    from sftcli.config import PredictConfig, field_help, type_text
+    from sftcli.config import PredictConfig, type_text
+    from sftcli.config.store import field_help
 
     fields = field_help(PredictConfig)
     required = [f for f in fields if f[4]]

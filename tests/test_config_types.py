@@ -1,19 +1,19 @@
 """A value of the wrong type on any key of the train schema: exit 2 naming the key, never a traceback.
 
-The keys come from the dataclasses in sftcli/config.py, so a key added there is covered here without
+The keys come from the pydantic models in sftcli/config/schema.py, so a key added there is covered here without
 editing this file. Each case goes through parse_train, the function `sft train` validates with; a few
 go through the real CLI as well.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import types
 import typing
 from typing import Any, Literal, Union
 
 import pytest
 from conftest import TINY
+from pydantic import BaseModel
 
 from sftcli.config import TrainConfig, parse_train
 from sftcli.errors import EXIT_USER_ERROR, ConfigError
@@ -22,14 +22,17 @@ from sftcli.errors import EXIT_USER_ERROR, ConfigError
 def schema_keys(cls: type, prefix: str = "") -> list[tuple[str, Any]]:
     """(dotted key, annotation) of every field, groups included, recursively."""
     out = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp, key = hints[f.name], prefix + f.name
+    for name, info in cls.model_fields.items():
+        tp, key = info.annotation, prefix + name
         out.append((key, tp))
         inner = _without_none(tp)
-        if dataclasses.is_dataclass(inner):
+        if _is_group(inner):
             out += schema_keys(inner, key + ".")
     return out
+
+
+def _is_group(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
 
 
 def _without_none(tp: Any) -> Any:
@@ -43,9 +46,11 @@ def wrong_value(tp: Any) -> Any:
     """A value the annotation does not admit: text for numbers and flags, a number for a choice, a list
     for text (numbers are valid text: run_name=123), a plain value for a group of keys."""
     tp = _without_none(tp)
+    if hasattr(tp, "__metadata__"):  # Annotated[str, ...] (numbers are taken as text)
+        tp = tp.__origin__
     if typing.get_origin(tp) is Literal:
         return 123
-    if dataclasses.is_dataclass(tp):
+    if _is_group(tp):
         return 5
     if tp is str:
         return ["a", "b"]

@@ -1,7 +1,7 @@
 """The training terms, one module each, and the recipe that turns a config into a weighted list of them.
 
 Adding a method: a module here with an :class:`~sftcli.objectives.base.Objective`, its keys in
-sftcli/config.py (and the YAML group that documents them), one line in :func:`build_objectives`, and a
+sftcli/config/schema.py (each with its default and one-line meaning), one line in :func:`build_objectives`, and a
 test. The engine needs no change.
 """
 

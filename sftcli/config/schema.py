@@ -1,0 +1,387 @@
+"""Every config key of sft, its type, its default and its one-line meaning: defined once, here.
+
+Hydra's base config of each group is generated from these models (sftcli/config/store.py), the YAML
+files under configs/ hold presets only, `sft COMMAND --help` reads the meanings from `description`,
+and pydantic validates a composed config against them (sftcli/config/parse.py).
+
+Types are strict (a string for an int is an error, not a conversion), except that an int widens to a
+float and a number given to a text key is taken as text (YAML reads run_name=123 as a number).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePath
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic_core import PydanticCustomError
+
+
+def _number_as_text(value: Any) -> Any:
+    # A number is text as typed; so is a path given by code that builds a config (scripts, tests).
+    if isinstance(value, (int, float, PurePath)) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Text = Annotated[str, BeforeValidator(_number_as_text)]
+
+
+def key(default: Any, meaning: str, *, note: str | None = None, **limits: Any) -> Any:
+    """A config key: its default, its one-line meaning and its limits (ge=, gt=, le=, lt=). `note` is
+    added to a limit's error message (what the boundary value means: "0 = never")."""
+    return Field(default, description=meaning, json_schema_extra={"note": note} if note else None, **limits)
+
+
+def required(meaning: str) -> Any:
+    """A key without a usable default: the command line must give it."""
+    return Field(description=meaning)
+
+
+def group(cls: type, meaning: str) -> Any:
+    return Field(default_factory=cls, description=meaning)
+
+
+class Checks:
+    """Problems found by a model's cross-field checks, raised together as one pydantic error whose
+    context lists (dotted key, message) pairs; sftcli/config/parse.py turns them into lines."""
+
+    def __init__(self) -> None:
+        self.problems: list[tuple[str, str]] = []
+
+    def require(self, ok: bool, key: str, message: str) -> None:
+        if not ok:
+            self.problems.append((key, message))
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            raise PydanticCustomError("sft_checks", "{problems}", {"problems": self.problems})
+
+
+class Group(BaseModel):
+    # Mutable (code sets cfg.trainer.malloc_tuning = False after a check), unknown keys refused.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=False)
+
+
+def _saved(info: ValidationInfo) -> bool:
+    """A config read back from a run (checkpoint, worker): its command line was checked when it ran, and
+    what lies outside the config (the resume path) may have changed since."""
+    return bool(info.context and info.context.get("saved"))
+
+
+class ModelConfig(Group):
+    source: Literal["minilm", "hf", "tiny"] = key(
+        "minilm", "where weights come from: minilm (embedded) | hf (hub id or local dir) | tiny (random)")
+    name_or_path: Text | None = key(
+        None, "hub id (e.g. bert-base-uncased) or a local directory with config + weights + tokenizer (model=hf)")
+    revision: Text | None = key(None, "hub revision (branch, tag or commit); null = the default branch")
+    trust_remote_code: bool = key(False, "allow custom modelling code from the model repo; off unless you trust it")
+    pooling: Literal["mean", "cls"] = key("mean", "representation for the contrastive term: mean (over non-pad "
+                                                  "tokens) | cls")
+    head_pooling: Literal["pooler", "mean"] = key(
+        "pooler", "what the classifier reads: pooler (the model's own: BERT = CLS + dense + tanh) | mean")
+    max_length: int = key(128, "tokens per text", ge=8)
+    dropout: float | None = key(None, "set every dropout probability of the encoder; null keeps the model's own",
+                                ge=0, lt=1)
+    tiny_hidden_size: int = key(32, "width of the tiny BERT (model=tiny)", ge=1)
+    tiny_layers: int = key(2, "transformer layers of the tiny BERT", ge=1)
+    tiny_heads: int = key(2, "attention heads of the tiny BERT", ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        checks = Checks()
+        if self.source == "hf":
+            checks.require(bool(self.name_or_path), "name_or_path", "is required with model=hf")
+        if self.source == "tiny":
+            checks.require(self.tiny_hidden_size % self.tiny_heads == 0, "tiny_hidden_size",
+                           "must be divisible by tiny_heads")
+        checks.raise_if_any()
+        return self
+
+
+_LABELS_PER_CLASS = ("K labeled examples per class from train (seeded); the rest of train is unlabeled; "
+                     "null = all")
+
+
+class DataConfig(Group):
+    source: Literal["trec6", "files", "hub"] = key(
+        "trec6", "trec6 (the embedded TREC-6 questions) | files (local files) | hub (datasets.load_dataset)")
+    train: Text | None = key(None, "labeled training file (required with data=files)")
+    validation: Text | None = key(None, "labeled validation file; null = carve validation_fraction of train "
+                                        "(seeded, stratified)")
+    test: Text | None = key(None, "labeled test file; null = no test metrics")
+    unlabeled: Text | None = key(None, "unlabeled texts (any format above, or .txt one per line); null = rest of "
+                                       "train when labels_per_class is set")
+    name: Text | None = key(None, "hub id or local path of the dataset (required with data=hub)")
+    config: Text | None = key(None, "dataset configuration name (data=hub)")
+    train_split: Text = key("train", "split used for training (data=hub)")
+    validation_split: Text | None = key(None, "split for model selection; null = carve validation_fraction of "
+                                              "train (data=hub)")
+    test_split: Text | None = key("test", "split for test metrics; null = none (the default 'test' may be absent: "
+                                          "metrics skipped)")
+    unlabeled_split: Text | None = key(None, "split of unlabeled texts; null = rest of train when labels_per_class "
+                                             "is set (data=hub)")
+    text_column: Text = key("text", "column that holds the text")
+    text_pair_column: Text | None = key(None, "optional second text column (sentence pairs)")
+    label_column: Text = key("label", "column that holds the label (strings or integers; a ClassLabel keeps its "
+                                      "class names)")
+    labels_per_class: int | None = key(16, _LABELS_PER_CLASS, ge=1)
+    max_unlabeled: int | None = key(None, "cap on the unlabeled stream (seeded sample); null = all of it", ge=1)
+    validation_fraction: float = key(0.1, "share of each class carved from train when there is no validation "
+                                          "split", gt=0, lt=1)
+    length_grouping: bool = key(False, "batch texts of similar length together (less padding, faster); "
+                                       "shuffled per epoch")
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        checks = Checks()
+        if self.source == "hub":
+            checks.require(bool(self.name), "name", "is required with data=hub")
+        checks.raise_if_any()
+        return self
+
+
+class StrategyConfig(Group):
+    # No default: the option (+strategy=mix, +strategy=alternate) names it.
+    name: Literal["alternate", "mix"] = required(
+        "one forward over labeled + unlabeled texts per optimizer step (mix) | labeled and unlabeled steps "
+        "in turn (alternate)")
+    labeled_steps: int = key(1, "with alternate: labeled steps before each unlabeled step (the ratio)", ge=1)
+
+
+class LossConfig(Group):
+    weight: float | None = key(None, "lambda: weight of L_con in L = L_sup + lambda * L_con; set by "
+                                     "+strategy=..., an error without a strategy", ge=0)
+    tau: float | None = key(None, "InfoNCE temperature of the cosine similarities; set by +strategy=..., an error "
+                                  "without a strategy", gt=0)
+    negatives: Literal["finetuned", "pretrained", "none"] = key(
+        "finetuned", "other texts' fine-tuned reps (finetuned), their frozen reps (pretrained), or none "
+                     "(stay-close: (1 - cos(q, p)) / tau)")
+    teacher_cache: bool = key(True, "compute the frozen encoder's reps of the unlabeled set once (disk cache) "
+                                    "instead of every step")
+    projection: Literal["none", "mlp"] = key(
+        "none", "none (the term reads the pooled states) | mlp (a residual MLP head between them and the term, "
+                "identity at the start)")
+    mask_same_class: bool = key(False, "drop negatives that the classifier assigns to the query's class")
+    rampup_steps: int = key(0, "ramp lambda linearly from 0 over this many steps (0 = full weight from the start)",
+                            ge=0)
+    consistency_weight: float = key(0.0, "weight of a pseudo-label term on unlabeled texts: confident no-dropout "
+                                         "predictions as targets for the dropout view", ge=0)
+    consistency_threshold: float = key(0.9, "minimum confidence of a pseudo-label", ge=0, lt=1)
+    self_training_weight: float = key(0.0, "weight of self-training: cross-entropy of unlabeled texts against "
+                                           "pseudo-labels of the classifier", ge=0)
+    self_training_every: int = key(50, "re-label the whole unlabeled set with the current classifier every N "
+                                       "steps (first at step N)", ge=1)
+    self_training_top: float = key(0.5, "keep this share of the texts as pseudo-labels, most confident first (of "
+                                        "each predicted class, or overall: see select)", gt=0, le=1)
+    self_training_student: Literal["continue", "fresh"] = key(
+        "continue", "continue (the labeling model keeps training) | fresh (each re-label restarts from the initial "
+                    "weights, optimizer and lr schedule: teacher -> student rounds)")
+    self_training_select: Literal["per_class", "global"] = key(
+        "per_class", "per_class (top share of each predicted class) | global (top share of all texts, whatever "
+                     "their class)")
+    self_training_top_step: float = key(0.0, "curriculum: each later re-label keeps this much more (top, top + "
+                                             "step, ...; at most 1)", ge=0, le=1)
+    self_training_targets: Literal["hard", "soft"] = key(
+        "hard", "hard (the predicted class) | soft (the labeling model's probabilities: distillation) for the "
+                "kept texts")
+    self_training_ensemble: bool = key(False, "label with the mean probabilities of every labeling model so far "
+                                              "(this re-label's and the earlier ones')")
+    unlabeled_mask_prob: float = key(0.0, "input noise: replace each token of the unlabeled texts by [MASK] with "
+                                          "this probability in the training forward", ge=0, lt=1)
+    supcon_weight: float = key(0.0, "weight of a supervised contrastive term on the labeled texts (same class = "
+                                    "positives; needs no strategy)", ge=0)
+    supcon_tau: float = key(0.1, "temperature of that term's cosine similarities", gt=0)
+
+
+class OptimConfig(Group):
+    lr: float = key(1e-4, "peak learning rate (AdamW, linear warmup then linear decay to 0 at max_steps)", gt=0)
+    weight_decay: float = key(0.01, "decoupled weight decay (not applied to biases and LayerNorm weights)", ge=0)
+    warmup_ratio: float = key(0.1, "fraction of max_steps spent warming up linearly from 0", ge=0, le=1)
+    beta1: float = key(0.9, "AdamW beta1", ge=0, lt=1)
+    beta2: float = key(0.999, "AdamW beta2", ge=0, lt=1)
+    eps: float = key(1e-8, "AdamW epsilon", gt=0)
+    max_grad_norm: float | None = key(1.0, "clip the global gradient norm; null = no clipping", gt=0)
+    fused: bool = key(True, "fused AdamW kernel where torch has one (CPU, CUDA): several times faster than the "
+                            "per-tensor loop")
+
+
+class TrainerConfig(Group):
+    max_steps: int = key(150, "optimizer steps", ge=1)
+    batch_size: int = key(16, "labeled texts per step, GLOBAL (split across processes)", ge=1)
+    unlabeled_batch_size: int = key(32, "unlabeled texts per step, GLOBAL (split across processes)", ge=1)
+    eval_batch_size: int = key(128, "texts per evaluation batch (per process)", ge=1)
+    eval_every: int = key(50, "evaluate on validation every N steps (and at the end); 0 = only at the end",
+                          ge=0, note="0 = only at the end")
+    save_every: int = key(50, "checkpoint every N steps (and at the end, and on a new best); 0 = only those",
+                          ge=0, note="0 = only at the end")
+    keep_last: int = key(1, "newest checkpoints kept (the best and the one resumed from are always kept)", ge=1)
+    keep_train_state: int = key(1, "newest checkpoints that keep their training state (optimizer, data "
+                                   "positions, RNG) for exact resume; older ones keep weights only", ge=1)
+    save_only_model: bool = key(False, "checkpoints hold weights, tokenizer and config only (the run cannot be "
+                                       "resumed); only the best is kept")
+    log_every: int = key(10, "write train/* and perf/* metrics every N steps", ge=1)
+    select_metric: Text = key("val/accuracy", "validation metric that picks the best checkpoint (higher is "
+                                              "better)")
+    nproc: int = key(1, "worker processes on this node (torch.distributed); external torchrun also works", ge=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = key(
+        "auto", "auto (bf16 where the device computes it natively, else fp32) | fp32 | bf16 (autocast) | fp16 "
+                "(CUDA only)")
+    device: Literal["auto", "cpu", "cuda"] = key("auto", "auto (cuda when available) | cpu | cuda")
+    nonfinite: Literal["stop", "skip"] = key(
+        "stop", "non-finite loss or gradient: stop (before the update) | skip (the step, on all ranks)")
+    max_nonfinite_skips: int = key(10, "with nonfinite=skip: abort after this many skipped steps", ge=1)
+    progress: Literal["auto", "bar", "plain", "none"] = key(
+        "auto", "auto (bar on a terminal, plain lines otherwise) | bar | plain | none")
+    dist_timeout_s: int = key(60, "seconds a rank waits for the others before the job fails", ge=1)
+    tensorboard: bool = key(False, "also write TensorBoard event files in the run dir (needs the tensorboard "
+                                   "package)")
+    # The speed-ups (malloc_tuning, sdpa_math_max_length, cls_only_last_layer) are off on CUDA, where they
+    # were never measured.
+    malloc_tuning: bool = key(True, "glibc, CPU: keep large tensors (the embedding gradient, rebuilt every step) "
+                                    "in the heap, not fresh mmaps, while training")
+    compile: bool = key(False, "torch.compile the training forward (no gain measured on CPU; minutes of "
+                               "compiling first; cls_only_last_layer is off with it)")
+    sdpa_math_max_length: int = key(128, "CPU + bf16: batches up to this many tokens per text train attention on "
+                                         "SDPA's math backend; 0 = never", ge=0, note="0 = never")
+    cls_only_last_layer: bool = key(True, "CPU, BERT with head_pooling=pooler: the last layer runs for the first token "
+                                          "only when no hidden states are asked for")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainerConfig:
+        checks = Checks()
+        checks.require(self.select_metric.startswith("val/"), "select_metric",
+                       "must be a validation metric such as val/accuracy or val/macro_f1")
+        checks.raise_if_any()
+        return self
+
+
+# Keys typed at the top level of `sft train` (lambda=0.5; `lambda` is a Python keyword) and the field
+# that holds each: configs/loss/infonce.yaml maps them once (weight: ${lambda}), code reads the field.
+ALIASES = {"lambda": "loss.weight", "tau": "loss.tau"}
+
+
+def check_run_name(checks: Checks, name: str) -> None:
+    # A run name becomes a directory under run_root; it must not climb out of it.
+    bad = "/" in name or "\\" in name or name in ("", ".", "..") or name.startswith("~")
+    checks.require(not bad, "run_name", f"{name!r} must be a plain directory name (no '/', '..' or '~')")
+
+
+class TrainConfig(Group):
+    """The whole `sft train` config. `lambda`/`tau` live in :attr:`loss` (weight/tau), see ALIASES."""
+
+    model: ModelConfig = group(ModelConfig, "the encoder (model=minilm | hf | tiny)")
+    data: DataConfig = group(DataConfig, "the texts and the few-labels protocol (data=trec6 | files | hub)")
+    loss: LossConfig = group(LossConfig, "the training terms beside cross-entropy")
+    optim: OptimConfig = group(OptimConfig, "AdamW and its schedule")
+    trainer: TrainerConfig = group(TrainerConfig, "the loop: steps, batches, evaluation, checkpoints, processes")
+    strategy: StrategyConfig | None = key(None, "how labeled and unlabeled batches share the steps; null = the "
+                                                "supervised baseline (+strategy=mix | alternate)")
+    seed: int = key(0, "one seed for data subsampling, initialisation, shuffling and dropout")
+    resume: Text | None = key(None, "null | auto (newest valid checkpoint of the same command's run) | PATH "
+                                    "(checkpoint or run dir)")
+    allow_resume_mismatch: bool = key(False, "resume even when model, data, seed, batch size or world size "
+                                             "changed")
+    run_root: Text = key("runs", "directory that holds the run directories (and sweeps/ for multiruns)")
+    run_name: Text = key("run", "name of this run's directory under run_root")
+    cache_dir: Text | None = key(None, "tokenisation and frozen-encoder caches; null = $SFT_CACHE_DIR or "
+                                       "~/.cache/sft")
+    debug: bool = key(False, "show full tracebacks for user errors")
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> TrainConfig:
+        if _saved(info):
+            return self
+        checks = Checks()
+        loss, data, tr = self.loss, self.data, self.trainer
+        if self.strategy is None:
+            if loss.weight is not None:
+                checks.require(False, "lambda", "has no effect without a strategy: add +strategy=mix or "
+                               "+strategy=alternate (or drop lambda for the supervised baseline)")
+            if loss.tau is not None:
+                checks.require(False, "tau", "has no effect without a strategy: add +strategy=mix or "
+                                             "+strategy=alternate")
+        else:
+            checks.require(loss.weight is not None, "lambda", "is required with a strategy")
+            checks.require(loss.tau is not None, "tau", "is required with a strategy")
+        self._check_unlabeled(checks)
+        check_run_name(checks, self.run_name)
+        for name in ("batch_size", "unlabeled_batch_size"):
+            value = getattr(tr, name)
+            checks.require(value % tr.nproc == 0, f"trainer.{name}",
+                           f"{value} is a global batch size and must be divisible by trainer.nproc={tr.nproc}")
+        if data.source == "files":
+            checks.require(bool(data.train), "data.train", "is required with data=files")
+        if self.resume is not None and self.resume != "auto":
+            checks.require(Path(self.resume).exists(), "resume", f"path {self.resume!r} does not exist")
+        checks.raise_if_any()
+        return self
+
+    def _check_unlabeled(self, checks: Checks) -> None:
+        """What needs the unlabeled stream, checked from the config alone before any data or model loads:
+        terms that only a strategy feeds, a strategy with no unlabeled source, self-training rounds that
+        would all fall after the last step (each would otherwise run as a silent no-op or fail late)."""
+        loss, data, tr = self.loss, self.data, self.trainer
+        if self.strategy is None:
+            for name in ("self_training_weight", "consistency_weight"):
+                checks.require(getattr(loss, name) <= 0, f"loss.{name}",
+                               "has no effect without a strategy (it trains on the unlabeled stream): "
+                               "add +strategy=mix or +strategy=alternate")
+            return
+        source = {"files": "data.unlabeled", "hub": "data.unlabeled_split"}.get(data.source)
+        given = source is not None and getattr(data, source.split(".", 1)[1]) is not None
+        if data.labels_per_class is None and not given:
+            how = f" or {source}=..." if source else " (data=files or data=hub can name a source of unlabeled texts)"
+            checks.require(False, "data.labels_per_class", f"+strategy={self.strategy.name} needs unlabeled texts, "
+                           "but with data.labels_per_class=null all of train stays labeled and no unlabeled "
+                           f"source is given: set data.labels_per_class=K (the rest of train becomes unlabeled){how}")
+        if loss.self_training_weight > 0 and loss.self_training_every >= tr.max_steps:
+            checks.require(False, "loss.self_training_every",
+                           f"{loss.self_training_every} >= trainer.max_steps={tr.max_steps}: self-training "
+                           f"re-labels first after step {loss.self_training_every}, so no round would happen; "
+                           "lower loss.self_training_every or raise trainer.max_steps")
+
+
+class _ScoringConfig(Group):
+    """What `sft eval` and `sft predict` share: a checkpoint scored in batches on a device."""
+
+    checkpoint: Text = required("a checkpoint directory, or a run directory (its best checkpoint)")
+    batch_size: int = key(128, "texts per batch", ge=1)
+    device: Literal["auto", "cpu", "cuda"] = key("auto", "where the model runs (auto: cuda when available)")
+    precision: Literal["fp32", "bf16", "fp16"] = key("fp32", "number format of the forward (bf16, fp16: "
+                                                             "autocast)")
+    debug: bool = key(False, "show full tracebacks for user errors")
+
+
+class EvalConfig(_ScoringConfig):
+    split: Literal["test", "validation"] = key("test", "which split of the run's data to evaluate")
+    data: DataConfig | None = key(None, "null = the run's own data; or data=files data.test=FILE ... to evaluate "
+                                        "other data (the run's label names)")
+    run_root: Text = key("runs", "eval run directories go under run_root/eval/")
+    run_name: Text = key("eval", "name of this evaluation's directory")
+    cache_dir: Text | None = key(None, "tokenisation cache; null = $SFT_CACHE_DIR or ~/.cache/sft")
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalConfig:
+        checks = Checks()
+        if self.checkpoint:
+            checks.require(Path(self.checkpoint).expanduser().exists(), "checkpoint",
+                           f"path {self.checkpoint!r} does not exist")
+        check_run_name(checks, self.run_name)
+        checks.raise_if_any()
+        return self
+
+
+class PredictConfig(_ScoringConfig):
+    input: Text = required("texts to label: .csv, .tsv, .jsonl, or .txt (one text per line)")
+    output: Text = required("where predictions go: .csv or .jsonl (each input row + pred_label + prob_LABEL)")
+    text_column: Text | None = key(None, "column or field that holds the text; null = the checkpoint's "
+                                         "data.text_column")
+    text_pair_column: Text | None = key(None, "second text column for sentence pairs; null = the checkpoint's "
+                                              "data.text_pair_column")
+    max_length: int | None = key(None, "tokens per text (longer texts are truncated); null = the checkpoint's "
+                                       "model.max_length", ge=1)
+
+
+# The primary config of each Hydra command; their groups are the nested models.
+COMMAND_SCHEMAS: dict[str, type[Group]] = {"train": TrainConfig, "eval": EvalConfig}
