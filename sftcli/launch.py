@@ -68,12 +68,12 @@ def train_in_run_dir(cfg: Any, run_dir: Path) -> dict[str, Any]:
         # run dir from it, and all check that they see the files rank 0 writes before any training.
         dist.stop_with_parent()
         env = dist.init(tc.trainer.device, tc.trainer.dist_timeout_s)
-        _share_run_dir(env, run_dir.resolve(), _cache_root(tc), tc.trainer.dist_timeout_s)
-        return worker_main(str(run_dir), "cli")
+        _share_run_dir(env, run_dir.resolve(), _cache_root(tc), tc)
+        return worker_main(str(run_dir), "cli", tc)
     if tc.trainer.nproc == 1:
         from sftcli.engine import run_worker
 
-        return run_worker(str(run_dir))
+        return run_worker(str(run_dir), tc)
     log.info("launching %d worker processes (torch.distributed elastic launch)", tc.trainer.nproc)
     if "OMP_NUM_THREADS" not in os.environ:
         # N CPU workers each using every core oversubscribe the machine (several times slower); share
@@ -81,7 +81,8 @@ def train_in_run_dir(cfg: Any, run_dir: Path) -> dict[str, Any]:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // tc.trainer.nproc))
     with _relay_stop_signals() as received:
         try:
-            results = dist.launch_workers(worker_main, (str(run_dir), "sft"), tc.trainer.nproc,
+            # The workers get the typed config itself (pickled by the launcher), not a file to parse again.
+            results = dist.launch_workers(worker_main, (str(run_dir), "sft", tc), tc.trainer.nproc,
                                           run_id=run_dir.name, keep_signals=cluster.stop_signals(),
                                           quiet=not tc.debug)
         except Exception as exc:
@@ -166,9 +167,11 @@ def _cache_root(tc: TrainConfig) -> Path:
     return cache_root(tc).resolve()
 
 
-def _share_run_dir(env: dist.DistEnv, run_dir: Path, cache: Path, timeout_s: int) -> None:
-    """Rank 0: give every rank the run dir, then check with them that they see it and the caches."""
-    shared = {"run_dir": str(run_dir), "cache": str(cache), "token": uuid.uuid4().hex, "timeout_s": timeout_s}
+def _share_run_dir(env: dist.DistEnv, run_dir: Path, cache: Path, cfg: TrainConfig) -> None:
+    """Rank 0: give every rank the run dir and the typed config, then check with them that they see the
+    run dir and the caches."""
+    shared = {"run_dir": str(run_dir), "cache": str(cache), "token": uuid.uuid4().hex,
+              "timeout_s": cfg.trainer.dist_timeout_s, "config": cfg}
     written = []
     for folder in (run_dir, cache):
         folder.mkdir(parents=True, exist_ok=True)
@@ -209,9 +212,7 @@ def _agree_on_shared_dirs(env: dist.DistEnv, shared: dict[str, Any], cache: Path
     if not _visible(run_dir / f"{NODE_CHECK}-{token}", token, patience):
         problems.append(f"does not see the run dir {run_dir}")
     elif cache is None:
-        from omegaconf import OmegaConf
-
-        cache = _cache_root(parse_train(OmegaConf.load(run_dir / "config.yaml")))
+        cache = _cache_root(shared["config"])
     if cache is not None and not _visible(cache / f"{NODE_CHECK}-{token}", token, patience):
         problems.append(f"has the cache dir {cache}, which does not hold what rank 0 wrote into {shared['cache']}")
     reports = dist.all_gather_object(env, (env.rank, socket.gethostname(), problems))
@@ -233,7 +234,7 @@ def follow_external_launch() -> int:
     run_dir = Path(shared["run_dir"])
     try:
         _agree_on_shared_dirs(env, shared, None)
-        worker_main(str(run_dir), "torchrun")
+        worker_main(str(run_dir), "torchrun", shared["config"])
     except UserError as exc:
         print(f"sft: error (rank {env.rank}): {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
@@ -242,10 +243,10 @@ def follow_external_launch() -> int:
     return 0
 
 
-def worker_main(run_dir: str, launched_by: str) -> dict[str, Any]:
+def worker_main(run_dir: str, launched_by: str, cfg: TrainConfig) -> dict[str, Any]:
     """A worker process: known failures end with their own exit code and one message, no traceback.
 
-    launched_by: "cli" when this process also runs the CLI (rank 0 under the user's torchrun), which
+    cfg: the run's typed config, as the parent validated it. launched_by: "cli" when this process also runs the CLI (rank 0 under the user's torchrun), which
     reports errors itself; "sft" for workers of sft's own launch, whose parent reports a preemption
     once (all ranks stop after the same step); "torchrun" for the other ranks of the user's torchrun,
     where each node's first worker reports it.
@@ -255,7 +256,7 @@ def worker_main(run_dir: str, launched_by: str) -> dict[str, Any]:
     if launched_by == "sft":
         dist.stop_with_parent()
     try:
-        return run_worker(run_dir)
+        return run_worker(run_dir, cfg)
     except (UserError, NonFiniteError, Preempted) as exc:
         if launched_by == "cli" or not dist.launched_by_torchrun():
             raise  # in-process: the CLI reports it
