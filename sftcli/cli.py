@@ -114,12 +114,13 @@ def _print_help(command: str, args: list[str]) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from sftcli.errors import ConfigError
+    from sftcli.precheck import composition_message
 
     overrides = [a for a in args if not a.startswith("-") and not a.lstrip("+~").startswith("hydra.")]
     try:
         text = helptext.hydra_command_help(command, overrides)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(_composition_message(command, str(exc), overrides)) from None
+        raise ConfigError(composition_message(command, str(exc), overrides)) from None
     print(text)
     return 0
 
@@ -213,8 +214,9 @@ def _precheck(command: str, args: list[str]) -> None:
     """Compose and validate once before Hydra runs, so a mistyped key, group option or value is a
     ConfigError (exit 2, with a "did you mean") before Hydra makes a run dir. Sweeps are composed and
     validated per job by Hydra (one bad job does not stop the others)."""
-    _check_sweeper_plugin(args)
-    _check_launcher_plugin(args)
+    from sftcli.precheck import check_config, check_plugins
+
+    check_plugins(args)
     if any(a.startswith("-") for a in args):
         return  # -m and Hydra's own flags: Hydra handles them
     cfg = check_config(command, [a for a in args if not a.lstrip("+~").startswith("hydra.")])
@@ -224,153 +226,12 @@ def _precheck(command: str, args: list[str]) -> None:
         _STATE["new_dirs"] = [d for d in ((root / "eval") if command == "eval" else root, root) if not d.exists()]
 
 
-def check_config(command: str, overrides: list[str]) -> Any:
-    """The typed config of one `sft train` / `sft eval` command line, through the same composition and
-    parse functions as the run itself (None when only the running job can resolve it); raises
-    ConfigError listing the problems."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from sftcli.config import parse_eval, parse_train
-    from sftcli.errors import ConfigError
-
-    try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name=command):
-            cfg = compose(config_name=command, overrides=overrides, return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(_composition_message(command, str(exc), overrides)) from None
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf, open_dict
-
-    # Values may read Hydra's own config (run_name=${hydra:job.name}) through its resolver.
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    try:
-        OmegaConf.to_container(cfg, resolve=True)
-    except OmegaConfBaseException:
-        return None  # reads what only the running job knows (${hydra:job.num}): validated in the job
-    return parse_train(cfg) if command == "train" else parse_eval(cfg)
-
-
-def _check_sweeper_plugin(args: list[str]) -> None:
-    """hydra/sweeper=optuna needs the optional plugin; without it Hydra only says the option is missing."""
-    from importlib.util import find_spec
-
-    from sftcli.errors import ConfigError
-
-    for arg in args:
-        key, _, value = arg.lstrip("+~").partition("=")
-        if key != "hydra/sweeper" or value != "optuna":
-            continue
-        try:
-            installed = find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
-        except ModuleNotFoundError:  # no Hydra plugin at all
-            installed = False
-        if not installed:
-            raise ConfigError("hydra/sweeper=optuna needs the Optuna sweeper plugin (hydra-optuna-sweeper): "
-                              "pip install 'sftcli[optuna]' (in a checkout: pip install -e \".[optuna]\")")
-
-
-def _check_launcher_plugin(args: list[str]) -> None:
-    """hydra/launcher=submitit_local|submitit_slurm needs the optional submitit launcher plugin."""
-    from importlib.util import find_spec
-
-    from sftcli.errors import ConfigError
-
-    for arg in args:
-        key, _, value = arg.lstrip("+~").partition("=")
-        if key != "hydra/launcher" or value not in ("submitit_local", "submitit_slurm"):
-            continue
-        try:
-            installed = find_spec("hydra_plugins.hydra_submitit_launcher") is not None
-        except ModuleNotFoundError:  # no Hydra plugin at all
-            installed = False
-        if not installed:
-            raise ConfigError(f"hydra/launcher={value} needs Hydra's submitit launcher plugin (hydra-submitit-launcher): "
-                              "pip install 'sftcli[submitit]' (in a checkout: pip install -e \".[submitit]\")")
-
-
 def sweep_job_failed(overrides: list[str], message: str, code: int) -> float | None:
     """A sweep job that ran in its own process (submitit) and failed or was preempted: counted with the
     sweep's failures like an in-process job's; returns the value its sweeper gets."""
     _STATE["failures"].append(f"[{' '.join(overrides)}] {message}")
     _STATE["exit_code"] = _STATE["exit_code"] or code
     return _missing_value()
-
-
-def _composition_message(command: str, text: str, overrides: list[str]) -> str:
-    import re
-
-    first = text.strip().splitlines()[0] if text.strip() else text
-    m = re.search(r"Could not override '([^']+)'", text)
-    if m:
-        from sftcli.config import RENAMED_KEYS, unknown_key_message
-
-        key = m.group(1)
-        added = _added_group_message(command, key, overrides)
-        if added:
-            return added
-        return f"{key}: {unknown_key_message(key, None if key in RENAMED_KEYS else _closest_key(command, key))}"
-    m = re.search(r"Multiple values for (\w+)", text)
-    if m:
-        group = m.group(1)
-        return (f"+{group}=...: {group} is already chosen (by +recipe=... or the defaults); "
-                f"to pick another option write {group}=OPTION, without the +")
-    m = re.search(r"Could not find '([^/']+)/([^']+)'", text)
-    if m:
-        group, option = m.groups()
-        options = config_groups().get(group, [])
-        hint = difflib.get_close_matches(option, options, n=1)
-        extra = f" (did you mean {group}={hint[0]}?)" if hint else ""
-        return f"{group}={option}: no such option{extra}; options: {', '.join(options)}"
-    return f"invalid overrides: {first}"
-
-
-def _added_group_message(command: str, key: str, overrides: list[str]) -> str | None:
-    """`strategy=mix` or `strategy.name=mix` for a group that the command adds with a `+` and that was not
-    added: name the `+GROUP=OPTION` that was meant, not a spelling guess."""
-    from sftcli.helptext import ADDED_GROUPS
-
-    group, _, sub = key.partition(".")
-    if group not in ADDED_GROUPS.get(command, {}):
-        return None
-    value = next((a.split("=", 1)[1] for a in overrides if "=" in a and a.split("=", 1)[0].lstrip("+~") == key), "")
-    options = config_groups().get(group, [])
-    if value in options:
-        return f"{key}={value}: no {group} is chosen; {group} options are added with a '+': write +{group}={value}"
-    if not sub:
-        return f"{key}={value}: {group} options are added with a '+': +{group}=OPTION (options: {', '.join(options)})"
-    from sftcli.config.store import group_keys
-
-    if sub in group_keys(command, group):
-        return (f"{key}: no {group} is chosen, so it has no {sub!r}; add one first with +{group}=OPTION "
-                f"(options: {', '.join(options)})")
-    return None
-
-
-def _closest_key(command: str, key: str) -> str | None:
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from sftcli.config.store import group_keys
-
-    with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name=command):
-        base = OmegaConf.to_container(compose(config_name=command), resolve=False)
-
-    def flat(d: Any, prefix: str = "") -> list[str]:
-        out = []
-        for k, v in d.items():
-            full = f"{prefix}{k}"
-            out.append(full)
-            if isinstance(v, dict):
-                out.extend(flat(v, full + "."))
-        return out
-
-    keys = flat(base) + [f"strategy.{k}" for k in group_keys(command, "strategy")]
-    hint = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
-    return hint[0] if hint else None
 
 
 def _job_failed(exc: BaseException, code: int) -> None:
