@@ -4,6 +4,7 @@ Hydra's own flags still Hydra's."""
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
 
@@ -132,3 +133,14 @@ def test_hydras_own_flags_keep_working(sft, tmp_path, flags, expected) -> None:
     assert proc.returncode == 0, proc.stderr
     assert re.search(expected, proc.stdout, re.M), proc.stdout[:2000]
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("command", ["", "train", "predict"])
+def test_help_into_a_pipe_that_closes_early_ends_without_a_traceback(command: str) -> None:
+    # `sft train --help | head -1`: the reader leaves after one line, and the rest of the help meets a
+    # closed pipe.
+    args = " ".join(filter(None, [command, "--help"]))
+    proc = subprocess.run(["sh", "-c", f"{shlex.quote(sys.executable)} -m sftcli {args} | head -1"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.stdout.startswith("usage: sft")
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr
