@@ -137,7 +137,7 @@ def test_predict_error_through_the_cli(checkpoint: Path, tmp_path: Path) -> None
 
 
 def test_pair_checkpoints_need_the_pair_column_in_the_input(tmp_path: Path) -> None:
-    from sftcli.commands import _read_rows
+    from sftcli.commands.predict import _read_rows
 
     src = tmp_path / "in.csv"
     src.write_text("premise,other\na,b\n")

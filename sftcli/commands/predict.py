@@ -1,4 +1,5 @@
-"""`sft eval` and `sft predict`: load a checkpoint, score texts, write results."""
+"""`sft predict`: labels and per-class probabilities for new texts (csv / tsv / jsonl / txt in, csv or
+jsonl out), streamed in batches; a failed run leaves no half-written output."""
 
 from __future__ import annotations
 
@@ -9,118 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sftcli import checkpoint as ckpt
-from sftcli.config import DataConfig, from_plain, parse_eval, parse_predict
-from sftcli.errors import ConfigError, DataError, ModelError
-
-
-def load_checkpoint(path_str: str) -> tuple[Path, Any, Any, dict[str, Any]]:
-    """(checkpoint dir, model, tokenizer, training config as plain dict) of a checkpoint or run dir."""
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    from sftcli.model import load_checkpoint_model
-
-    hf_logging.disable_progress_bar()  # a "Loading weights" bar per command is noise
-    path = ckpt.resolve_checkpoint(Path(path_str).expanduser())
-    ckpt.verify(path)
-    saved = ckpt.read_sft_state(path)
-    model = load_checkpoint_model(path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: no loadable tokenizer ({exc})") from exc
-    return path, model, tokenizer, saved["config"]
-
-
-def _label_names(model: Any) -> list[str]:
-    id2label = model.config.id2label
-    return [str(id2label[i]) for i in range(len(id2label))]
-
-
-def run_eval(cfg: Any, out_dir: Path) -> dict[str, Any]:
-    import torch
-
-    from sftcli.data import load_data
-    from sftcli.dist import pick_device
-    from sftcli.engine import cache_root
-    from sftcli.evaluate import evaluate
-    from sftcli.model import tokenizer_fingerprint
-    from sftcli.runlog import setup_logging
-
-    ec = parse_eval(cfg)
-    setup_logging(None, True)
-    path, model, tokenizer, saved = load_checkpoint(ec.checkpoint)
-    train_cfg = from_plain(saved)
-    names = _label_names(model)
-    data_cfg: DataConfig = ec.data or train_cfg.data
-    if ec.data is not None and data_cfg.source == "files" and not data_cfg.train:
-        ts = _labeled_file(data_cfg, ec.split, names)
-        where = getattr(data_cfg, ec.split)
-    else:
-        bundle = load_data(data_cfg, train_cfg.seed)
-        if bundle.label_names != names:
-            raise ModelError(f"{path}: the checkpoint's labels {names} do not match the data's {bundle.label_names}")
-        ts = bundle.test if ec.split == "test" else bundle.validation
-        if ts is None:
-            raise DataError(f"the data has no {ec.split} split to evaluate")
-        where = f"{data_cfg.source} {ec.split}"
-    from sftcli.data import encode
-
-    device = pick_device(ec.device, 0)
-    model.to(device)
-    enc = encode(ts, tokenizer, train_cfg.model.max_length, cache_root(train_cfg) if ec.cache_dir is None
-                 else Path(ec.cache_dir), tokenizer_fingerprint(tokenizer))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    with torch.inference_mode():
-        result = evaluate(model, enc, ts.labels, names, ec.batch_size, pad_id, device, ec.precision)
-    out = {"checkpoint": str(path), "split": ec.split, "data": where, **result, "label_names": names}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "eval.json").write_text(json.dumps(out, indent=2))
-    print_eval_table(out)
-    print(f"eval.json written to {out_dir / 'eval.json'}")
-    print(f"run dir: {out_dir.resolve()}")
-    return out
-
-
-def _labeled_file(cfg: DataConfig, split: str, names: list[str]) -> Any:
-    """A labeled file for `sft eval data=files data.test=FILE`, with the checkpoint's label names."""
-    from sftcli.data import read_labeled_file
-
-    if not getattr(cfg, split):
-        raise ConfigError(f"data.{split}: a file is required to evaluate split={split} on data=files")
-    return read_labeled_file(cfg, split, names, names_from="of the checkpoint")
-
-
-def print_eval_table(result: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    names = result["label_names"]
-    head = Table(title=f"{result['data']} (n={result['n']})")
-    head.add_column("accuracy", justify="right")
-    head.add_column("macro-F1", justify="right")
-    head.add_row(f"{result['accuracy']:.4f}", f"{result['macro_f1']:.4f}")
-    console.print(head)
-    per = Table(title="per class")
-    for col in ("class", "precision", "recall", "F1", "support"):
-        per.add_column(col, justify="left" if col == "class" else "right")
-    for name in names:
-        m = result["per_class"][name]
-        per.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
-    console.print(per)
-    cm = Table(title="confusion matrix (rows: true, columns: predicted)")
-    cm.add_column("")
-    for name in names:
-        cm.add_column(name, justify="right")
-    for name, row in zip(names, result["confusion_matrix"], strict=True):
-        cm.add_row(name, *[str(v) for v in row])
-    console.print(cm)
-
-
-# ----------------------------------------------------------------------------------------------------
-# sft predict
+from sftcli.commands.checkpoints import label_names, load_checkpoint
+from sftcli.config import parse_predict
+from sftcli.errors import ConfigError, DataError
 
 
 def _read_rows(path: Path, columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
@@ -248,7 +140,7 @@ def run_predict(args: list[str]) -> int:
     try:
         with tmp.open("w", newline="", encoding="utf-8") as fh:
             writer = _PredictionWriter(fh, outp.suffix.lower() == ".jsonl", inp)
-            n = _predict_rows(_read_rows(inp, columns), writer, model, tokenizer, _label_names(model), pc, columns,
+            n = _predict_rows(_read_rows(inp, columns), writer, model, tokenizer, label_names(model), pc, columns,
                               max_length, device)
         tmp.replace(outp)
     finally:
