@@ -16,6 +16,7 @@ from typing import Any
 
 from sftcli import checkpoint as ckpt
 from sftcli.config import TrainConfig
+from sftcli.runlog import format_value
 
 log = logging.getLogger("sft")
 
@@ -84,8 +85,6 @@ def _command(run_dir: Path) -> str:
     return " ".join(["sft train", *args])
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else "n/a"
 
 
 def model_card(cfg: TrainConfig, summary: dict[str, Any], run_dir: Path, model_type: str) -> str:
@@ -103,7 +102,7 @@ def model_card(cfg: TrainConfig, summary: dict[str, Any], run_dir: Path, model_t
             "hub": f"{cfg.data.name} (datasets)"}[cfg.data.source]
     rows = [("validation", "val"), ("test", "test")]
     metrics = ["| split | accuracy | macro-F1 |", "|---|---|---|"]
-    metrics += [f"| {name} | {_fmt(summary.get(f'{key}/accuracy'))} | {_fmt(summary.get(f'{key}/macro_f1'))} |"
+    metrics += [f"| {name} | {format_value(summary.get(f'{key}/accuracy'))} | {format_value(summary.get(f'{key}/macro_f1'))} |"
                 for name, key in rows]
     strategy = cfg.strategy.name if cfg.strategy else "none (supervised)"
     lines = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import os
 import sys
 from pathlib import Path
@@ -139,3 +140,9 @@ def format_metrics(values: dict[str, Any], keys: list[str]) -> str:
             v = values[key]
             parts.append(f"{key.split('/', 1)[-1]}={v:.4g}" if isinstance(v, float) else f"{key}={v}")
     return " ".join(parts)
+
+
+def format_value(value: Any) -> str:
+    """A metric for a human line: four decimals, or n/a when there is none."""
+    # numbers.Real: Python and numpy floats alike; an int or bool here is not a metric.
+    return f"{value:.4f}" if isinstance(value, numbers.Real) and not isinstance(value, int) else "n/a"

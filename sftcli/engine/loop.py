@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from sftcli import checkpoint as ckpt
@@ -30,7 +29,7 @@ from sftcli.errors import ConfigError, NonFiniteError, Preempted
 from sftcli.evaluate import autocast, evaluate, scalar_metrics
 from sftcli.export import MODEL_DIR, export_model, model_card
 from sftcli.objectives import StepView, Term
-from sftcli.runlog import MetricsWriter, format_metrics
+from sftcli.runlog import MetricsWriter, format_metrics, format_value
 
 log = logging.getLogger("sft")
 
@@ -327,7 +326,7 @@ class Engine:
             tmp.replace(self.run_dir / "summary.json")
             log.info("done: best %s (%s=%.4f); test accuracy %s, macro-F1 %s", summary["best_checkpoint"],
                      self.tc.select_metric, self.best_metric if self.best_metric is not None else float("nan"),
-                     _fmt(summary.get("test/accuracy")), _fmt(summary.get("test/macro_f1")))
+                     format_value(summary.get("test/accuracy")), format_value(summary.get("test/macro_f1")))
         return summary
 
     # ------------------------------------------------------------------------------------------------
@@ -356,5 +355,3 @@ class Engine:
             signal.signal(sig, old)
 
 
-def _fmt(v: Any) -> str:
-    return f"{v:.4f}" if isinstance(v, float | np.floating) else "n/a"

@@ -97,11 +97,10 @@ def save(engine: Engine) -> Path | None:
         path = ckpt.save(e.ckpt_dir, e.step, write,
                          {"world_size": e.env.world_size, "select_metric": tc.select_metric,
                           "metric": e.best_metric if e.best_step == e.step else None, "resumable": not only_model})
-        protect = {e.ckpt_dir / best_name} if best_name else set()
-        if e.resumed_from is not None:
-            protect.add(e.resumed_from)
+        # Never deleted here: the checkpoint just written, the best, the one resumed from.
+        protect = {path, *(p for p in (e.resumed_from, best_name and e.ckpt_dir / best_name) if p)}
         # save_only_model: the best checkpoint is the only one kept.
-        ckpt.apply_retention(e.ckpt_dir, 0 if only_model else tc.keep_last, protect or {path})
+        ckpt.apply_retention(e.ckpt_dir, 0 if only_model else tc.keep_last, protect)
         ckpt.keep_training_state(e.ckpt_dir, e.step, tc.keep_train_state)
         e.metrics.write(e.step, {"checkpoint/saved": path.relative_to(e.run_dir).as_posix()})
     dist.barrier(e.env)
