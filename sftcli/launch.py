@@ -63,6 +63,8 @@ def train_in_run_dir(cfg: Any, run_dir: Path) -> dict[str, Any]:
     probe_writable(run_dir)
     write_run_config(cfg, run_dir)
     setup_logging(run_dir, is_main=True)
+    for note in tc.notes:
+        log.info("config: %s", note)
     if external:
         # External torchrun: this is rank 0 (the others wait in follow_external_launch). They learn the
         # run dir from it, and all check that they see the files rank 0 writes before any training.

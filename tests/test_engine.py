@@ -100,6 +100,46 @@ def test_supcon_loss_is_the_papers_sum() -> None:
     torch.testing.assert_close(part + first, total)
 
 
+def test_supcon_rows_without_a_label_take_no_part() -> None:
+    # loss.supcon_unlabeled: unlabeled rows without a pseudo-label (-1) are neither anchors nor keys, so
+    # the sum equals the one over the other rows alone, value and gradient.
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(8, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 1, -1, 0, 1, -1, 2, 2])
+    keep = labels >= 0
+    total, anchors = supcon_loss(z, labels, z, labels, tau=0.1, self_offset=0)
+    z_kept = z[keep]
+    alone, alone_anchors = supcon_loss(z_kept, labels[keep], z_kept, labels[keep], tau=0.1, self_offset=0)
+    torch.testing.assert_close(total, alone)
+    assert int(anchors) == int(alone_anchors) == 6
+    (grad,) = torch.autograd.grad(total, z)
+    assert torch.all(grad[~keep] == 0) and torch.all(torch.isfinite(grad))
+    # No valid row at all (an unlabeled-only step before any pseudo-label is kept): zero, not NaN.
+    none, n = supcon_loss(z[:2], torch.tensor([-1, -1]), z[:2], torch.tensor([-1, -1]), tau=0.1, self_offset=0)
+    assert float(none.detach()) == 0.0 and int(n) == 0
+
+
+def test_supcon_on_pseudo_labeled_texts_joins_from_the_first_re_label(sft, tmp_path) -> None:
+    args = [*TINY, "+strategy=mix", "lambda=0", "loss.self_training_weight=1", "loss.self_training_every=2",
+            "loss.supcon_weight=1"]
+    sft("train", *args, "run_name=labeled", check=True)
+    sft("train", *args, "loss.supcon_unlabeled=true", "run_name=both", check=True)
+
+    def supcon(name: str) -> dict[int, float]:
+        return {e["step"]: e["train/loss_supcon"] for e in read_jsonl(tmp_path / "runs" / name / "metrics.jsonl")
+                if "train/loss_supcon" in e}
+
+    labeled, both = supcon("labeled"), supcon("both")
+    # Until the first re-label (after step 2) there are no pseudo-labels: the same term, to the bit.
+    assert [labeled[s] for s in (1, 2)] == [both[s] for s in (1, 2)]
+    # From then on the pseudo-labeled unlabeled rows are in it.
+    assert labeled[3] != both[3] and labeled[4] != both[4]
+    # Without self-training the unlabeled rows have no class: refused before training, naming the key.
+    proc = sft("train", *TINY, "loss.supcon_weight=1", "loss.supcon_unlabeled=true")
+    assert proc.returncode == 2
+    assert "loss.self_training_weight" in proc.stderr and "supcon_unlabeled" in proc.stderr
+
+
 def test_supcon_is_one_more_weighted_term_of_the_loss(sft, tmp_path) -> None:
     sft("train", *TINY, "loss.supcon_weight=0.5", "run_name=s", check=True)
     (run,) = run_dirs(tmp_path / "runs")

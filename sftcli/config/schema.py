@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationInfo, model_validator
 from pydantic_core import PydanticCustomError
 
 
@@ -147,6 +147,9 @@ class StrategyConfig(Group):
         "one forward over labeled + unlabeled texts per optimizer step (mix) | labeled and unlabeled steps "
         "in turn (alternate)")
     labeled_steps: int = key(1, "with alternate: labeled steps before each unlabeled step (the ratio)", ge=1)
+    unlabeled: Literal["required", "optional"] = key(
+        "required", "required (no unlabeled texts is an error) | optional (+recipe=best: without unlabeled texts "
+                    "the run trains its first round on the labels alone)")
 
 
 class LossConfig(Group):
@@ -192,6 +195,8 @@ class LossConfig(Group):
     supcon_weight: float = key(0.0, "weight of a supervised contrastive term on the labeled texts (same class = "
                                     "positives; needs no strategy)", ge=0)
     supcon_tau: float = key(0.1, "temperature of that term's cosine similarities", gt=0)
+    supcon_unlabeled: bool = key(False, "the supervised contrastive term also takes the unlabeled texts that "
+                                        "self-training gave a pseudo-label (their class)")
 
 
 class OptimConfig(Group):
@@ -287,11 +292,18 @@ class TrainConfig(Group):
     cache_dir: Text | None = key(None, "tokenisation and frozen-encoder caches; null = $SFT_CACHE_DIR or "
                                        "~/.cache/sft")
     debug: bool = key(False, "show full tracebacks for user errors")
+    # What validation changed, for the run's log (e.g. an optional strategy without unlabeled texts).
+    _notes: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def notes(self) -> list[str]:
+        return self._notes
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> TrainConfig:
         if _saved(info):
             return self
+        self._drop_optional_strategy()
         checks = Checks()
         loss, data, tr = self.loss, self.data, self.trainer
         if self.strategy is None:
@@ -317,11 +329,40 @@ class TrainConfig(Group):
         checks.raise_if_any()
         return self
 
+    def _has_unlabeled_source(self) -> bool:
+        """Whether the config gives the run unlabeled texts (the rest of train, or a named source)."""
+        data = self.data
+        source = {"files": "unlabeled", "hub": "unlabeled_split"}.get(data.source)
+        return data.labels_per_class is not None or (source is not None and getattr(data, source) is not None)
+
+    def _drop_optional_strategy(self) -> None:
+        """strategy.unlabeled=optional without unlabeled texts: what only the unlabeled stream feeds is
+        turned off, and a fresh-student recipe keeps its first round (the teacher on the labels), so the
+        run is the recipe's purely supervised part."""
+        if self.strategy is None or self.strategy.unlabeled != "optional" or self._has_unlabeled_source():
+            return
+        loss, tr = self.loss, self.trainer
+        self._notes.append(f"no unlabeled texts: +strategy={self.strategy.name} and the terms on unlabeled texts "
+                           "are off; training on the labels alone")
+        self.strategy = None
+        loss.weight = loss.tau = None
+        loss.consistency_weight = 0.0
+        if loss.self_training_weight > 0 and loss.self_training_student == "fresh":
+            tr.max_steps = min(tr.max_steps, loss.self_training_every)
+            self._notes.append(f"trainer.max_steps={tr.max_steps}: the first self-training round (the teacher)")
+        loss.self_training_weight = 0.0
+        loss.supcon_unlabeled = False
+
     def _check_unlabeled(self, checks: Checks) -> None:
         """What needs the unlabeled stream, checked from the config alone before any data or model loads:
         terms that only a strategy feeds, a strategy with no unlabeled source, self-training rounds that
         would all fall after the last step (each would otherwise run as a silent no-op or fail late)."""
         loss, data, tr = self.loss, self.data, self.trainer
+        if loss.supcon_unlabeled:
+            for name in ("supcon_weight", "self_training_weight"):
+                checks.require(getattr(loss, name) > 0, f"loss.{name}",
+                               "must be > 0 with loss.supcon_unlabeled=true (the term's classes for unlabeled "
+                               "texts are self-training's pseudo-labels)")
         if self.strategy is None:
             for name in ("self_training_weight", "consistency_weight"):
                 checks.require(getattr(loss, name) <= 0, f"loss.{name}",
@@ -329,8 +370,7 @@ class TrainConfig(Group):
                                "add +strategy=mix or +strategy=alternate")
             return
         source = {"files": "data.unlabeled", "hub": "data.unlabeled_split"}.get(data.source)
-        given = source is not None and getattr(data, source.split(".", 1)[1]) is not None
-        if data.labels_per_class is None and not given:
+        if not self._has_unlabeled_source():
             how = f" or {source}=..." if source else " (data=files or data=hub can name a source of unlabeled texts)"
             checks.require(False, "data.labels_per_class", f"+strategy={self.strategy.name} needs unlabeled texts, "
                            "but with data.labels_per_class=null all of train stays labeled and no unlabeled "

@@ -31,9 +31,13 @@ def build_objectives(cfg: TrainConfig, model: torch.nn.Module, unlabeled: Encode
     """The run's objectives, in the order their terms are summed. A term whose weight is 0 is left out,
     so it costs nothing (no frozen-encoder cache, no extra forward)."""
     lc = cfg.loss
+    self_training = None
+    if cfg.strategy is not None and unlabeled is not None and lc.self_training_weight > 0:
+        self_training = SelfTraining(lc, unlabeled, hidden_labels, model)
     objectives: list[Objective] = [Supervised()]
     if lc.supcon_weight > 0:
-        objectives.append(SupCon(lc.supcon_weight, lc.supcon_tau, cfg.model.pooling))
+        pseudo = self_training if lc.supcon_unlabeled else None
+        objectives.append(SupCon(lc.supcon_weight, lc.supcon_tau, cfg.model.pooling, pseudo))
     if cfg.strategy is None or unlabeled is None:
         return objectives
     if lc.weight:
@@ -41,6 +45,6 @@ def build_objectives(cfg: TrainConfig, model: torch.nn.Module, unlabeled: Encode
                                       cfg.trainer.eval_batch_size, cfg.seed))
     if lc.consistency_weight > 0:
         objectives.append(Consistency(lc))
-    if lc.self_training_weight > 0:
-        objectives.append(SelfTraining(lc, unlabeled, hidden_labels, model))
+    if self_training is not None:
+        objectives.append(self_training)
     return objectives

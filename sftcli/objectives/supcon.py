@@ -8,6 +8,10 @@ P(i) (same label, not i) among all other texts A(i):
 
 averaged over the global batch (an anchor without a positive adds 0); similarities are cosine, in fp32,
 against the whole global batch gathered across ranks with gradients, as the seed's term does. Weight: loss.supcon_weight; temperature: loss.supcon_tau.
+
+With loss.supcon_unlabeled=true the unlabeled rows of the step join with self-training's pseudo-labels as
+their classes (SetFit's contrastive body training, on every confidently labeled text); rows without a
+pseudo-label are left out of the term entirely (neither anchors nor negatives).
 """
 
 from __future__ import annotations
@@ -19,16 +23,23 @@ import torch.nn.functional as F
 
 from sftcli import dist
 from sftcli.model import pool
+from sftcli.data import rank_slice
 from sftcli.objectives.base import Contribution, Objective, StepBatch, StepView, Term
 
 if TYPE_CHECKING:
     from sftcli.engine.loop import Engine
+    from sftcli.objectives.self_training import SelfTraining
+
+# Masked similarities: a finite value, so a row with no valid column still has a finite log-sum-exp (its
+# exp is exactly 0 next to any valid column, as -inf's is).
+MASKED = -1e9
 
 
 def supcon_loss(z: torch.Tensor, labels: torch.Tensor, z_all: torch.Tensor, labels_all: torch.Tensor, tau: float,
                 self_offset: int) -> tuple[torch.Tensor, torch.Tensor]:
     """SUM over the local anchors `z` [b, d] of SupCon against all rows `z_all` [N, d] (row self_offset + i
-    is anchor i itself), and the number of local anchors with at least one positive."""
+    is anchor i itself), and the number of local anchors with at least one positive. A label < 0 marks a
+    row that takes no part (no anchor, no positive, no negative)."""
     z = F.normalize(z.float(), dim=-1)
     z_all = F.normalize(z_all.float(), dim=-1)
     b = z.shape[0]
@@ -36,9 +47,10 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, z_all: torch.Tensor, labe
     logits = z @ z_all.t() / tau  # [b, N]
     not_self = torch.ones_like(logits, dtype=torch.bool)
     not_self[rows, rows + self_offset] = False
-    logits = logits.masked_fill(~not_self, float("-inf"))
+    keys = not_self & (labels_all >= 0)[None, :]
+    logits = logits.masked_fill(~keys, MASKED)
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    positives = (labels[:, None] == labels_all[None, :]) & not_self
+    positives = (labels[:, None] == labels_all[None, :]) & keys
     n_pos = positives.sum(1)
     has = n_pos > 0
     per_anchor = -(log_prob.masked_fill(~positives, 0.0).sum(1)) / n_pos.clamp_min(1)
@@ -48,21 +60,31 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, z_all: torch.Tensor, labe
 class SupCon(Objective):
     name = "supcon"
 
-    def __init__(self, weight: float, tau: float, pooling: str):
+    def __init__(self, weight: float, tau: float, pooling: str, pseudo: SelfTraining | None = None):
         self.weight, self.tau, self.pooling = weight, tau, pooling
+        self.pseudo = pseudo  # with loss.supcon_unlabeled: where the unlabeled rows' classes come from
+
+    def _with_unlabeled(self, batch: StepBatch) -> bool:
+        return self.pseudo is not None and self.pseudo.pseudo_labels is not None and batch.has_unlabeled
 
     def wants_hidden_states(self, batch: StepBatch) -> bool:
-        return batch.has_labeled
+        return batch.has_labeled or self._with_unlabeled(batch)
 
     def contribute(self, view: StepView, engine: Engine) -> Contribution:
         batch, env = view.batch, engine.env
-        if not batch.has_labeled:
+        parts = [batch.labels] if batch.has_labeled else []
+        if self._with_unlabeled(batch):
+            assert self.pseudo is not None and self.pseudo.pseudo_labels is not None
+            local = rank_slice(batch.unlabeled_index, env.rank, env.world_size)
+            parts.append(torch.from_numpy(self.pseudo.pseudo_labels[local]).to(env.device))
+        if not parts:
             return Contribution()
-        n = batch.n_labeled
+        labels = torch.cat(parts)
+        n = labels.shape[0]  # the same on every rank: each has its share of both global batches
         z = pool(view.output.hidden_states[-1][:n].float(), batch.inputs["attention_mask"][:n], self.pooling)
         z_all = dist.gather_with_grad(env, z)
-        labels_all = dist.gather_with_grad(env, batch.labels)
-        total, anchors = supcon_loss(z, batch.labels, z_all, labels_all, self.tau, self_offset=env.rank * n)
+        labels_all = dist.gather_with_grad(env, labels)
+        total, anchors = supcon_loss(z, labels, z_all, labels_all, self.tau, self_offset=env.rank * n)
         # Mean over the local anchors: every rank has n of them, so DDP's averaging gives the global mean.
         value = total / n
         count = z.new_tensor(float(n))
