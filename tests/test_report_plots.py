@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from conftest import TINY
 from test_report import PNG_MAGIC, make_run
 
 from sftcli.errors import UserError
 from sftcli.report import run_report
-from sftcli.report.labels import MAX_LABEL, short_labels
+from sftcli.report.collect import Run
+from sftcli.report.labels import MAX_LABEL, config_settings, legend_for, short_labels
 
 
 def _settings(*overrides: str) -> dict[str, str]:
@@ -58,6 +60,28 @@ def test_short_labels_name_lines_by_what_sets_them_apart() -> None:
     long = short_labels([_settings(*(f"trainer.knob_{i}={c * 12}" for i in range(8))) for c in "xy"])
     assert all(len(label) <= MAX_LABEL and label.endswith("…") for label in long.labels)
     assert long.labels[0].startswith("knob_0=xxxxxxxxxxxx, knob_1=")
+
+
+def test_lines_named_from_overrides_a_plain_run_included(tmp_path: Path) -> None:
+    def run(name: str, overrides: list[str], hydra_record: bool = True, **config: Any) -> Run:
+        path = tmp_path / name
+        (path / ".hydra").mkdir(parents=True)
+        if hydra_record:
+            (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        return Run(path, "completed", config, overrides, {})
+
+    plain = run("plain", [], strategy="none")  # `sft train`: Hydra records an empty override list
+    recipe = run("recipe", ["+recipe=self_training"], strategy="mix", **{"model.head_pooling": "mean"})
+    keys = ["strategy", "model.head_pooling"]
+    fallback = [config_settings(keys, ["none", "pooler"]), config_settings(keys, ["mix", "mean"])]
+    # The recipe reads as the recipe the user typed, not as the config keys it changed.
+    assert legend_for([[plain], [recipe]], fallback).labels == ["supervised", "self_training"]
+    # Without a record of a run's overrides, the lines are named by their differing config values.
+    unknown = run("unknown", [], hydra_record=False, strategy="none")
+    assert legend_for([[unknown], [recipe]], fallback).labels == [
+        "supervised, head_pooling=pooler",
+        "mix, head_pooling=mean",
+    ]
 
 
 def _capture_figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any]]:
@@ -193,4 +217,5 @@ def test_report_redrawn_from_runs_csv(seeded_runs: Path, tmp_path: Path, sft) ->
     with pytest.raises(UserError, match="not a runs.csv written by sft report"):
         run_report([str(bad)])
     proc = sft("report", str(bad))
-    assert proc.returncode == 2 and "other.csv: not a runs.csv" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert "other.csv: not a runs.csv" in proc.stderr and "Traceback" not in proc.stderr

@@ -22,7 +22,8 @@ NOISE_KEYS = ("seed", "run_root", "run_name", "cache_dir", "resume", "allow_resu
               "trainer.progress")
 # Group choices whose value alone names a line: "+strategy=mix" reads "mix".
 NAME_KEYS = (STRATEGY_KEY, "strategy.name", "recipe")
-# The one key spelled shorter than its last component: the DESIGN's K.
+# Keys not named by their last component: labels_per_class is the DESIGN's K; loss.weight / loss.tau
+# are the YAML spellings of the top-level lambda / tau.
 SHORT_NAMES = {LPC_KEY: "K", "loss.weight": "lambda", "loss.tau": "tau"}
 # The override spellings of lambda and tau.
 HYPER_OVERRIDES = ("lambda", "tau", "loss.weight", "loss.tau")
@@ -60,8 +61,9 @@ def _is_noise(key: str) -> bool:
 
 
 def run_settings(run: Run) -> dict[str, str] | None:
-    """The run's overrides as key -> value, without the noise; None when the run has no record of them."""
-    if not run.overrides:
+    """The run's overrides as key -> value, without the noise; None when the run has no record of them
+    (a plain `sft train` has one: Hydra's empty .hydra/overrides.yaml)."""
+    if not run.overrides and not (run.path / ".hydra" / "overrides.yaml").is_file():
         return None
     pairs = (parse_override(o) for o in run.overrides)
     return {k: v for k, v in pairs if not _is_noise(k)}
@@ -139,8 +141,10 @@ def short_labels(lines: Sequence[Mapping[str, str]]) -> Legend:
     return Legend(
         labels,
         notes=["K = labels per class"] if any(LPC_KEY in line for line in rest) else [],
-        shared=[short_token(k, lines[0][k], ambiguous) for k in shared],
-        where_set=[short_token(k, next(line[k] for line in lines if k in line), ambiguous) for k in where_set],
+        shared=_tokens({k: lines[0][k] for k in shared}, ambiguous),
+        where_set=[
+            short_token(k, next(line[k] for line in lines if k in line), ambiguous) for k in where_set
+        ],
     )
 
 
@@ -169,7 +173,9 @@ def legend_for(
     return short_labels(fallback)
 
 
-def efficiency_lines(points: Sequence[EfficiencyPoint]) -> tuple[list[tuple[str, list[EfficiencyPoint]]], Legend]:
+def efficiency_lines(
+    points: Sequence[EfficiencyPoint],
+) -> tuple[list[tuple[str, list[EfficiencyPoint]]], Legend]:
     """The label-efficiency points as named lines, in the groups' order (supervised, alternate, mix, then
     the rest), each line's points by K; the same names in the plot's legend and in report.md."""
     by_line: dict[str, list[EfficiencyPoint]] = {}  # insertion order: the groups' order
@@ -180,11 +186,12 @@ def efficiency_lines(points: Sequence[EfficiencyPoint]) -> tuple[list[tuple[str,
     # K is the x axis. Where a line's points ran with different lambda/tau (each the best on validation
     # at its K), no single value names the line: report.md lists them per point.
     per_point = any(len({p.setting for p in pts}) > 1 for pts in by_line.values())
+    lines = list(by_line.values())
     legend = legend_for(
-        [[r for p in pts for r in p.runs] for pts in by_line.values()],
-        [config_settings(list(pts[0].line_values), list(pts[0].line_values.values())) for pts in by_line.values()],
+        [[r for p in pts for r in p.runs] for pts in lines],
+        [config_settings(list(pts[0].line_values), list(pts[0].line_values.values())) for pts in lines],
         ignore={LPC_KEY, *(HYPER_OVERRIDES if per_point else ())},
     )
     if per_point:
         legend.notes.insert(0, "lambda/tau per point: the best on val/accuracy (report.md)")
-    return list(zip(legend.labels, by_line.values(), strict=True)), legend
+    return list(zip(legend.labels, lines, strict=True)), legend

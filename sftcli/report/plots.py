@@ -171,7 +171,8 @@ def _draw(ax: Any, curve: Curve, color: Any, dash: str, label: str, n_lines: int
     if curve.has_band:
         lo = [m - (s or 0.0) for m, s in zip(curve.mean, curve.std, strict=True)]
         hi = [m + (s or 0.0) for m, s in zip(curve.mean, curve.std, strict=True)]
-        ax.fill_between(curve.steps, lo, hi, color=color, alpha=0.18 if n_lines <= 3 else 0.12 if n_lines <= 6 else 0.07, linewidth=0)
+        alpha = 0.18 if n_lines <= 3 else 0.12 if n_lines <= 6 else 0.07
+        ax.fill_between(curve.steps, lo, hi, color=color, alpha=alpha, linewidth=0)
         ys += lo + hi
     return ys
 
@@ -180,8 +181,8 @@ def plot_validation(path: Path, groups: Sequence[Group], keys: Sequence[str], me
     """`metric` against step, one line per group: the mean over its runs (seeds), with a ± std band."""
     import matplotlib.pyplot as plt
     legend = _group_legend(groups, keys)
-    lines = [(label, group_curves(g, [metric]).get(metric)) for label, g in zip(legend.labels, groups, strict=True)]
-    lines = [(label, c) for label, c in lines if c is not None]
+    curves = [group_curves(g, [metric]).get(metric) for g in groups]
+    lines = [(label, c) for label, c in zip(legend.labels, curves, strict=True) if c is not None]
     if not lines:
         return None
     fig, ax = plt.subplots(figsize=(7.0, 4.2))
@@ -357,8 +358,9 @@ def plot_label_efficiency(
             ax.errorbar([xs[j]], [means[j]], yerr=[errs[j]], color=color, marker="s", capsize=4,
                         linestyle="none", label=None if numbered else label)
             if numbered:
-                ax.plot([xs[numbered[-1]], xs[j]], [means[numbered[-1]], means[j]], color=color, linestyle=":")
-        ys += [m - e for m, e in zip(means, errs, strict=True)] + [m + e for m, e in zip(means, errs, strict=True)]
+                last = numbered[-1]
+                ax.plot([xs[last], xs[j]], [means[last], means[j]], color=color, linestyle=":")
+        ys += [m + sign * e for m, e in zip(means, errs, strict=True) for sign in (-1, 1)]
     ax.set_xscale("log")
     ax.set_xticks([pos[v] for v in xs_all], [show_value(LPC_KEY, v) for v in xs_all])
     ax.xaxis.set_minor_locator(NullLocator())
