@@ -263,9 +263,9 @@ def test_a_nonfinite_validation_metric_is_never_the_best() -> None:
     ("loss.consistency_mask_prob=0.1", "renamed to 'loss.unlabeled_mask_prob'"),
     ("+loss.consistency_mask_prob=0.1", "renamed to 'loss.unlabeled_mask_prob'"),
     # A removed key says so and why, in either form.
-    ("trainer.embedding_grad_rows=false", "trainer.embedding_grad_rows: removed: measured below 3% (README Benchmark)"),
-    ("+trainer.cpu_dropout=torch", "trainer.cpu_dropout: removed: measured below 3% (README Benchmark)"),
-    ("optim.fused_clipping=false", "optim.fused_clipping: removed: measured below 3% (README Benchmark)"),
+    ("trainer.embedding_grad_rows=false", "trainer.embedding_grad_rows: removed: measured below 3% (docs/benchmark.md)"),
+    ("+trainer.cpu_dropout=torch", "trainer.cpu_dropout: removed: measured below 3% (docs/benchmark.md)"),
+    ("optim.fused_clipping=false", "optim.fused_clipping: removed: measured below 3% (docs/benchmark.md)"),
     # The recipe already picks the strategy.
     ("+recipe=self_training +strategy=alternate", "strategy=OPTION, without the +"),
     # A group that is added with a + (strategy, recipe) and was not: the + is named, not a spelling guess.

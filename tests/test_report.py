@@ -178,7 +178,7 @@ def test_report_groups_runs_with_mean_std_and_writes_plots(runs: Path, tmp_path:
         per_run = list(csv.DictReader(fh))
     assert len(per_run) == 13 and [r["status"] for r in per_run].count("failed") == 1
 
-    for name in ("learning_curves.png", "lambda_tau_heatmap.png", "label_efficiency.png"):
+    for name in ("validation.png", "learning_curves.png", "lambda_tau_heatmap.png", "label_efficiency.png"):
         data = (out_dir / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
     import matplotlib.image
@@ -190,7 +190,8 @@ def test_report_groups_runs_with_mean_std_and_writes_plots(runs: Path, tmp_path:
     assert "![Label efficiency](label_efficiency.png)" in md
     # Label efficiency picks lambda/tau on validation (0.60 for lambda=0.5 tau=0.1), not on test (0.90).
     assert "| mix | 4 | 3 | 0.7300 ± 0.0265 | lambda=0.5 tau=0.1 |" in md
-    assert "| none | 16 | 1 | 0.7700 ± - | - |" in md
+    # Its lines carry the plot's legend names: the baseline reads "supervised", not strategy "none".
+    assert "| supervised | 16 | 1 | 0.7700 ± - | - |" in md
 
 
 def test_report_group_by_and_metric_options(runs: Path, tmp_path: Path, capsys) -> None:

@@ -24,7 +24,7 @@ _ALIAS_OF = {path: alias for alias, path in ALIASES.items()}
 RENAMED_KEYS = {"loss.consistency_mask_prob": "loss.unlabeled_mask_prob"}
 # Keys that were removed, and why: a config or command line still setting one is told so. A saved config
 # (a checkpoint's, read by from_plain) that holds one still loads: the key no longer changes anything.
-_BELOW_3_PERCENT = "measured below 3% (README Benchmark)"
+_BELOW_3_PERCENT = "measured below 3% (docs/benchmark.md)"
 REMOVED_KEYS = {"trainer.embedding_grad_rows": _BELOW_3_PERCENT, "trainer.cpu_dropout": _BELOW_3_PERCENT,
                 "optim.fused_clipping": _BELOW_3_PERCENT}
 

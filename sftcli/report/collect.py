@@ -120,12 +120,22 @@ def _expand(arg: str) -> list[Path]:
 
 
 def find_runs(args: Sequence[str]) -> list[Run]:
-    """Run dirs under the given paths (recursively), each once, in path order."""
+    """Run dirs under the given paths (recursively), each once, in path order; a .csv path is an earlier
+    report's runs.csv, read back row by row."""
+    from sftcli.report.runs_csv import is_runs_csv, read_runs_csv
+
     seen: set[Path] = set()
     runs: list[Run] = []
     for arg in args:
         found = 0
         for path in _expand(arg):
+            if is_runs_csv(path):
+                for run in read_runs_csv(path):
+                    found += 1
+                    if run.path not in seen:
+                        seen.add(run.path)
+                        runs.append(run)
+                continue
             if path.is_file():  # a run's config.yaml / summary.json names its run
                 path = path.parent
             for run_dir in _run_dirs_under(path):

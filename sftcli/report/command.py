@@ -22,7 +22,10 @@ OPTIONS = {
 }
 USAGE = (
     "usage: sft report PATH... [metric=test/accuracy] [group_by=lambda,tau] [out=DIR] [plots=true]\n\n"
-    "PATH: run dirs, sweep dirs (searched recursively) or globs (quote them).\noptions:\n"
+    "PATH: run dirs, sweep dirs (searched recursively), globs (quote them), or an earlier report's\n"
+    "runs.csv (its tables and label-efficiency plot drawn again without the run dirs).\n"
+    "plots: validation.png (the selection metric against step), label_efficiency.png (when\n"
+    "labels_per_class varies), learning_curves.png (training losses), lambda_tau_heatmap.png.\noptions:\n"
     + "\n".join(f"  {k + '=':<10} {v}" for k, v in OPTIONS.items() if k != "debug")
 )
 # Always shown next to the chosen metric (deduplicated).

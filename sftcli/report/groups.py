@@ -134,17 +134,6 @@ def show_value(key: str, value: Any) -> str:
     return str(value)
 
 
-def group_label(keys: Sequence[str], group_key: tuple[Any, ...]) -> str:
-    """Short legend text: "mix lambda=0.5 tau=0.05"; keys a group lacks (the baseline's lambda) are left out."""
-    parts = []
-    for key, value in zip(keys, group_key, strict=True):
-        if key == STRATEGY_KEY:
-            parts.append(str(value))
-        elif value is not None or key == LPC_KEY:
-            parts.append(f"{key.rsplit('.', 1)[-1] if key == LPC_KEY else key}={show_value(key, value)}")
-    return " ".join(parts) or "all runs"
-
-
 def distinguishing_overrides(runs: Sequence[Run]) -> dict[Path, str]:
     """Each run's overrides minus those shared by every run (model=tiny, run_root=... are noise)."""
     common = set.intersection(*(set(r.overrides) for r in runs)) if runs else set()
@@ -163,6 +152,8 @@ class EfficiencyPoint:
     std: float | None
     n: int
     setting: str  # the lambda/tau of this point ("" without a contrastive term)
+    runs: list[Run] = field(default_factory=list)  # the chosen group's runs, for the plot's legend
+    line_values: dict[str, Any] = field(default_factory=dict)  # the config values that define the line
 
 
 def label_efficiency(
@@ -194,5 +185,16 @@ def label_efficiency(
             )
             or metric
         )
-        points.append(EfficiencyPoint(label, lpc, mean, std, len(best.values(metric)), setting))
+        points.append(
+            EfficiencyPoint(
+                label,
+                lpc,
+                mean,
+                std,
+                len(best.values(metric)),
+                setting,
+                runs=list(best.runs),
+                line_values={keys[i]: v for i, v in zip(line_idx, line_key, strict=True)},
+            )
+        )
     return points

@@ -11,7 +11,6 @@ from sftcli.report.collect import Run
 from sftcli.report.groups import (
     LABEL_EFFICIENCY,
     LPC_KEY,
-    STRATEGY_ORDER,
     EfficiencyPoint,
     Group,
     distinguishing_overrides,
@@ -19,8 +18,8 @@ from sftcli.report.groups import (
     fmt_mean_std,
     mean_std,
     show_value,
-    sort_value,
 )
+from sftcli.report.labels import efficiency_lines
 
 
 def group_rows(
@@ -149,14 +148,13 @@ def write_markdown(
             "| line | labels per class | n | mean ± std | lambda/tau |",
             "|---|---|---|---|---|",
         ]
-        for p in sorted(
-            points,
-            key=lambda p: (STRATEGY_ORDER.get(p.line, 99), p.line, sort_value(LPC_KEY, p.labels_per_class)),
-        ):
-            lines.append(
-                f"| {p.line} | {show_value(LPC_KEY, p.labels_per_class)} | {p.n} | "
-                f"{fmt_mean_std(p.mean, p.std)} | {p.setting or '-'} |"
-            )
+        named, _ = efficiency_lines(points)  # the lines as the plot's legend names them
+        for label, pts in named:
+            for p in pts:
+                lines.append(
+                    f"| {label} | {show_value(LPC_KEY, p.labels_per_class)} | {p.n} | "
+                    f"{fmt_mean_std(p.mean, p.std)} | {p.setting or '-'} |"
+                )
         lines.append("")
         if LABEL_EFFICIENCY in plots:
             lines += [f"![{LABEL_EFFICIENCY}]({plots[LABEL_EFFICIENCY].name})", ""]

@@ -4,7 +4,7 @@ Each lever is one module with ``why_not(model, device, precision, tc) -> str | N
 apply here: its switch, the device, the model, a library version outside the one its tests run) and an
 ``apply``. Each is on only where it was measured (CPU; on CUDA none was, so all are off there until
 scripts/gpu_check.sh measures them) and has a parity test against the plain computation
-(tests/test_speedups.py). Only levers worth at least 3% on their own in the README's Benchmark stay:
+(tests/test_speedups.py). Only levers worth at least 3% on their own in the benchmark (docs/benchmark.md) stay:
 
 - :mod:`.cls_only` (``trainer.cls_only_last_layer``, 1.10x): BERT's last layer for the first token alone;
 - :mod:`.sdpa_math` (``trainer.sdpa_math_max_length``, 1.43x with ``model.dropout=0``): SDPA's math

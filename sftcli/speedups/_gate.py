@@ -13,7 +13,7 @@ def as_device(device: torch.device | str) -> torch.device:
 
 
 def unmeasured_device(device: torch.device | str) -> str | None:
-    """Why a speed-up is off on this device: each was measured on CPU only (README Benchmark);
+    """Why a speed-up is off on this device: each was measured on CPU only (docs/benchmark.md);
     scripts/gpu_check.sh is the place to measure sft on a CUDA machine."""
     kind = as_device(device).type
     if kind != "cpu":

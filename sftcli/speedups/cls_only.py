@@ -5,7 +5,7 @@ token's output needs every token's keys and values from the layer below, but not
 queries, attention output, feed-forward block and LayerNorms: on MiniLM (6 layers, TREC-6 questions of
 about 13 tokens) that is about an eighth of the model's FLOPs, forward and backward. The first-token
 output is the same computation either way; only rows that no loss or prediction reads are skipped.
-Measured 1.10x the non-pad tokens/s (README Benchmark: bf16, MiniLM, batch 32, 2-core CPU).
+Measured 1.10x the non-pad tokens/s (docs/benchmark.md: bf16, MiniLM, batch 32, 2-core CPU).
 
 A forward that asks for hidden states or attentions (the contrastive term reads the whole last layer)
 gets the full layer, and so does any call that does not go through the classifier's own forward. The

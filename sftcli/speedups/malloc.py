@@ -7,7 +7,7 @@ thousands of page faults and for the kernel zeroing those pages before torch fil
 20-90 ms of a 250-450 ms MiniLM step on a 2-core CPU. Served from the heap and kept there after it is
 freed, the same block is reused every step without a fault. (jemalloc or tcmalloc through ``LD_PRELOAD``
 achieve the same; this needs no extra library.) Measured 1.05x (fp32) and 1.10x (bf16) more tokens/s for
-MiniLM on CPU (README Benchmark).
+MiniLM on CPU (docs/benchmark.md).
 
 Where it applies (:func:`why_not`): a process whose C library is glibc (elsewhere other allocators, with
 no mallopt semantics to rely on), training on CPU (on CUDA the gradients live in the GPU's memory, and it
