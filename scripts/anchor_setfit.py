@@ -15,8 +15,8 @@ Methods:
   frozen_lr  the untouched encoder's mean-pooled, normalised embeddings + scikit-learn's logistic regression.
 
 Each run writes a run directory that `sft report` reads beside sft's own runs:
-OUT/<method>-<data tag>-k<K>-seed<S>/config.yaml (sft's resolved config plus `anchor: METHOD`) and
-summary.json (val/ and test/ accuracy and macro-F1, wall_s). The wall time covers loading, training and
+OUT/<method>-<data tag>-k<K>-seed<S>/config.yaml (sft's resolved config plus `anchor: METHOD`),
+.hydra/overrides.yaml (`anchor=METHOD` and the overrides) and summary.json (val/ and test/ accuracy and macro-F1, wall_s). The wall time covers loading, training and
 prediction on validation and test, as `sft train`'s does.
 """
 
@@ -84,6 +84,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", choices=sorted(METHODS), default="setfit")
     ap.add_argument("--out", default="runs/anchors", help="folder for the anchor run directories")
+    ap.add_argument("--name", default=None, help="run directory name (default METHOD-DATA-kK-seedS)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: OMP_NUM_THREADS or torch's)")
     ap.add_argument("overrides", nargs="*", help="sft train overrides (after --)")
     opts = ap.parse_args()
@@ -116,12 +117,15 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     k = cfg.data.labels_per_class
-    name = f"{opts.method}-{_data_tag(cfg)}-k{'all' if k is None else k}-seed{cfg.seed}"
+    name = opts.name or f"{opts.method}-{_data_tag(cfg)}-k{'all' if k is None else k}-seed{cfg.seed}"
     run_dir = REPO / opts.out / name if not Path(opts.out).is_absolute() else Path(opts.out) / name
     run_dir.mkdir(parents=True, exist_ok=True)
     config = to_plain(cfg)
     config["anchor"] = opts.method
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    # Where `sft report` reads a run's command line: the anchor is named like a recipe.
+    (run_dir / ".hydra").mkdir(exist_ok=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"anchor={opts.method}", *opts.overrides]))
     print(f"{name}: {len(bundle.labeled)} labeled texts, {len(bundle.validation)} validation, "
           f"{0 if bundle.test is None else len(bundle.test)} test; model {model_dir}", flush=True)
 

@@ -134,7 +134,8 @@ class DataConfig(Group):
     label_column: Text = key("label", "column that holds the label (strings or integers; a ClassLabel keeps its "
                                       "class names)")
     labels_per_class: int | None = key(16, _LABELS_PER_CLASS, ge=1)
-    max_unlabeled: int | None = key(None, "cap on the unlabeled stream (seeded sample); null = all of it", ge=1)
+    max_unlabeled: int | None = key(None, "cap on the unlabeled stream (seeded sample); null = all of it; 0 = none",
+                                    ge=0)
     validation_fraction: float = key(0.1, "share of each class carved from train when there is no validation "
                                           "split", gt=0, lt=1)
     length_grouping: bool = key(False, "batch texts of similar length together (less padding, faster); "
@@ -340,6 +341,8 @@ class TrainConfig(Group):
     def _has_unlabeled_source(self) -> bool:
         """Whether the config gives the run unlabeled texts (the rest of train, or a named source)."""
         data = self.data
+        if data.max_unlabeled == 0:
+            return False
         source = {"files": "unlabeled", "hub": "unlabeled_split"}.get(data.source)
         return data.labels_per_class is not None or (source is not None and getattr(data, source) is not None)
 
@@ -380,9 +383,14 @@ class TrainConfig(Group):
         source = {"files": "data.unlabeled", "hub": "data.unlabeled_split"}.get(data.source)
         if not self._has_unlabeled_source():
             how = f" or {source}=..." if source else " (data=files or data=hub can name a source of unlabeled texts)"
-            checks.require(False, "data.labels_per_class", f"+strategy={self.strategy.name} needs unlabeled texts, "
-                           "but with data.labels_per_class=null all of train stays labeled and no unlabeled "
-                           f"source is given: set data.labels_per_class=K (the rest of train becomes unlabeled){how}")
+            if data.max_unlabeled == 0:
+                checks.require(False, "data.max_unlabeled", f"0 leaves no unlabeled texts, which "
+                               f"+strategy={self.strategy.name} needs")
+            else:
+                checks.require(False, "data.labels_per_class", f"+strategy={self.strategy.name} needs unlabeled "
+                               "texts, but with data.labels_per_class=null all of train stays labeled and no "
+                               "unlabeled source is given: set data.labels_per_class=K (the rest of train becomes "
+                               f"unlabeled){how}")
         if loss.self_training_weight > 0 and loss.self_training_every >= tr.max_steps:
             checks.require(False, "loss.self_training_every",
                            f"{loss.self_training_every} >= trainer.max_steps={tr.max_steps}: self-training "

@@ -104,6 +104,9 @@ def _few_labels(train: TextSet, unlabeled: TextSet | None, cfg: DataConfig, seed
 def _cap_unlabeled(unlabeled: TextSet | None, cap: int | None, seed: int, notes: list[str]) -> TextSet | None:
     if unlabeled is None or cap is None or len(unlabeled) <= cap:
         return unlabeled
+    if cap == 0:
+        notes.append("data.max_unlabeled=0: no unlabeled texts")
+        return None
     rng = np.random.default_rng([seed, 31])
     notes.append(f"unlabeled texts capped at data.max_unlabeled={cap} (seeded sample of {len(unlabeled)})")
     return unlabeled.subset(np.sort(rng.permutation(len(unlabeled))[:cap]))

@@ -1,0 +1,192 @@
+"""sft's recipes against SetFit, side by side: the same data, labeled draws, seeds and thread count.
+
+    pip install -e '.[anchors]'
+    python scripts/compare_setfit.py [--data trec6 | --data DIR] [--ks 16] [--seeds 0,1,2] \
+        [--arms setfit,supervised,best,...] [--jobs 2] [--root runs/compare]
+
+DIR holds train.csv and test.csv (text,label), e.g. from scripts/make_data.py; validation is carved from
+train by sft's protocol (data.validation_fraction), identically for every arm. Every (K, seed) runs every
+arm; the order of the arms rotates with the seed, and --jobs N runs N commands at once with
+cores/N threads each (OMP_NUM_THREADS), so no arm always has the machine to itself. Wall time is the
+whole process as a user waits for it: start, loading, training, evaluation.
+
+Writes ROOT/<data>/results.csv (one row per run; a row already there is not run again, so an interrupted
+comparison continues) and ROOT/<data>/summary.md: test accuracy mean +- std per arm and K, the paired
+difference to SetFit per seed, and wall time with its ratio to SetFit's. Validation accuracy is in both
+files; every choice of a setting is made on it, never on test. The run dirs under ROOT/<data>/runs are
+what `sft report` reads (the anchors' too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Arm name -> ("sft", overrides of `sft train`) or ("anchor", method of scripts/anchor_setfit.py).
+ARMS: dict[str, tuple[str, list[str]]] = {
+    "setfit": ("anchor", ["setfit"]),
+    "frozen_lr": ("anchor", ["frozen_lr"]),
+    "supervised": ("sft", []),
+    "supervised_mean": ("sft", ["model.head_pooling=mean"]),
+    "seed_term": ("sft", ["+strategy=mix"]),
+    "self_training": ("sft", ["+recipe=self_training"]),
+    "best": ("sft", ["+recipe=best"]),
+    # The recipe with one lever off at a time.
+    "best-supcon_unlabeled": ("sft", ["+recipe=best", "loss.supcon_unlabeled=false"]),
+    "best-supcon": ("sft", ["+recipe=best", "loss.supcon_unlabeled=false", "loss.supcon_weight=0"]),
+    "best-unlabeled": ("sft", ["+recipe=best", "data.max_unlabeled=0"]),
+}
+FIELDS = ["data", "k", "seed", "arm", "val_accuracy", "test_accuracy", "test_macro_f1", "wall_s", "run_dir"]
+
+
+def data_overrides(data: str) -> tuple[str, list[str]]:
+    """(a short name, the data overrides) for --data."""
+    if data == "trec6":
+        return "trec6", []
+    folder = Path(data).resolve()
+    for name in ("train.csv", "test.csv"):
+        if not (folder / name).is_file():
+            raise SystemExit(f"--data {data}: {folder / name} not found (scripts/make_data.py writes it)")
+    return folder.name, ["data=files", f"data.train={folder / 'train.csv'}", f"data.test={folder / 'test.csv'}"]
+
+
+def command(arm: str, runs: Path, name: str, data: list[str], k: str, seed: int) -> list[str]:
+    kind, args = ARMS[arm]
+    common = [*data, f"data.labels_per_class={k}", f"seed={seed}"]
+    if kind == "anchor":
+        return [sys.executable, str(REPO / "scripts" / "anchor_setfit.py"), "--method", args[0], "--out", str(runs),
+                "--name", name, "--", *common]
+    return [sys.executable, "-m", "sftcli", "train", *args, *common, f"run_root={runs}", f"run_name={name}",
+            "trainer.progress=plain"]
+
+
+def read_result(run_dir: Path) -> dict[str, object] | None:
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if summary.get("status") != "completed":
+        return None
+    return {"val_accuracy": summary.get("val/accuracy"), "test_accuracy": summary.get("test/accuracy"),
+            "test_macro_f1": summary.get("test/macro_f1")}
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def write_summary(path: Path, rows: list[dict[str, str]], arms: list[str], data_name: str) -> None:
+    lines = [f"# {data_name}: sft against SetFit", "",
+             "Test accuracy mean ± sample std over seeds (n = seeds); Δ = paired difference to SetFit on the "
+             "same seeds; wall time is the whole process, with its ratio to SetFit's mean.", ""]
+    for k in sorted({r["k"] for r in rows}, key=lambda v: (v == "null", float(v) if v != "null" else 0)):
+        by = {(r["arm"], int(r["seed"])): r for r in rows if r["k"] == k}
+        setfit_wall = [float(r["wall_s"]) for (a, _), r in by.items() if a == "setfit"]
+        lines += [f"## {k} labels per class", "",
+                  "| arm | n | val accuracy | test accuracy | Δ test vs SetFit (per seed) | wall s | × SetFit |",
+                  "|---|---|---|---|---|---|---|"]
+        for arm in arms:
+            mine = sorted((s, r) for (a, s), r in by.items() if a == arm)
+            if not mine:
+                continue
+            val = [float(r["val_accuracy"]) for _, r in mine]
+            test = [float(r["test_accuracy"]) for _, r in mine]
+            wall = [float(r["wall_s"]) for _, r in mine]
+            deltas = [float(r["test_accuracy"]) - float(by[("setfit", s)]["test_accuracy"])
+                      for s, r in mine if ("setfit", s) in by and arm != "setfit"]
+            delta = (f"{statistics.mean(deltas):+.4f} ({', '.join(f'{d:+.3f}' for d in deltas)})" if deltas else "-")
+            ratio = f"{statistics.mean(wall) / statistics.mean(setfit_wall):.2f}" if setfit_wall else "-"
+            lines.append(f"| {arm} | {len(mine)} | {mean_std(val)} | {mean_std(test)} | {delta} | "
+                         f"{statistics.mean(wall):.0f} | {ratio} |")
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="trec6", help="trec6, or a folder with train.csv and test.csv")
+    ap.add_argument("--ks", default="16", help="labels per class, comma-separated")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--arms", default="setfit,supervised,best", help=f"comma-separated, from: {', '.join(ARMS)}")
+    ap.add_argument("--jobs", type=int, default=2, help="commands at once, each with cores/jobs threads")
+    ap.add_argument("--root", default="runs/compare")
+    opts = ap.parse_args()
+    arms = opts.arms.split(",")
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise SystemExit(f"--arms: unknown {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+    data_name, data = data_overrides(opts.data)
+    out = (REPO / opts.root if not Path(opts.root).is_absolute() else Path(opts.root)) / data_name
+    runs = out / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    results = out / "results.csv"
+    rows: list[dict[str, str]] = list(csv.DictReader(results.open())) if results.is_file() else []
+    done = {(r["k"], r["seed"], r["arm"]) for r in rows}
+    todo = []
+    for k in opts.ks.split(","):
+        for seed in (int(s) for s in opts.seeds.split(",")):
+            shift = seed % len(arms)
+            for arm in arms[shift:] + arms[:shift]:  # rotate the order with the seed
+                if (k, str(seed), arm) not in done:
+                    todo.append((k, seed, arm))
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, opts.jobs)))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
+    running: list[tuple[subprocess.Popen, float, tuple[str, int, str], Path]] = []
+
+    def reap(block: bool) -> None:
+        while running and (block or any(p.poll() is not None for p, *_ in running)):
+            for item in list(running):
+                proc, t0, (k, seed, arm), run_dir = item
+                if proc.poll() is None:
+                    continue
+                running.remove(item)
+                wall = time.perf_counter() - t0
+                result = read_result(run_dir) if proc.returncode == 0 else None
+                if result is None:
+                    print(f"FAILED ({proc.returncode}): {arm} k={k} seed={seed}: see {run_dir}", flush=True)
+                    continue
+                row = {"data": data_name, "k": k, "seed": str(seed), "arm": arm, **{n: str(v) for n, v in
+                       result.items()}, "wall_s": f"{wall:.1f}", "run_dir": str(run_dir)}
+                rows.append(row)
+                with results.open("w", newline="") as fh:
+                    writer = csv.DictWriter(fh, fieldnames=FIELDS)
+                    writer.writeheader()
+                    writer.writerows(rows)
+                write_summary(out / "summary.md", rows, list(ARMS), data_name)
+                print(f"{arm} k={k} seed={seed}: test {row['test_accuracy']} val {row['val_accuracy']} "
+                      f"wall {wall:.0f} s", flush=True)
+            if block and running:
+                time.sleep(2)
+            elif not block:
+                return
+
+    for k, seed, arm in todo:
+        while len(running) >= opts.jobs:
+            time.sleep(2)
+            reap(block=False)
+        name = f"{arm}-k{k}-seed{seed}"
+        run_dir = runs / name
+        cmd = command(arm, runs, name, data, k, seed)
+        print("$ " + " ".join(cmd[1:]), flush=True)
+        log = (runs / f"{name}.log").open("w")
+        running.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT),
+                        time.perf_counter(), (k, seed, arm), run_dir))
+    reap(block=True)
+    print(f"{results}\n{out / 'summary.md'}")
+
+
+if __name__ == "__main__":
+    main()
