@@ -271,3 +271,13 @@ def test_sweep_csv_has_a_row_for_every_job_even_a_failed_one(sft, tmp_path: Path
     assert "2 completed run(s) in 2 group(s)" in rep.stdout and "optim.lr: must be > 0" in rep.stdout
     assert (sweep / "report.csv").is_file()
 
+
+def test_what_a_tracker_keeps_inside_a_run_is_not_a_run(tmp_path: Path) -> None:
+    from sftcli.report import find_runs
+
+    run = make_run(tmp_path, "r", seed=0, strategy=None, lpc=16, test_acc=0.5, val_acc=0.5)
+    # W&B online writes its own config.yaml under the run dir (trainer.report_to=wandb).
+    files = run / "wandb" / "run-20250101_000000-abc" / "files"
+    files.mkdir(parents=True)
+    (files / "config.yaml").write_text("seed: {value: 0}\n")
+    assert [r.path for r in find_runs([str(tmp_path)])] == [run]
