@@ -37,6 +37,17 @@ def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
             "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"), "WANDB_DATA_DIR": str(tmp_path / "wandb-data")}
 
 
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite store for the tests that name theirs through MLFLOW_TRACKING_URI, as a team's server
+    would be: its tables are made once (seconds), not by every test."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments()
+    return uri
+
+
 def jsonl_series(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """{metric: [(step, value)]} of every numeric value in metrics.jsonl (null = a NaN, none here)."""
     out: dict[str, list[tuple[int, float]]] = {}
@@ -106,15 +117,17 @@ def test_mlflow_and_tensorboard_get_every_metric_of_a_run(sft, tmp_path, offline
 
 
 @needs("mlflow")
-def test_a_sweep_is_one_mlflow_experiment_with_a_run_per_job(sft, tmp_path, offline) -> None:
-    proc = sft("train", "-m", *TINY, "seed=0,1", "trainer.report_to=[mlflow]", env=offline)
+def test_a_sweep_is_one_mlflow_experiment_with_a_run_per_job(sft, tmp_path, offline, mlflow_store) -> None:
+    proc = sft("train", "-m", *TINY, "seed=0,1", "trainer.report_to=[mlflow]",
+               env={**offline, "MLFLOW_TRACKING_URI": mlflow_store})
     assert proc.returncode == 0, proc.stderr
     jobs = run_dirs(tmp_path / "runs")
     assert len(jobs) == 2
     sweep = jobs[0].parent
-    client, _ = mlflow_client(jobs[0])
+    client, state = mlflow_client(jobs[0])
+    assert state["tracking_uri"] == mlflow_store and not (tmp_path / "runs" / "mlflow.db").exists()
     experiment = client.get_experiment_by_name(sweep.name)  # named after the sweep dir
-    assert experiment is not None and client.get_experiment_by_name("sft") is None
+    assert experiment is not None
     runs = {Path(r.data.tags["sft.run_dir"]): r for r in client.search_runs([experiment.experiment_id])}
     assert set(runs) == {j.resolve() for j in jobs}
     for job in jobs:
@@ -127,9 +140,10 @@ def test_a_sweep_is_one_mlflow_experiment_with_a_run_per_job(sft, tmp_path, offl
 
 
 @needs("mlflow")
-def test_resume_continues_the_mlflow_run_without_duplicate_points(sft, tmp_path, offline) -> None:
+def test_resume_continues_the_mlflow_run_without_duplicate_points(sft, tmp_path, offline, mlflow_store) -> None:
     # Killed as step 4 starts: steps 1-3 are logged, the checkpoint is step 2's, so the resumed attempt
     # logs step 3 again.
+    offline = {**offline, "MLFLOW_TRACKING_URI": mlflow_store, "MLFLOW_EXPERIMENT_NAME": f"resume-{tmp_path.name}"}
     args = [*TINY, "trainer.report_to=mlflow", "run_name=r"]
     first = sft("train", *args, env={**offline, "SFT_TEST_KILL_AT_STEP": "4"})
     assert first.returncode != 0
@@ -218,13 +232,14 @@ def test_wandb_goes_online_only_with_credentials(tmp_path, monkeypatch) -> None:
 
 
 @needs("mlflow")
-def test_only_rank_0_reports(sft, tmp_path, offline) -> None:
-    proc = sft("train", *TINY, "trainer.nproc=2", "trainer.report_to=mlflow", env=offline, timeout=300)
+def test_only_rank_0_reports(sft, tmp_path, offline, mlflow_store) -> None:
+    name = f"ranks-{tmp_path.name}"  # MLFLOW_EXPERIMENT_NAME: every rank would log into this experiment
+    proc = sft("train", *TINY, "trainer.nproc=2", "trainer.report_to=mlflow", timeout=300,
+               env={**offline, "MLFLOW_TRACKING_URI": mlflow_store, "MLFLOW_EXPERIMENT_NAME": name})
     assert proc.returncode == 0, proc.stderr
     (run_dir,) = run_dirs(tmp_path / "runs")
     client, state = mlflow_client(run_dir)
-    experiments = client.search_experiments()
-    runs = [r for e in experiments for r in client.search_runs([e.experiment_id])]
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
     assert [r.info.run_id for r in runs] == [state["run_id"]]
     assert mlflow_series(client, runs[0]) == jsonl_series(run_dir)
 

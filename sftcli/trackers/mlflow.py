@@ -72,6 +72,7 @@ class MlflowTracker:
             client.update_run(run.info.run_id, status="RUNNING")
             client.set_tag(run.info.run_id, "sft.status", "running")
         self._client, self._run_id = client, run.info.run_id
+        log.info("mlflow: run %s (experiment %s) at %s", self._run_id, run.info.experiment_id, uri)
         # Params cannot change once logged: a resumed run logs only the ones it does not have.
         have = run.data.params
         params = [Param(k, str(v)) for k, v in flatten(config).items() if k not in have]
