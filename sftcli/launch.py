@@ -23,6 +23,7 @@ from sftcli.checkpoint import probe_writable
 from sftcli.config import TrainConfig, parse_train
 from sftcli.errors import EXIT_USER_ERROR, NonFiniteError, Preempted, UserError
 from sftcli.runlog import setup_logging
+from sftcli.trackers import check_installed
 
 log = logging.getLogger("sft")
 
@@ -60,6 +61,7 @@ def train_in_run_dir(cfg: Any, run_dir: Path) -> dict[str, Any]:
         log.warning("submitit requeued this job: continuing from the newest checkpoint in %s", run_dir)
         cfg.resume = "auto"
     tc: TrainConfig = parse_train(cfg)  # before any model or data loading
+    check_installed(tc.trainer)  # the trackers' packages, before the run dir is written to
     probe_writable(run_dir)
     write_run_config(cfg, run_dir)
     setup_logging(run_dir, is_main=True)

@@ -27,7 +27,7 @@ class MetricsWriter:
     def __init__(self, path: Path, enabled: bool = True):
         self.path = path
         self.enabled = enabled
-        self.mirror: Any = None  # an optional TensorBoardWriter that receives the same events
+        self.mirror: Any = None  # the run's trackers (sftcli.trackers.Trackers): the same events
 
     def write(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:

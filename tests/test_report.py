@@ -273,48 +273,12 @@ def test_sweep_csv_has_a_row_for_every_job_even_a_failed_one(sft, tmp_path: Path
     assert (sweep / "report.csv").is_file()
 
 
-def test_tensorboard_writer_events_are_readable(tmp_path: Path) -> None:
-    pytest.importorskip("tensorboard")
-    import numpy as np
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+def test_what_a_tracker_keeps_inside_a_run_is_not_a_run(tmp_path: Path) -> None:
+    from sftcli.report import find_runs
 
-    from sftcli.tb import TensorBoardWriter
-
-    run = tmp_path / "run"
-    run.mkdir()
-    with TensorBoardWriter(run, enabled=True) as tb:
-        for step in (1, 2, 3):
-            written = tb.write(
-                step,
-                {
-                    "train/loss": 2.0 / step,
-                    "val/n": 530,
-                    "acc": np.float32(0.25 * step),
-                    "checkpoint/saved": "checkpoints/step-1",
-                    "flag": True,
-                    "none": None,
-                },
-            )
-            assert written == 3
-    acc = EventAccumulator(str(run))
-    acc.Reload()
-    assert set(acc.Tags()["scalars"]) == {"train/loss", "val/n", "acc"}
-    loss = acc.Scalars("train/loss")
-    assert [e.step for e in loss] == [1, 2, 3]
-    assert [e.value for e in loss] == pytest.approx([2.0, 1.0, 2.0 / 3], rel=1e-6)
-    assert [e.value for e in acc.Scalars("acc")] == pytest.approx([0.25, 0.5, 0.75])
-
-    # Resume from step 2: the first attempt's step-3 event is superseded, not shown twice.
-    with TensorBoardWriter(run, enabled=True, purge_step=2) as tb:
-        tb.write(2, {"train/loss": 0.9})
-        tb.write(3, {"train/loss": 0.8})
-    acc = EventAccumulator(str(run))
-    acc.Reload()
-    assert [(e.step, round(e.value, 4)) for e in acc.Scalars("train/loss")] == [(1, 2.0), (2, 0.9), (3, 0.8)]
-
-    off = tmp_path / "off"
-    off.mkdir()
-    disabled = TensorBoardWriter(off, enabled=False)
-    assert disabled.write(1, {"train/loss": 1.0}) == 0
-    disabled.close()
-    assert not list(off.iterdir())
+    run = make_run(tmp_path, "r", seed=0, strategy=None, lpc=16, test_acc=0.5, val_acc=0.5)
+    # W&B online writes its own config.yaml under the run dir (trainer.report_to=wandb).
+    files = run / "wandb" / "run-20250101_000000-abc" / "files"
+    files.mkdir(parents=True)
+    (files / "config.yaml").write_text("seed: {value: 0}\n")
+    assert [r.path for r in find_runs([str(tmp_path)])] == [run]

@@ -10,6 +10,7 @@ float and a number given to a text key is taken as text (YAML reads run_name=123
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
@@ -33,6 +34,19 @@ def _number_as_text(value: Any) -> Any:
 
 
 Text = Annotated[str, BeforeValidator(_number_as_text)]
+
+# The experiment trackers trainer.report_to can name (sftcli/trackers/, one module each).
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+
+
+def _one_or_list(value: Any) -> Any:
+    # trainer.report_to=mlflow is one tracker, as trainer.report_to=[mlflow]; null is none.
+    if value is None:
+        return []
+    return [value] if isinstance(value, (str, int, float)) and not isinstance(value, bool) else value
+
+
+TrackerNames = Annotated[list[Text], BeforeValidator(_one_or_list)]
 
 
 def key(default: Any, meaning: str, *, note: str | None = None, **limits: Any) -> Any:
@@ -248,8 +262,11 @@ class TrainerConfig(Group):
     progress: Literal["auto", "bar", "plain", "none"] = key(
         "auto", "auto (bar on a terminal, plain lines otherwise) | bar | plain | none")
     dist_timeout_s: int = key(60, "seconds a rank waits for the others before the job fails", ge=1)
-    tensorboard: bool = key(False, "also write TensorBoard event files in the run dir (needs the tensorboard "
-                                   "package)")
+    report_to: TrackerNames = key(
+        [], f"experiment trackers that get every metric: a list from {', '.join(TRACKERS)}, none (trainer.report_to"
+            "=mlflow or =[mlflow,wandb]); metrics.jsonl is always written")
+    tensorboard: bool = key(False, "also write TensorBoard event files in the run dir (the same as adding "
+                                   "tensorboard to report_to)")
     # The speed-ups (malloc_tuning, sdpa_math_max_length, cls_only_last_layer) are off on CUDA, where they
     # were never measured.
     malloc_tuning: bool = key(True, "glibc, CPU: keep large tensors (the embedding gradient, rebuilt every step) "
@@ -266,8 +283,23 @@ class TrainerConfig(Group):
         checks = Checks()
         checks.require(self.select_metric.startswith("val/"), "select_metric",
                        "must be a validation metric such as val/accuracy or val/macro_f1")
+        self.report_to = _check_trackers(checks, self.report_to)
         checks.raise_if_any()
         return self
+
+
+def _check_trackers(checks: Checks, names: list[str]) -> list[str]:
+    """trainer.report_to as the trackers to start, in order, each once: `none` alone means none (the
+    Hugging Face Trainer's convention); an unknown name is refused with the allowed ones."""
+    allowed = ", ".join([*TRACKERS, "none"])
+    for name in names:
+        if name not in TRACKERS and name != "none":
+            hint = difflib.get_close_matches(name, [*TRACKERS, "none"], n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            checks.require(False, "report_to", f"unknown tracker {name!r}{extra}; allowed: {allowed}")
+    checks.require(names == ["none"] or "none" not in names, "report_to",
+                   f"none means no tracker and cannot be combined with others: {names}")
+    return list(dict.fromkeys(n for n in names if n != "none"))
 
 
 # Keys typed at the top level of `sft train` (lambda=0.5; `lambda` is a Python keyword) and the field

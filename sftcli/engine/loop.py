@@ -30,6 +30,7 @@ from sftcli.evaluate import autocast, evaluate, scalar_metrics
 from sftcli.export import MODEL_DIR, export_model, model_card
 from sftcli.objectives import StepView, Term
 from sftcli.runlog import MetricsWriter, format_metrics, format_value
+from sftcli.trackers import Trackers, build_trackers
 
 log = logging.getLogger("sft")
 
@@ -49,17 +50,16 @@ class Engine:
         self.nonfinite_skips = 0
         self.resumed_from: Path | None = None
         self.stop_requested = 0
+        self.trackers: Trackers | None = None  # rank 0's experiment trackers (trainer.report_to)
 
     def setup(self) -> None:
         build(self)  # data, tokenizer, model, objectives, optimizer, scheduler, batches
         if self.cfg.resume is not None:
             state.resume(self)
-        if self.tc.tensorboard and self.env.is_main:
-            from sftcli.tb import TensorBoardWriter
-
-            # purge_step hides events an interrupted attempt logged after the step resumed from.
-            self.metrics.mirror = TensorBoardWriter(self.run_dir, True,
-                                                    purge_step=self.step + 1 if self.resumed_from else None)
+        if self.env.is_main:
+            # Last, right before training: a resumed run's trackers continue from the step resumed from.
+            self.trackers = build_trackers(self.cfg, self.run_dir, self.step if self.resumed_from else None)
+            self.metrics.mirror = self.trackers
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info("model: %s (%.1fM parameters), device %s, %d process(es), precision %s", type(self.model).__name__,
                  n_params / 1e6, self.env.device, self.env.world_size, self.precision)
@@ -75,14 +75,22 @@ class Engine:
         log.info("training: steps %d -> %d, strategy %s, objectives %s", self.step, tc.max_steps,
                  self.cfg.strategy.name if self.cfg.strategy else "none (supervised baseline)",
                  ", ".join(o.name for o in self.objectives))
+        status, summary = "failed", None
         try:
             with speedups.malloc_tuning(self.model, tc, env.device):
                 self._loop(progress)
             progress.close()
-            return self.finish()
+            summary = self.finish()
+            status = "completed"
+            return summary
+        except Preempted:
+            status = "preempted"
+            raise
         finally:
             progress.close()
             self._restore_signal_handlers()
+            if self.trackers is not None:
+                self.trackers.finish(summary, status)
             self.metrics.close()
 
     def _loop(self, progress: Progress) -> None:

@@ -157,8 +157,10 @@ def _run_dirs_under(path: Path) -> Iterable[Path]:
         p.parent for p in path.rglob("config.yaml")
     }
     for run_dir in sorted(candidates, key=_natural):
-        # Skip checkpoint dirs (their config.json is not ours) and Hydra's own .hydra/config.yaml.
-        if run_dir.name != ".hydra" and is_run_dir(run_dir):
+        # Skip checkpoint dirs (their config.json is not ours), Hydra's own .hydra/config.yaml, and what a
+        # tracker keeps inside a run (W&B's wandb/run-*/files/config.yaml): a run never holds another.
+        inside_run = any(is_run_dir(p) for p in run_dir.parents if p.is_relative_to(path))
+        if run_dir.name != ".hydra" and is_run_dir(run_dir) and not inside_run:
             yield run_dir
 
 
