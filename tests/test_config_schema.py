@@ -86,7 +86,7 @@ def test_every_key_has_a_description(cls) -> None:
 def test_hydra_knows_every_key_with_the_schemas_default() -> None:
     nodes = base_nodes()
     assert nodes[("trainer", "schema")]["max_steps"] == 150
-    assert nodes[("strategy", "schema")] == {"name": "???", "labeled_steps": 1}  # the option names it
+    assert nodes[("strategy", "schema")] == {"name": "???", "labeled_steps": 1, "unlabeled": "required"}  # the option names it
     data, _ = helptext.compose("train", ["+strategy=alternate"])
     composed = dict(_leaves(data))
     for key in key_descriptions(TrainConfig):
