@@ -160,3 +160,21 @@ def test_a_term_with_weight_zero_costs_nothing(sft, tmp_path) -> None:
     assert not any("train/loss_con" in e for e in read_jsonl(run / "metrics.jsonl"))
     assert not (tmp_path / "cache" / "teacher").exists()
     assert json.loads((run / "summary.json").read_text())["objectives"] == ["sup"]
+
+
+def test_simcse_positive_needs_no_frozen_encoder(sft, tmp_path) -> None:
+    # loss.positive=dropout: the positive is the text's second dropout view through the trained model.
+    cache = tmp_path / "cache"
+    sft("train", *TINY, "+strategy=mix", "lambda=0.5", "loss.positive=dropout", "model.dropout=0.2",
+        "run_name=d", check=True, env={"SFT_CACHE_DIR": str(cache)})
+    steps = [e for e in read_jsonl(tmp_path / "runs" / "d" / "metrics.jsonl") if "train/loss_con" in e]
+    assert len(steps) == 4 and all(e["train/loss_con"] > 0 for e in steps)
+    # A second dropout draw: close to the query, not the same (a frozen rep of a random tiny BERT is far).
+    assert all(0.5 < e["train/con_pos_sim"] < 1.0 for e in steps)
+    assert not any("train/con_drift" in e for e in steps)
+    assert not (cache / "teacher").exists()
+    # Without dropout the two views are one: the positive is the query itself.
+    sft("train", *TINY, "+strategy=mix", "lambda=0.5", "loss.positive=dropout", "model.dropout=0",
+        "run_name=n", check=True, env={"SFT_CACHE_DIR": str(cache)})
+    same = [e for e in read_jsonl(tmp_path / "runs" / "n" / "metrics.jsonl") if "train/con_pos_sim" in e]
+    assert all(e["train/con_pos_sim"] == pytest.approx(1.0, abs=1e-3) for e in same)

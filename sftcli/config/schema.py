@@ -180,6 +180,9 @@ class LossConfig(Group):
                                      "+strategy=..., an error without a strategy", ge=0)
     tau: float | None = key(None, "InfoNCE temperature of the cosine similarities; set by +strategy=..., an error "
                                   "without a strategy", gt=0)
+    positive: Literal["pretrained", "dropout"] = key(
+        "pretrained", "the positive of each text: its frozen pretrained representation (the seed's term) | dropout "
+                      "(SimCSE: the same text through the trained model under a second dropout draw, no gradient)")
     negatives: Literal["finetuned", "pretrained", "none"] = key(
         "finetuned", "other texts' fine-tuned reps (finetuned), their frozen reps (pretrained), or none "
                      "(stay-close: (1 - cos(q, p)) / tau)")

@@ -6,6 +6,10 @@ projection head), positive p = f0(x) (the frozen pretrained encoder; computed on
 or by a live frozen copy with loss.teacher_cache=false), negatives: the other texts' q gathered across
 ranks (or their p with loss.negatives=pretrained, or none). Weight: lambda (ramped up over
 loss.rampup_steps when set).
+
+With loss.positive=dropout the positive is SimCSE's instead (Gao et al. 2021): the same text through the
+model being trained under a second dropout draw, without gradient (a stop-gradient target), so no
+frozen encoder is kept unless the negatives need it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 from sftcli import dist, faults
 from sftcli.config import LossConfig
 from sftcli.data import Encoded, NpyRows, collate, rank_slice
+from sftcli.evaluate import autocast
 from sftcli.losses import info_nce
 from sftcli.model import ResidualProjection, pool, weights_fingerprint
 from sftcli.objectives.base import Contribution, Objective, StepBatch, StepView, Term
@@ -38,16 +43,10 @@ class Contrastive(Objective):
     def __init__(self, lc: LossConfig, pooling: str, model: torch.nn.Module, unlabeled: Encoded, pad_id: int,
                  env: dist.DistEnv, cache: Path, key_parts: tuple[str, ...], eval_batch_size: int, seed: int):
         self.lc, self.pooling, self.env, self.pad_id, self.unlabeled = lc, pooling, env, pad_id, unlabeled
-        # The frozen pretrained encoder: a copy of the initial weights, eval mode, never updated.
-        teacher = copy.deepcopy(model.base_model).eval().requires_grad_(False)
         self.teacher: torch.nn.Module | None = None
         self.teacher_reps: NpyRows | None = None
-        if lc.teacher_cache:
-            self.teacher_reps = teacher_representations(
-                teacher, unlabeled, pooling, pad_id, cache, key_parts=(weights_fingerprint(teacher), *key_parts),
-                env=env, batch_size=eval_batch_size, precision="fp32")
-        else:
-            self.teacher = teacher.to(env.device)
+        if lc.positive == "pretrained" or lc.negatives == "pretrained":
+            self._build_teacher(model, cache, key_parts, eval_batch_size)
         # The projection head: trained with the model, saved in the training state (it is not part of the
         # classifier, so exported models do not carry it).
         self.projection: torch.nn.Module | None = None
@@ -58,6 +57,18 @@ class Contrastive(Objective):
                 torch.manual_seed(seed)
                 self.projection = ResidualProjection(model.config.hidden_size)
             self.initial_projection = {k: v.detach().clone() for k, v in self.projection.state_dict().items()}
+
+    def _build_teacher(self, model: torch.nn.Module, cache: Path, key_parts: tuple[str, ...],
+                       eval_batch_size: int) -> None:
+        # The frozen pretrained encoder: a copy of the initial weights, eval mode, never updated.
+        teacher = copy.deepcopy(model.base_model).eval().requires_grad_(False)
+        if self.lc.teacher_cache:
+            self.teacher_reps = teacher_representations(
+                teacher, self.unlabeled, self.pooling, self.pad_id, cache,
+                key_parts=(weights_fingerprint(teacher), *key_parts), env=self.env, batch_size=eval_batch_size,
+                precision="fp32")
+        else:
+            self.teacher = teacher.to(self.env.device)
 
     def weight(self, step: int) -> float:
         """lambda of step `step` (1-based), ramped up linearly over loss.rampup_steps when set."""
@@ -75,29 +86,48 @@ class Contrastive(Objective):
             return Contribution()
         n_lab = batch.n_labeled
         hidden = view.output.hidden_states[-1][n_lab:]
-        con, ratios = self._info_nce(hidden, batch.inputs["attention_mask"][n_lab:], batch.unlabeled_index,
-                                     view.unlabeled_predictions())
+        rows = {k: v[n_lab:] for k, v in batch.inputs.items()}
+        second = self._dropout_view(rows, engine) if self.lc.positive == "dropout" else None
+        con, ratios = self._info_nce(hidden, rows["attention_mask"], batch.unlabeled_index,
+                                     view.unlabeled_predictions(), second)
         con = faults.poison("con", con, batch.step)
         return Contribution(terms=[Term("con", con, self.weight(batch.step))], ratios=ratios)
 
-    def _info_nce(self, hidden: torch.Tensor, mask: torch.Tensor, global_idx: np.ndarray, preds: torch.Tensor
-                  ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    @torch.no_grad()
+    def _dropout_view(self, rows: dict[str, torch.Tensor], engine: Engine) -> torch.Tensor:
+        """SimCSE's positive: the pooled states of the same rows through the model in training mode, so
+        under a second dropout draw (the run's RNG: exact resume draws it again), without gradient."""
+        with autocast(self.env.device, engine.precision):
+            out = engine.model.base_model(**rows)
+        return pool(out.last_hidden_state.float(), rows["attention_mask"], self.pooling)
+
+    def _frozen(self, local_idx: np.ndarray, global_idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The frozen encoder's representations of the local rows, and of the global batch when the
+        negatives are pretrained."""
         env, dev = self.env, self.env.device
-        b = hidden.shape[0]
-        local_idx = rank_slice(global_idx, env.rank, env.world_size)
-        pooled = pool(hidden.float(), mask, self.pooling)
-        q = pooled if self.ddp_projection is None else self.ddp_projection(pooled)
         if self.teacher_reps is not None:
             p = torch.from_numpy(np.asarray(self.teacher_reps[local_idx])).to(dev)
             p_global = None
             if self.lc.negatives == "pretrained":
                 p_global = torch.from_numpy(np.asarray(self.teacher_reps[global_idx])).to(dev)
-        else:
-            assert self.teacher is not None
-            rows = {k: v.to(dev) for k, v in collate(self.unlabeled, local_idx, self.pad_id).items()}
-            with torch.no_grad():
-                p = pool(self.teacher(**rows).last_hidden_state.float(), rows["attention_mask"], self.pooling)
-            p_global = dist.gather_with_grad(env, p) if self.lc.negatives == "pretrained" else None
+            return p, p_global
+        assert self.teacher is not None
+        rows = {k: v.to(dev) for k, v in collate(self.unlabeled, local_idx, self.pad_id).items()}
+        with torch.no_grad():
+            p = pool(self.teacher(**rows).last_hidden_state.float(), rows["attention_mask"], self.pooling)
+        return p, dist.gather_with_grad(env, p) if self.lc.negatives == "pretrained" else None
+
+    def _info_nce(self, hidden: torch.Tensor, mask: torch.Tensor, global_idx: np.ndarray, preds: torch.Tensor,
+                  second: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        env, dev = self.env, self.env.device
+        b = hidden.shape[0]
+        local_idx = rank_slice(global_idx, env.rank, env.world_size)
+        pooled = pool(hidden.float(), mask, self.pooling)
+        q = pooled if self.ddp_projection is None else self.ddp_projection(pooled)
+        frozen, p_global = (None, None) if self.teacher is None and self.teacher_reps is None else \
+            self._frozen(local_idx, global_idx)
+        p = second if second is not None else frozen
+        assert p is not None
         keys = p_global if p_global is not None else dist.gather_with_grad(env, q)
         # Negatives the classifier puts in the query's class: a diagnostic, and optionally masked out.
         all_preds = dist.gather_with_grad(env, preds)
@@ -112,13 +142,15 @@ class Contrastive(Objective):
         # Sum over local rows / global batch size, times world size: DDP's gradient averaging then
         # yields exactly the single-process gradient of the global mean.
         con = total * env.world_size / len(global_idx)
-        with torch.no_grad():
-            # Drift of what the encoder itself produces (before any projection head).
-            drift = (1.0 - torch.nn.functional.cosine_similarity(pooled.detach(), p, dim=-1)).sum()
         count = torch.tensor(float(b), device=dev)
         ratios = {"con_pos_sim": (stats["pos_sim"], count), "con_top1": (stats["top1"], count),
-                  "con_drift": (drift, count), "con_neg_sim": (stats["neg_sim"], count),
+                  "con_neg_sim": (stats["neg_sim"], count),
                   "con_same_class_neg": (same.float().sum() / max(n_keys - 1, 1), count)}
+        if frozen is not None:
+            with torch.no_grad():
+                # Drift of what the encoder itself produces (before any projection head) from the frozen one.
+                drift = (1.0 - torch.nn.functional.cosine_similarity(pooled.detach(), frozen, dim=-1)).sum()
+            ratios["con_drift"] = (drift, count)
         return con, ratios
 
     def window_values(self, engine: Engine) -> dict[str, float]:
