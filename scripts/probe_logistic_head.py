@@ -1,0 +1,76 @@
+"""SetFit's head on a trained sft model: logistic regression fitted on the encoder's embeddings of the
+labeled texts, against the model's own end-to-end linear head, on validation and test.
+
+    python scripts/probe_logistic_head.py RUN_DIR [RUN_DIR ...] [--c 1,10,100]
+
+For each run: the run's data (its config.yaml through sft's protocol, so the same labeled draw), the
+exported model (RUN/model), the mean-pooled states the head reads, L2-normalised as SetFit's encoder
+does, then scikit-learn's LogisticRegression at each C. Prints one JSON line per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def embed(model: Any, tokenizer: Any, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(normalised mean-pooled states, the model's own predicted class) of `texts`."""
+    from sftcli.modeling_sft_bert import mean_pool
+
+    zs, preds = [], []
+    with torch.no_grad():
+        for i in range(0, len(texts), 128):
+            enc = tokenizer(texts[i:i + 128], padding=True, truncation=True, max_length=max_length,
+                            return_tensors="pt")
+            preds.append(model(**enc).logits.argmax(-1))
+            zs.append(mean_pool(model.base_model(**enc).last_hidden_state, enc["attention_mask"]))
+    z = torch.cat(zs).numpy()
+    return z / np.linalg.norm(z, axis=1, keepdims=True), torch.cat(preds).numpy()
+
+
+def probe(run: Path, cs: list[float]) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+    from sklearn.linear_model import LogisticRegression
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from sftcli.config import parse_train
+    from sftcli.data import load_data
+
+    raw = OmegaConf.load(run / "config.yaml")
+    raw.resume = None
+    cfg = parse_train(raw)
+    data = load_data(cfg.data, cfg.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(run / "model", trust_remote_code=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(run / "model", trust_remote_code=True)
+    n = cfg.model.max_length
+    z_train, _ = embed(model, tokenizer, data.labeled.texts, n)
+    out: dict[str, Any] = {"run": str(run)}
+    for name, part in (("val", data.validation), ("test", data.test)):
+        if part is None:
+            continue
+        z, own = embed(model, tokenizer, part.texts, n)
+        out[f"{name}/own_head"] = float((own == part.labels).mean())
+        for c in cs:
+            head = LogisticRegression(C=c, max_iter=2000).fit(z_train, data.labeled.labels)
+            out[f"{name}/logistic_C{c:g}"] = float((head.predict(z) == part.labels).mean())
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--c", default="1,10,100", help="inverse regularisation strengths to try")
+    opts = ap.parse_args()
+    torch.set_num_threads(1)
+    for run in opts.runs:
+        print(json.dumps(probe(run, [float(c) for c in opts.c.split(",")])), flush=True)
+
+
+if __name__ == "__main__":
+    main()
