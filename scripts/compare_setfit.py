@@ -38,12 +38,15 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "supervised": ("sft", []),
     "supervised_mean": ("sft", ["model.head_pooling=mean"]),
     "seed_term": ("sft", ["+strategy=mix"]),
+    "seed_term_simcse": ("sft", ["+strategy=mix", "loss.positive=dropout"]),
     "self_training": ("sft", ["+recipe=self_training"]),
     "best": ("sft", ["+recipe=best"]),
     # The recipe with one lever off at a time.
     "best-supcon_unlabeled": ("sft", ["+recipe=best", "loss.supcon_unlabeled=false"]),
     "best-supcon": ("sft", ["+recipe=best", "loss.supcon_unlabeled=false", "loss.supcon_weight=0"]),
     "best-unlabeled": ("sft", ["+recipe=best", "data.max_unlabeled=0"]),
+    # The recipe with a lever added.
+    "best+simcse": ("sft", ["+recipe=best", "lambda=0.1", "loss.positive=dropout"]),
 }
 FIELDS = ["data", "k", "seed", "arm", "val_accuracy", "test_accuracy", "test_macro_f1", "wall_s", "run_dir"]
 
