@@ -59,6 +59,9 @@ def type_text(tp: Any) -> str:
         return " | ".join(repr(a) for a in get_args(tp))
     if origin in (Union, types.UnionType):
         return " or ".join("null" if a is type(None) else type_text(a) for a in get_args(tp))
+    if origin is dict:  # as typed on the command line: {spam:3,ham:1}
+        k, v = get_args(tp)
+        return f"{{{type_text(k)}: {type_text(v)}}}"
     if hasattr(tp, "__metadata__"):  # Annotated[str, ...]: the str
         return type_text(tp.__origin__)
     return getattr(tp, "__name__", str(tp))
@@ -114,6 +117,7 @@ _LIMITS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 
 def _messages(cls: type[BaseModel], exc: ValidationError, command: str) -> list[str]:
     out: list[str] = []
+    typed: set[str] = set()  # keys whose type error is told: a union (loss.class_weights) errs once per member
     for error in exc.errors(include_url=False):
         kind, loc, value = error["type"], tuple(error["loc"]), error.get("input")
         names, info, owner = _locate(cls, loc)
@@ -136,6 +140,9 @@ def _messages(cls: type[BaseModel], exc: ValidationError, command: str) -> list[
         elif kind == "string_too_short":
             out.append(f"{key}: must not be empty")
         elif info is not None:
+            if key in typed:
+                continue
+            typed.add(key)
             shown = f"{_ALIAS_OF[key]} ({key})" if key in _ALIAS_OF else key
             tp = info.annotation
             inner = _without_none(tp)
@@ -147,7 +154,11 @@ def _messages(cls: type[BaseModel], exc: ValidationError, command: str) -> list[
             elif _is_model(inner):
                 out.append(f"{shown}: expected a group of keys, got {value!r}")
             else:
-                out.append(f"{shown}: expected {type_text(tp)}, got {value!r} ({type(value).__name__})")
+                # A union with choices among its members ('balanced' | {label: weight}): still a hint.
+                choices = [str(c) for a in get_args(inner) if get_origin(a) is Literal for c in get_args(a)]
+                hint = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
+                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+                out.append(f"{shown}: expected {type_text(tp)}, got {value!r} ({type(value).__name__}){extra}")
         else:
             out.append(f"{key or 'config'}: {error['msg']}")
     return out

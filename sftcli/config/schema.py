@@ -10,6 +10,7 @@ float and a number given to a text key is taken as text (YAML reads run_name=123
 
 from __future__ import annotations
 
+import math
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
@@ -192,6 +193,19 @@ class LossConfig(Group):
     supcon_weight: float = key(0.0, "weight of a supervised contrastive term on the labeled texts (same class = "
                                     "positives; needs no strategy)", ge=0)
     supcon_tau: float = key(0.1, "temperature of that term's cosine similarities", gt=0)
+    class_weights: Literal["balanced"] | dict[Text, float] | None = key(
+        None, "weights of the classes in the cross-entropy: null (all 1) | balanced (scikit-learn's: labeled texts / "
+              "(classes x texts of the class)) | a weight for every label: loss.class_weights={spam:3,ham:1}")
+
+    @model_validator(mode="after")
+    def _check(self) -> LossConfig:
+        checks = Checks()
+        if isinstance(self.class_weights, dict):
+            for name, weight in self.class_weights.items():
+                checks.require(math.isfinite(weight) and weight > 0, "class_weights",
+                               f"the weight of label {name!r} is {weight}; a weight must be a number > 0")
+        checks.raise_if_any()
+        return self
 
 
 class OptimConfig(Group):

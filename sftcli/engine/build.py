@@ -24,6 +24,7 @@ from sftcli.errors import DataError
 from sftcli.evaluate import resolve_precision
 from sftcli.model import build_model, load_tokenizer, tokenizer_fingerprint
 from sftcli.objectives import Objective, build_objectives
+from sftcli.objectives.supervised import class_weights
 
 log = logging.getLogger("sft")
 
@@ -43,6 +44,12 @@ def build(engine: Any) -> None:
     engine.data = data = load_data(cfg.data, cfg.seed)
     for note in data.notes:
         log.info("data: %s", note)
+    # The class weights: their label names are the data's, checked before the model loads.
+    weights = class_weights(cfg.loss.class_weights, data.label_names, data.labeled.labels)
+    if weights is not None:
+        log.info("loss: class weights (%s): %s", "balanced" if cfg.loss.class_weights == "balanced" else "given",
+                 ", ".join(f"{name}={w:.6g}" for name, w in zip(data.label_names, weights, strict=True)))
+    engine.class_weights = weights
     engine.tokenizer = tokenizer = load_tokenizer(cfg.model)
     engine.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     cache, tok_fp = cache_root(cfg), tokenizer_fingerprint(tokenizer)
@@ -67,7 +74,8 @@ def build(engine: Any) -> None:
     hidden = data.unlabeled.hidden_labels if data.unlabeled is not None else None
     engine.objectives = objectives = build_objectives(
         cfg, model, unlabeled, hidden, engine.pad_id, env, cache,
-        teacher_key=(tok_fp, str(cfg.model.max_length), cfg.model.pooling, data.fingerprint()))
+        teacher_key=(tok_fp, str(cfg.model.max_length), cfg.model.pooling, data.fingerprint()),
+        class_weights=weights)
     for note in speedups.apply_to_model(model, tc, env.device, engine.precision):
         log.debug("model: %s", note)
     model.to(env.device)

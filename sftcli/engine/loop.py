@@ -46,6 +46,7 @@ class Engine:
         self.step = 0  # optimizer steps done
         self.best_metric: float | None = None
         self.best_step: int | None = None
+        self.class_weights: Any = None  # the cross-entropy's weight per class, when loss.class_weights is set
         self.nonfinite_skips = 0
         self.resumed_from: Path | None = None
         self.stop_requested = 0
@@ -295,6 +296,8 @@ class Engine:
             "best_step": self.best_step, "steps": self.step,
             "select_metric": self.tc.select_metric, "select_value": self.best_metric,
         }
+        if self.class_weights is not None:
+            summary["class_weights"] = dict(zip(self.data.label_names, map(float, self.class_weights), strict=True))
         # Evaluate exactly what the best checkpoint holds (the weights read back from disk).
         self.model.load_state_dict(ckpt.load_weights(self.ckpt_dir / best), strict=False)
         val = evaluate(self.model, self.enc_val, self.data.validation.labels, self.data.label_names,
