@@ -20,7 +20,7 @@ from sftcli.config import OptimConfig, TrainConfig
 from sftcli.data import Encoded, encode, load_data
 from sftcli.engine.batches import StepBatches
 from sftcli.engine.state import seed_everything
-from sftcli.errors import DataError
+from sftcli.errors import ConfigError, DataError
 from sftcli.evaluate import resolve_precision
 from sftcli.model import build_model, load_tokenizer, tokenizer_fingerprint
 from sftcli.objectives import Objective, build_objectives
@@ -44,12 +44,17 @@ def build(engine: Any) -> None:
     engine.data = data = load_data(cfg.data, cfg.seed)
     for note in data.notes:
         log.info("data: %s", note)
-    # The class weights: their label names are the data's, checked before the model loads.
+    # What the data decides, checked before the model loads: the class weights, a metric that needs two
+    # classes.
     weights = class_weights(cfg.loss.class_weights, data.label_names, data.labeled.labels)
     if weights is not None:
         log.info("loss: class weights (%s): %s", "balanced" if cfg.loss.class_weights == "balanced" else "given",
                  ", ".join(f"{name}={w:.6g}" for name, w in zip(data.label_names, weights, strict=True)))
     engine.class_weights = weights
+    if tc.select_metric == "val/roc_auc" and len(data.label_names) != 2:
+        raise ConfigError(f"trainer.select_metric=val/roc_auc needs two classes; the data has "
+                          f"{len(data.label_names)} ({', '.join(data.label_names)}): choose val/accuracy, "
+                          "val/macro_f1 or val/weighted_f1")
     engine.tokenizer = tokenizer = load_tokenizer(cfg.model)
     engine.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     cache, tok_fp = cache_root(cfg), tokenizer_fingerprint(tokenizer)

@@ -266,7 +266,8 @@ class Engine:
         if metric is None:
             raise ConfigError(f"trainer.select_metric: {self.tc.select_metric!r} is not a validation metric; "
                               f"choose one of {sorted(values)}")
-        log.info("step %d: val %s", self.step, format_metrics(values, ["val/accuracy", "val/macro_f1"]))
+        shown = list(dict.fromkeys(["val/accuracy", "val/macro_f1", self.tc.select_metric]))
+        log.info("step %d: val %s", self.step, format_metrics(values, shown))
         if math.isfinite(metric) and (self.best_metric is None or metric > self.best_metric):
             self.best_metric, self.best_step = metric, self.step
             return True
@@ -303,6 +304,7 @@ class Engine:
         val = evaluate(self.model, self.enc_val, self.data.validation.labels, self.data.label_names,
                        self.tc.eval_batch_size, self.pad_id, self.env.device, self.precision, self.env)
         summary.update(scalar_metrics(val, "val"))
+        summary["val/per_class"] = val["per_class"]
         if self.enc_test is not None and self.data.test is not None:
             test = evaluate(self.model, self.enc_test, self.data.test.labels, self.data.label_names,
                             self.tc.eval_batch_size, self.pad_id, self.env.device, self.precision, self.env)
