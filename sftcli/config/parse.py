@@ -185,22 +185,32 @@ def _drop_missing(data: dict[str, Any]) -> dict[str, Any]:
     return {k: _drop_missing(v) if isinstance(v, dict) else v for k, v in data.items() if v != _MISSING}
 
 
-def validate(cls: type[BaseModel], data: dict[str, Any], command: str, *, saved: bool = False) -> Any:
-    """`data` validated as `cls`, or ConfigError listing every problem."""
+def validate(cls: type[BaseModel], data: dict[str, Any], command: str, *, saved: bool = False,
+             given: frozenset[str] = frozenset()) -> Any:
+    """`data` validated as `cls`, or ConfigError listing every problem. `given`: the keys the command line
+    set (for checks that tell a default from a choice)."""
     try:
-        return cls.model_validate(_drop_missing(data), context={"saved": saved})
+        return cls.model_validate(_drop_missing(data), context={"saved": saved, "given": given})
     except ValidationError as exc:
         problems = _messages(cls, exc, command)
     lines = "\n".join(f"  - {m}" for m in problems)
     raise ConfigError(f"invalid {'saved' if saved else command} config ({len(problems)} problem(s)):\n{lines}")
 
 
+def given_keys(overrides: list[str]) -> frozenset[str]:
+    """The dotted keys (and groups) that command-line overrides set, parsed by Hydra's own grammar."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return frozenset(o.key_or_group for o in OverridesParser.create().parse_overrides(overrides))
+
+
 def parse_train(cfg: Any, overrides: list[str] | None = None) -> TrainConfig:
-    """Validate a composed `sft train` config; raise ConfigError listing every problem."""
+    """Validate a composed `sft train` config; raise ConfigError listing every problem. `overrides`: the
+    command line that composed it, where known (a key given there is a choice, not a default)."""
     raw = _to_dict(cfg)
     for alias in ALIASES:  # read through loss.weight / loss.tau (configs/loss/infonce.yaml)
         raw.pop(alias, None)
-    return validate(TrainConfig, raw, "train")
+    return validate(TrainConfig, raw, "train", given=given_keys(overrides or []))
 
 
 def parse_eval(cfg: Any) -> EvalConfig:

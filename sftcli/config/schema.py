@@ -227,6 +227,8 @@ SELECT_METRICS = ("val/accuracy", "val/macro_f1", "val/weighted_f1", "val/roc_au
 
 class TrainerConfig(Group):
     max_steps: int = key(150, "optimizer steps", ge=1)
+    epochs: float | None = key(None, "passes over the labeled set instead of max_steps: ceil(epochs x labeled texts / "
+                                     "batch_size) steps (fractions allowed); null = max_steps", gt=0)
     batch_size: int = key(16, "labeled texts per step, GLOBAL (split across processes)", ge=1)
     unlabeled_batch_size: int = key(32, "unlabeled texts per step, GLOBAL (split across processes)", ge=1)
     eval_batch_size: int = key(128, "texts per evaluation batch (per process)", ge=1)
@@ -266,6 +268,19 @@ class TrainerConfig(Group):
                                          "SDPA's math backend; 0 = never", ge=0, note="0 = never")
     cls_only_last_layer: bool = key(True, "CPU, BERT with head_pooling=pooler: the last layer runs for the first token "
                                           "only when no hidden states are asked for")
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> TrainerConfig:
+        checks = Checks()
+        # Both given on the command line: which one counts would be a guess. trainer.max_steps has a
+        # default (and +recipe=... may set it), so only the command line tells that it was meant.
+        given = info.context.get("given", ()) if info.context else ()
+        if self.epochs is not None and "trainer.max_steps" in given:
+            checks.require(False, "epochs", f"trainer.epochs={self.epochs:g} and trainer.max_steps={self.max_steps} "
+                           "are both given: give one (epochs sets the steps to ceil(epochs x labeled texts / "
+                           "batch_size))")
+        checks.raise_if_any()
+        return self
 
 
 # Keys typed at the top level of `sft train` (lambda=0.5; `lambda` is a Python keyword) and the field
@@ -347,7 +362,8 @@ class TrainConfig(Group):
             checks.require(False, "data.labels_per_class", f"+strategy={self.strategy.name} needs unlabeled texts, "
                            "but with data.labels_per_class=null all of train stays labeled and no unlabeled "
                            f"source is given: set data.labels_per_class=K (the rest of train becomes unlabeled){how}")
-        if loss.self_training_weight > 0 and loss.self_training_every >= tr.max_steps:
+        # With trainer.epochs the steps are known once the data is (sftcli/engine/build.py checks then).
+        if loss.self_training_weight > 0 and tr.epochs is None and loss.self_training_every >= tr.max_steps:
             checks.require(False, "loss.self_training_every",
                            f"{loss.self_training_every} >= trainer.max_steps={tr.max_steps}: self-training "
                            f"re-labels first after step {loss.self_training_every}, so no round would happen; "

@@ -29,7 +29,7 @@ from sftcli.errors import ConfigError, NonFiniteError, Preempted
 from sftcli.evaluate import autocast, evaluate, scalar_metrics
 from sftcli.export import MODEL_DIR, export_model, model_card
 from sftcli.objectives import StepView, Term
-from sftcli.runlog import MetricsWriter, format_metrics, format_value
+from sftcli.runlog import MetricsWriter, format_metrics, format_value, record_in_config
 
 log = logging.getLogger("sft")
 
@@ -44,6 +44,7 @@ class Engine:
         self.ckpt_dir = run_dir / "checkpoints"
         self.metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=env.is_main)
         self.step = 0  # optimizer steps done
+        self.max_steps = self.tc.max_steps  # the builder resolves trainer.epochs into steps
         self.best_metric: float | None = None
         self.best_step: int | None = None
         self.class_weights: Any = None  # the cross-entropy's weight per class, when loss.class_weights is set
@@ -53,6 +54,10 @@ class Engine:
 
     def setup(self) -> None:
         build(self)  # data, tokenizer, model, objectives, optimizer, scheduler, batches
+        if self.tc.epochs is not None and self.env.is_main:
+            # config.yaml records the run as resolved; the steps of trainer.epochs are known only now that
+            # the labeled set is loaded.
+            record_in_config(self.run_dir / "config.yaml", "trainer.max_steps", self.max_steps)
         if self.cfg.resume is not None:
             state.resume(self)
         if self.tc.tensorboard and self.env.is_main:
@@ -71,9 +76,9 @@ class Engine:
     def train(self) -> dict[str, Any]:
         tc, env = self.tc, self.env
         self._install_signal_handlers()
-        progress = Progress(tc.progress, tc.max_steps, self.step, enabled=env.is_main)
+        progress = Progress(tc.progress, self.max_steps, self.step, enabled=env.is_main)
         self.model.train()  # from_pretrained returns a model in eval mode; evaluation switches back
-        log.info("training: steps %d -> %d, strategy %s, objectives %s", self.step, tc.max_steps,
+        log.info("training: steps %d -> %d, strategy %s, objectives %s", self.step, self.max_steps,
                  self.cfg.strategy.name if self.cfg.strategy else "none (supervised baseline)",
                  ", ".join(o.name for o in self.objectives))
         try:
@@ -90,7 +95,7 @@ class Engine:
         """Steps until trainer.max_steps: step, agree, update, log, evaluate, save."""
         tc, env = self.tc, self.env
         window = MetricWindow(env)
-        while self.step < tc.max_steps:
+        while self.step < self.max_steps:
             faults.at_step_start(self.step + 1, env.rank)
             t0 = time.perf_counter()
             for objective in self.objectives:
@@ -117,7 +122,7 @@ class Engine:
             self._account(window, loss, terms, ratios, grad_norm)
             window.end_step(time.perf_counter() - t0, self.batches.samples(kind), self.batches.tokens, bad)
 
-            last = self.step == tc.max_steps
+            last = self.step == self.max_steps
             if self.step % tc.log_every == 0 or last:
                 progress.update(self.step, self._flush(window))
                 window = MetricWindow(env)
@@ -294,7 +299,7 @@ class Engine:
             # null with trainer.save_only_model when the last step was not the best (only the best is kept)
             "last_checkpoint": f"checkpoints/{last}" if last_kept or not self.env.is_main else None,
             "model": MODEL_DIR,
-            "best_step": self.best_step, "steps": self.step,
+            "best_step": self.best_step, "steps": self.step, "max_steps": self.max_steps, "epochs": self.tc.epochs,
             "select_metric": self.tc.select_metric, "select_value": self.best_metric,
         }
         if self.class_weights is not None:
