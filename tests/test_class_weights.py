@@ -86,15 +86,17 @@ def test_label_names_must_be_the_datas(sft, tmp_path, weights, named) -> None:
     assert "Traceback" not in proc.stderr and not list(tmp_path.rglob("metrics.jsonl"))
 
 
-def test_two_processes_weigh_as_one(sft, tmp_path) -> None:
-    """nproc=2: the class-weighted loss is the global batch's weighted mean."""
+def test_two_processes_weigh_and_stop_as_one(sft, tmp_path) -> None:
+    """nproc=2: the class-weighted loss is the global batch's weighted mean, and early stopping stops both
+    ranks at the step one process stops at."""
     args = [*(o for o in TINY if not o.startswith("trainer.max_steps")), *spam_files(tmp_path / "spam"),
-            "trainer.max_steps=4", "model.dropout=0", "trainer.precision=fp32", "loss.class_weights=balanced"]
+            "trainer.max_steps=8", "model.dropout=0", "trainer.precision=fp32", "loss.class_weights=balanced",
+            "trainer.early_stopping_patience=1", "trainer.early_stopping_threshold=1.0"]
     for n in (1, 2):
         sft("train", *args, f"trainer.nproc={n}", f"run_name=n{n}", check=True, timeout=600)
     one, two = (read_jsonl(tmp_path / "runs" / f"n{n}" / "metrics.jsonl") for n in (1, 2))
     loss1, loss2 = ([(e["step"], e["train/loss_sup"]) for e in ev if "train/loss_sup" in e] for ev in (one, two))
-    assert [s for s, _ in loss1] == [s for s, _ in loss2] == [1, 2, 3, 4]
+    assert [s for s, _ in loss1] == [s for s, _ in loss2] == [1, 2, 3, 4]  # stopped at the second evaluation
     assert [v for _, v in loss1] == pytest.approx([v for _, v in loss2], abs=1e-5)
     s1, s2 = (json.loads((tmp_path / "runs" / f"n{n}" / "summary.json").read_text()) for n in (1, 2))
-    assert s1["test/accuracy"] == s2["test/accuracy"] and s2["world_size"] == 2
+    assert s1["stopped_at_step"] == s2["stopped_at_step"] == 4 and s2["world_size"] == 2

@@ -243,8 +243,13 @@ class TrainerConfig(Group):
                                        "resumed); only the best is kept")
     log_every: int = key(10, "write train/* and perf/* metrics every N steps", ge=1)
     select_metric: Literal[SELECT_METRICS] = key(
-        "val/accuracy", "validation metric that picks the best checkpoint (higher is better): val/accuracy | "
-                        "val/macro_f1 | val/weighted_f1 | val/roc_auc (two classes)")
+        "val/accuracy", "validation metric that picks the best checkpoint and that early stopping watches (higher "
+                        "is better): val/accuracy | val/macro_f1 | val/weighted_f1 | val/roc_auc (two classes)")
+    early_stopping_patience: int | None = key(
+        None, "stop after this many evaluations in a row without improvement of select_metric; null = off (needs "
+              "eval_every > 0)", ge=1)
+    early_stopping_threshold: float = key(0.0, "with early stopping: an evaluation improves only when it beats the "
+                                               "best so far by more than this", ge=0)
     nproc: int = key(1, "worker processes on this node (torch.distributed); external torchrun also works", ge=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = key(
         "auto", "auto (bf16 where the device computes it natively, else fp32) | fp32 | bf16 (autocast) | fp16 "
@@ -272,6 +277,10 @@ class TrainerConfig(Group):
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> TrainerConfig:
         checks = Checks()
+        if self.early_stopping_patience is not None:
+            checks.require(self.eval_every > 0, "early_stopping_patience",
+                           "needs evaluations during training, but trainer.eval_every=0 (only at the end): set "
+                           "trainer.eval_every=N")
         # Both given on the command line: which one counts would be a guess. trainer.max_steps has a
         # default (and +recipe=... may set it), so only the command line tells that it was meant.
         given = info.context.get("given", ()) if info.context else ()

@@ -1,8 +1,9 @@
 """The training engine: one explicit loop. `train()` and `_step()` each read top to bottom.
 
 One Engine runs in each worker process. Everything distributed goes through `sftcli.dist`; rank 0 writes
-files; stop decisions (max steps, signals, non-finite values) are agreed across ranks. What the loss is
-made of lives in sftcli/objectives/, how the objects are built in build.py, checkpoints in state.py.
+files; stop decisions (max steps, signals, non-finite values, early stopping) are agreed across ranks. What
+the loss is made of lives in sftcli/objectives/, how the objects are built in build.py, checkpoints in
+state.py.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sftcli import cluster, dist, faults, speedups
 from sftcli.config import TrainConfig
 from sftcli.engine import state
 from sftcli.engine.build import build
+from sftcli.engine.early_stopping import EarlyStopping
 from sftcli.engine.metrics import MetricWindow
 from sftcli.engine.progress import Progress
 from sftcli.errors import ConfigError, NonFiniteError, Preempted
@@ -47,6 +49,8 @@ class Engine:
         self.max_steps = self.tc.max_steps  # the builder resolves trainer.epochs into steps
         self.best_metric: float | None = None
         self.best_step: int | None = None
+        self.val_metric: float | None = None  # select_metric of the last evaluation
+        self.early_stopping = EarlyStopping(self.tc.early_stopping_patience, self.tc.early_stopping_threshold)
         self.class_weights: Any = None  # the cross-entropy's weight per class, when loss.class_weights is set
         self.nonfinite_skips = 0
         self.resumed_from: Path | None = None
@@ -92,10 +96,11 @@ class Engine:
             self.metrics.close()
 
     def _loop(self, progress: Progress) -> None:
-        """Steps until trainer.max_steps: step, agree, update, log, evaluate, save."""
+        """Steps until trainer.max_steps (or early stopping): step, agree, update, log, evaluate, save."""
         tc, env = self.tc, self.env
         window = MetricWindow(env)
-        while self.step < self.max_steps:
+        # A run resumed from the checkpoint that early stopping saved has stopped already.
+        while self.step < self.max_steps and not self.early_stopping.stopped:
             faults.at_step_start(self.step + 1, env.rank)
             t0 = time.perf_counter()
             for objective in self.objectives:
@@ -126,14 +131,19 @@ class Engine:
             if self.step % tc.log_every == 0 or last:
                 progress.update(self.step, self._flush(window))
                 window = MetricWindow(env)
-            improved = False
+            improved = stopping = False
             if (tc.eval_every and self.step % tc.eval_every == 0) or last:
+                best_before = self.best_metric
                 improved = self._validate()
+                stopping = self._early_stop(best_before)
+                if stopping and window.steps:
+                    progress.update(self.step, self._flush(window))  # the steps since the last log line
+                    window = MetricWindow(env)
             if stop:
                 state.save(self)
                 raise Preempted(self._preempted_message())
-            if (tc.save_every and self.step % tc.save_every == 0) or last or improved:
-                state.save(self)
+            if (tc.save_every and self.step % tc.save_every == 0) or last or improved or stopping:
+                state.save(self)  # a stop's checkpoint is the run's last, as at max_steps
 
     def _step(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
         """One step's forward and backward: the batches, one forward over them, every objective's terms.
@@ -267,7 +277,7 @@ class Engine:
                           self.tc.eval_batch_size, self.pad_id, self.env.device, self.precision, self.env)
         values = scalar_metrics(result, "val")
         self.metrics.write(self.step, values)
-        metric = values.get(self.tc.select_metric)
+        metric = self.val_metric = values.get(self.tc.select_metric)
         if metric is None:
             raise ConfigError(f"trainer.select_metric: {self.tc.select_metric!r} is not a validation metric; "
                               f"choose one of {sorted(values)}")
@@ -277,6 +287,23 @@ class Engine:
             self.best_metric, self.best_step = metric, self.step
             return True
         return False
+
+    def _early_stop(self, best_before: float | None) -> bool:
+        """Count this evaluation for early stopping; True when training stops now. Every rank computes the
+        metric from the same gathered logits, and the decision still goes through one collective, as every
+        stop decision does, so no rank trains on alone."""
+        es = self.early_stopping
+        if not es.enabled:
+            return False
+        assert self.val_metric is not None
+        es.update(self.val_metric, best_before)
+        self.metrics.write(self.step, {"early_stopping/counter": es.counter})
+        (stopping,) = dist.any_flag(self.env, es.stopped)
+        if stopping and self.step < self.max_steps:
+            log.info("early stopping at step %d: %s did not improve for %d evaluation(s) in a row (best %s at step "
+                     "%s)", self.step, self.tc.select_metric, es.counter, format_value(self.best_metric),
+                     self.best_step)
+        return stopping
 
     def _preempted_message(self) -> str:
         if self.tc.save_only_model:
@@ -292,6 +319,7 @@ class Engine:
         last = ckpt.checkpoint_name(self.step)
         best = ckpt.checkpoint_name(self.best_step) if self.best_step is not None else last
         last_kept = any(p.name == last for _, p in ckpt.listed(self.ckpt_dir))
+        stopped_early = self.early_stopping.stopped and self.step < self.max_steps
         assert last_kept or self.tc.save_only_model or not self.env.is_main, "the last checkpoint was not saved"
         summary: dict[str, Any] = {
             "status": "completed",
@@ -301,7 +329,10 @@ class Engine:
             "model": MODEL_DIR,
             "best_step": self.best_step, "steps": self.step, "max_steps": self.max_steps, "epochs": self.tc.epochs,
             "select_metric": self.tc.select_metric, "select_value": self.best_metric,
+            "stopped_early": stopped_early, "stopped_at_step": self.step if stopped_early else None,
         }
+        if self.early_stopping.enabled:
+            summary["early_stopping"] = self.early_stopping.summary()
         if self.class_weights is not None:
             summary["class_weights"] = dict(zip(self.data.label_names, map(float, self.class_weights), strict=True))
         # Evaluate exactly what the best checkpoint holds (the weights read back from disk).
