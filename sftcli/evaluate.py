@@ -10,6 +10,7 @@ import torch
 
 from sftcli import dist
 from sftcli.data import Encoded, collate
+from sftcli.losses import softmax
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -74,44 +75,64 @@ def predict_logits(model: torch.nn.Module, enc: Encoded, batch_size: int, pad_id
     return out
 
 
-def metrics(labels: np.ndarray, preds: np.ndarray, label_names: list[str], prefix: str = "") -> dict[str, Any]:
-    """accuracy, macro-F1, per-class precision/recall/F1/support, and the confusion matrix."""
-    k = len(label_names)
-    cm = np.zeros((k, k), dtype=np.int64)
-    np.add.at(cm, (labels, preds), 1)
-    tp = np.diag(cm).astype(np.float64)
-    pred_count = cm.sum(0).astype(np.float64)
-    true_count = cm.sum(1).astype(np.float64)
-    precision = np.divide(tp, pred_count, out=np.zeros(k), where=pred_count > 0)
-    recall = np.divide(tp, true_count, out=np.zeros(k), where=true_count > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros(k), where=denom > 0)
-    present = true_count > 0  # macro-F1 over classes that occur in the evaluated labels
+def metrics(labels: np.ndarray, preds: np.ndarray, label_names: list[str], probs: np.ndarray | None = None
+            ) -> dict[str, Any]:
+    """accuracy, macro- and weighted F1, per-class precision/recall/F1/support and the confusion matrix
+    (scikit-learn's definitions); with two classes and `probs` [n, 2], also the ROC AUC of the second
+    label's probability. Macro-F1 averages the classes that occur in `labels` (a class absent from the
+    evaluated set has no F1 to speak of); weighted F1 weighs every class by its support."""
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        f1_score,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
+
+    classes = np.arange(len(label_names))
     n = int(len(labels))
+    present = np.unique(labels)
+    nan = float("nan")
+    if n:
+        precision, recall, f1, support = precision_recall_fscore_support(labels, preds, labels=classes,
+                                                                         zero_division=0)
+        cm = confusion_matrix(labels, preds, labels=classes)
+    else:
+        precision = recall = f1 = np.zeros(len(classes))
+        support = np.zeros(len(classes), dtype=np.int64)
+        cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
     out: dict[str, Any] = {
-        f"{prefix}accuracy": float(tp.sum() / n) if n else float("nan"),
-        f"{prefix}macro_f1": float(f1[present].mean()) if present.any() else float("nan"),
-        f"{prefix}n": n,
+        "accuracy": float(accuracy_score(labels, preds)) if n else nan,
+        "macro_f1": float(f1_score(labels, preds, labels=present, average="macro", zero_division=0)) if n else nan,
+        "weighted_f1": float(f1_score(labels, preds, labels=classes, average="weighted", zero_division=0))
+        if n else nan,
     }
-    return out | {
-        f"{prefix}per_class": {
-            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                   "support": int(true_count[i])}
-            for i, name in enumerate(label_names)
-        },
-        f"{prefix}confusion_matrix": cm.tolist(),
+    if len(classes) == 2 and probs is not None:
+        # Undefined unless both classes occur in the evaluated labels.
+        out["roc_auc"] = float(roc_auc_score(labels, probs[:, 1])) if len(present) == 2 else nan
+    out["n"] = n
+    out["per_class"] = {
+        name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+               "support": int(support[i])}
+        for i, name in enumerate(label_names)
     }
+    out["confusion_matrix"] = cm.tolist()
+    return out
 
 
 def evaluate(model: torch.nn.Module, enc: Encoded, labels: np.ndarray, label_names: list[str], batch_size: int,
              pad_id: int, device: torch.device, precision: str, env: dist.DistEnv | None = None) -> dict[str, Any]:
     logits = predict_logits(model, enc, batch_size, pad_id, device, precision, env)
+    finite = bool(np.isfinite(logits).all())
     with np.errstate(invalid="ignore"):
         preds = logits.argmax(1) if logits.size else np.zeros(0, dtype=np.int64)
-    out = metrics(labels, preds, label_names)
-    if not np.isfinite(logits).all():
+    probs = softmax(logits) if finite and logits.size and logits.shape[1] == 2 else None
+    out = metrics(labels, preds, label_names, probs)
+    if not finite:
         # Non-finite logits make every metric meaningless; NaN keeps such a model from being chosen as best.
-        out["accuracy"] = out["macro_f1"] = float("nan")
+        out.update({k: float("nan") for k, v in out.items() if isinstance(v, float)})
+        if len(label_names) == 2:
+            out["roc_auc"] = float("nan")
     return out
 
 

@@ -60,7 +60,7 @@ def train_in_run_dir(cfg: Any, run_dir: Path) -> dict[str, Any]:
     if cfg.get("resume") is None and cluster.continues_requeued_job(run_dir):
         log.warning("submitit requeued this job: continuing from the newest checkpoint in %s", run_dir)
         cfg.resume = "auto"
-    tc: TrainConfig = parse_train(cfg)  # before any model or data loading
+    tc: TrainConfig = parse_train(cfg, _job_overrides())  # before any model or data loading
     check_installed(tc.trainer)  # the trackers' packages, before the run dir is written to
     probe_writable(run_dir)
     write_run_config(cfg, run_dir)
@@ -92,6 +92,16 @@ def train_in_run_dir(cfg: Any, run_dir: Path) -> dict[str, Any]:
         except Exception as exc:
             raise _launch_failure(exc, run_dir, received) from None
     return results[0]
+
+
+def _job_overrides() -> list[str]:
+    """The overrides of this Hydra job (in a sweep, the job's own); [] outside a Hydra job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # not inside a Hydra job
+        return []
 
 
 def _launch_failure(exc: Exception, run_dir: Path, received: list[int]) -> Exception:

@@ -7,9 +7,16 @@ import torch
 import torch.nn.functional as F
 
 
-def supervised_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the classifier, mean over the (local) batch, computed in fp32."""
-    return F.cross_entropy(logits.float(), labels)
+def supervised_loss(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None,
+                    weight_total: float | None = None) -> torch.Tensor:
+    """Cross-entropy of the classifier, computed in fp32: the mean over the (local) batch, or with class
+    weights `weight` [C] the weighted sum over the local rows divided by `weight_total`, the sum of the
+    weights of every row's label in the GLOBAL batch (F.cross_entropy(weight=...)'s weighted mean when one
+    process holds the whole batch)."""
+    if weight is None:
+        return F.cross_entropy(logits.float(), labels)
+    assert weight_total is not None
+    return F.cross_entropy(logits.float(), labels, weight=weight, reduction="sum") / weight_total
 
 
 def info_nce(

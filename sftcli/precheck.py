@@ -65,7 +65,7 @@ def check_config(command: str, overrides: list[str]) -> Any:
         OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException:
         return None  # reads what only the running job knows (${hydra:job.num}): validated in the job
-    return parse_train(cfg) if command == "train" else parse_eval(cfg)
+    return parse_train(cfg, overrides) if command == "train" else parse_eval(cfg)
 
 
 def composition_message(command: str, text: str, overrides: list[str]) -> str:

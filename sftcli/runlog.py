@@ -65,6 +65,20 @@ class MetricsWriter:
         return dropped
 
 
+def record_in_config(path: Path, key: str, value: Any) -> None:
+    """Set dotted `key` of the run's config.yaml to a value only the run itself resolves (the steps of
+    trainer.epochs); a missing config.yaml (an engine built by code) is left alone."""
+    if not path.is_file():
+        return
+    from omegaconf import OmegaConf
+
+    recorded = OmegaConf.load(path)
+    OmegaConf.update(recorded, key, value)
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(OmegaConf.to_yaml(recorded))
+    tmp.replace(path)
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     out = []
     if path.exists():

@@ -23,3 +23,12 @@ def step_kind(strategy: StrategyConfig | None, step: int) -> str:
 
 def uses_unlabeled(strategy: StrategyConfig | None) -> bool:
     return strategy is not None
+
+
+def steps_for_labeled(strategy: StrategyConfig | None, labeled_steps: int) -> int:
+    """How many steps it takes until `labeled_steps` of them have drawn a labeled batch: as many with no
+    strategy or mix; with alternate, the unlabeled steps in between too (ending on a labeled step)."""
+    if strategy is None or strategy.name == "mix":
+        return labeled_steps
+    per = strategy.labeled_steps  # labeled steps before each unlabeled one
+    return (labeled_steps - 1) // per * (per + 1) + (labeled_steps - 1) % per + 1

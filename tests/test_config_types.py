@@ -36,9 +36,10 @@ def _is_group(tp: Any) -> bool:
 
 
 def _without_none(tp: Any) -> Any:
+    """`X | None` -> X; a union of several types (loss.class_weights: 'balanced' | {label: weight}) stays one."""
     if typing.get_origin(tp) in (Union, types.UnionType):
-        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return inner
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return inner[0] if len(inner) == 1 else Union[tuple(inner)]  # noqa: UP007 - built from a list
     return tp
 
 
@@ -49,6 +50,9 @@ def wrong_value(tp: Any) -> Any:
     if hasattr(tp, "__metadata__"):  # Annotated[str, ...] (numbers are taken as text)
         tp = tp.__origin__
     if typing.get_origin(tp) is Literal:
+        return 123
+    if typing.get_origin(tp) in (Union, types.UnionType):  # choices and a mapping: a number is neither
+        assert all(typing.get_origin(a) in (Literal, dict) for a in typing.get_args(tp)), tp
         return 123
     if _is_group(tp):
         return 5

@@ -65,6 +65,11 @@ def _labeled_file(cfg: DataConfig, split: str, names: list[str]) -> Any:
     return read_labeled_file(cfg, split, names, names_from="of the checkpoint")
 
 
+# The whole-set metrics of eval.json, as the first table shows them.
+SUMMARY_COLUMNS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("weighted_f1", "weighted-F1"),
+                   ("roc_auc", "ROC AUC"))
+
+
 def print_eval_table(result: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -72,9 +77,10 @@ def print_eval_table(result: dict[str, Any]) -> None:
     console = Console()
     names = result["label_names"]
     head = Table(title=f"{result['data']} (n={result['n']})")
-    head.add_column("accuracy", justify="right")
-    head.add_column("macro-F1", justify="right")
-    head.add_row(f"{result['accuracy']:.4f}", f"{result['macro_f1']:.4f}")
+    shown = [(k, title) for k, title in SUMMARY_COLUMNS if k in result]  # roc_auc: two classes only
+    for _, title in shown:
+        head.add_column(title, justify="right")
+    head.add_row(*[f"{result[k]:.4f}" for k, _ in shown])
     console.print(head)
     per = Table(title="per class")
     for col in ("class", "precision", "recall", "F1", "support"):

@@ -59,6 +59,9 @@ def type_text(tp: Any) -> str:
         return " | ".join(repr(a) for a in get_args(tp))
     if origin in (Union, types.UnionType):
         return " or ".join("null" if a is type(None) else type_text(a) for a in get_args(tp))
+    if origin is dict:  # as typed on the command line: {spam:3,ham:1}
+        k, v = get_args(tp)
+        return f"{{{type_text(k)}: {type_text(v)}}}"
     if hasattr(tp, "__metadata__"):  # Annotated[str, ...]: the str
         return type_text(tp.__origin__)
     return getattr(tp, "__name__", str(tp))
@@ -114,6 +117,7 @@ _LIMITS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 
 def _messages(cls: type[BaseModel], exc: ValidationError, command: str) -> list[str]:
     out: list[str] = []
+    typed: set[str] = set()  # keys whose type error is told: a union (loss.class_weights) errs once per member
     for error in exc.errors(include_url=False):
         kind, loc, value = error["type"], tuple(error["loc"]), error.get("input")
         names, info, owner = _locate(cls, loc)
@@ -136,6 +140,9 @@ def _messages(cls: type[BaseModel], exc: ValidationError, command: str) -> list[
         elif kind == "string_too_short":
             out.append(f"{key}: must not be empty")
         elif info is not None:
+            if key in typed:
+                continue
+            typed.add(key)
             shown = f"{_ALIAS_OF[key]} ({key})" if key in _ALIAS_OF else key
             tp = info.annotation
             inner = _without_none(tp)
@@ -147,7 +154,11 @@ def _messages(cls: type[BaseModel], exc: ValidationError, command: str) -> list[
             elif _is_model(inner):
                 out.append(f"{shown}: expected a group of keys, got {value!r}")
             else:
-                out.append(f"{shown}: expected {type_text(tp)}, got {value!r} ({type(value).__name__})")
+                # A union with choices among its members ('balanced' | {label: weight}): still a hint.
+                choices = [str(c) for a in get_args(inner) if get_origin(a) is Literal for c in get_args(a)]
+                hint = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
+                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+                out.append(f"{shown}: expected {type_text(tp)}, got {value!r} ({type(value).__name__}){extra}")
         else:
             out.append(f"{key or 'config'}: {error['msg']}")
     return out
@@ -174,22 +185,32 @@ def _drop_missing(data: dict[str, Any]) -> dict[str, Any]:
     return {k: _drop_missing(v) if isinstance(v, dict) else v for k, v in data.items() if v != _MISSING}
 
 
-def validate(cls: type[BaseModel], data: dict[str, Any], command: str, *, saved: bool = False) -> Any:
-    """`data` validated as `cls`, or ConfigError listing every problem."""
+def validate(cls: type[BaseModel], data: dict[str, Any], command: str, *, saved: bool = False,
+             given: frozenset[str] = frozenset()) -> Any:
+    """`data` validated as `cls`, or ConfigError listing every problem. `given`: the keys the command line
+    set (for checks that tell a default from a choice)."""
     try:
-        return cls.model_validate(_drop_missing(data), context={"saved": saved})
+        return cls.model_validate(_drop_missing(data), context={"saved": saved, "given": given})
     except ValidationError as exc:
         problems = _messages(cls, exc, command)
     lines = "\n".join(f"  - {m}" for m in problems)
     raise ConfigError(f"invalid {'saved' if saved else command} config ({len(problems)} problem(s)):\n{lines}")
 
 
+def given_keys(overrides: list[str]) -> frozenset[str]:
+    """The dotted keys (and groups) that command-line overrides set, parsed by Hydra's own grammar."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return frozenset(o.key_or_group for o in OverridesParser.create().parse_overrides(overrides))
+
+
 def parse_train(cfg: Any, overrides: list[str] | None = None) -> TrainConfig:
-    """Validate a composed `sft train` config; raise ConfigError listing every problem."""
+    """Validate a composed `sft train` config; raise ConfigError listing every problem. `overrides`: the
+    command line that composed it, where known (a key given there is a choice, not a default)."""
     raw = _to_dict(cfg)
     for alias in ALIASES:  # read through loss.weight / loss.tau (configs/loss/infonce.yaml)
         raw.pop(alias, None)
-    return validate(TrainConfig, raw, "train")
+    return validate(TrainConfig, raw, "train", given=given_keys(overrides or []))
 
 
 def parse_eval(cfg: Any) -> EvalConfig:

@@ -11,6 +11,7 @@ float and a number given to a text key is taken as text (YAML reads run_name=123
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
@@ -223,6 +224,19 @@ class LossConfig(Group):
     supcon_tau: float = key(0.1, "temperature of that term's cosine similarities", gt=0)
     supcon_unlabeled: bool = key(False, "the supervised contrastive term also takes the unlabeled texts that "
                                         "self-training gave a pseudo-label (their class)")
+    class_weights: Literal["balanced"] | dict[Text, float] | None = key(
+        None, "weights of the classes in the cross-entropy: null (all 1) | balanced (scikit-learn's: labeled texts / "
+              "(classes x texts of the class)) | a weight for every label: loss.class_weights={spam:3,ham:1}")
+
+    @model_validator(mode="after")
+    def _check(self) -> LossConfig:
+        checks = Checks()
+        if isinstance(self.class_weights, dict):
+            for name, weight in self.class_weights.items():
+                checks.require(math.isfinite(weight) and weight > 0, "class_weights",
+                               f"the weight of label {name!r} is {weight}; a weight must be a number > 0")
+        checks.raise_if_any()
+        return self
 
 
 class OptimConfig(Group):
@@ -237,8 +251,15 @@ class OptimConfig(Group):
                             "per-tensor loop")
 
 
+# The validation metrics that can pick the best checkpoint (sftcli/evaluate.py computes them; roc_auc
+# only for two classes, from the probability of the second label).
+SELECT_METRICS = ("val/accuracy", "val/macro_f1", "val/weighted_f1", "val/roc_auc")
+
+
 class TrainerConfig(Group):
     max_steps: int = key(150, "optimizer steps", ge=1)
+    epochs: float | None = key(None, "passes over the labeled set instead of max_steps: ceil(epochs x labeled texts / "
+                                     "batch_size) steps (fractions allowed); null = max_steps", gt=0)
     batch_size: int = key(16, "labeled texts per step, GLOBAL (split across processes)", ge=1)
     unlabeled_batch_size: int = key(32, "unlabeled texts per step, GLOBAL (split across processes)", ge=1)
     eval_batch_size: int = key(128, "texts per evaluation batch (per process)", ge=1)
@@ -252,8 +273,14 @@ class TrainerConfig(Group):
     save_only_model: bool = key(False, "checkpoints hold weights, tokenizer and config only (the run cannot be "
                                        "resumed); only the best is kept")
     log_every: int = key(10, "write train/* and perf/* metrics every N steps", ge=1)
-    select_metric: Text = key("val/accuracy", "validation metric that picks the best checkpoint (higher is "
-                                              "better)")
+    select_metric: Literal[SELECT_METRICS] = key(
+        "val/accuracy", "validation metric that picks the best checkpoint and that early stopping watches (higher "
+                        "is better): val/accuracy | val/macro_f1 | val/weighted_f1 | val/roc_auc (two classes)")
+    early_stopping_patience: int | None = key(
+        None, "stop after this many evaluations in a row without improvement of select_metric; null = off (needs "
+              "eval_every > 0)", ge=1)
+    early_stopping_threshold: float = key(0.0, "with early stopping: an evaluation improves only when it beats the "
+                                               "best so far by more than this", ge=0)
     nproc: int = key(1, "worker processes on this node (torch.distributed); external torchrun also works", ge=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = key(
         "auto", "auto (bf16 where the device computes it natively, else fp32) | fp32 | bf16 (autocast) | fp16 "
@@ -282,11 +309,20 @@ class TrainerConfig(Group):
                                           "only when no hidden states are asked for")
 
     @model_validator(mode="after")
-    def _check(self) -> TrainerConfig:
+    def _check(self, info: ValidationInfo) -> TrainerConfig:
         checks = Checks()
-        checks.require(self.select_metric.startswith("val/"), "select_metric",
-                       "must be a validation metric such as val/accuracy or val/macro_f1")
         self.report_to = _check_trackers(checks, self.report_to)
+        if self.early_stopping_patience is not None:
+            checks.require(self.eval_every > 0, "early_stopping_patience",
+                           "needs evaluations during training, but trainer.eval_every=0 (only at the end): set "
+                           "trainer.eval_every=N")
+        # Both given on the command line: which one counts would be a guess. trainer.max_steps has a
+        # default (and +recipe=... may set it), so only the command line tells that it was meant.
+        given = info.context.get("given", ()) if info.context else ()
+        if self.epochs is not None and "trainer.max_steps" in given:
+            checks.require(False, "epochs", f"trainer.epochs={self.epochs:g} and trainer.max_steps={self.max_steps} "
+                           "are both given: give one (epochs sets the steps to ceil(epochs x labeled texts / "
+                           "batch_size))")
         checks.raise_if_any()
         return self
 
@@ -426,7 +462,8 @@ class TrainConfig(Group):
                                "texts, but with data.labels_per_class=null all of train stays labeled and no "
                                "unlabeled source is given: set data.labels_per_class=K (the rest of train becomes "
                                f"unlabeled){how}")
-        if loss.self_training_weight > 0 and loss.self_training_every >= tr.max_steps:
+        # With trainer.epochs the steps are known once the data is (sftcli/engine/build.py checks then).
+        if loss.self_training_weight > 0 and tr.epochs is None and loss.self_training_every >= tr.max_steps:
             checks.require(False, "loss.self_training_every",
                            f"{loss.self_training_every} >= trainer.max_steps={tr.max_steps}: self-training "
                            f"re-labels first after step {loss.self_training_every}, so no round would happen; "

@@ -53,11 +53,12 @@ class StepBatches:
         """The inputs of step `step` (0-based steps done so far; the batch records step + 1)."""
         kind, dev = self.kind(step), self.env.device
         self.tokens = 0
-        lab_inputs = labels = unl_inputs = unl_index = None
+        lab_inputs = labels = unl_inputs = unl_index = global_labels = None
         if kind in (SUPERVISED, MIX):
             index, local = self._draw(self.labeled_stream, "labeled", step)
             lab_inputs = collate(self.labeled, local, self.pad_id)
             labels = to_device(torch.from_numpy(self.data.labeled.labels[local]), dev)
+            global_labels = self.data.labeled.labels[index]
             self.tokens += _tokens(self.labeled, local)
         if kind in (CONTRASTIVE, MIX):
             assert self.unlabeled_stream is not None and self.unlabeled is not None
@@ -77,7 +78,7 @@ class StepBatches:
             if self.cfg.loss.unlabeled_mask_prob > 0:
                 inputs = self._mask_unlabeled(inputs, n_lab, step)
         return StepBatch(step=step + 1, inputs={k: to_device(v, dev) for k, v in inputs.items()}, n_labeled=n_lab,
-                         labels=labels, unlabeled_index=unl_index, clean_unlabeled=clean)
+                         labels=labels, unlabeled_index=unl_index, clean_unlabeled=clean, global_labels=global_labels)
 
     def _draw(self, stream: BatchStream, name: str, step: int) -> tuple[np.ndarray, np.ndarray]:
         global_idx = stream.next()

@@ -8,7 +8,9 @@ for DDP before the objectives wrap their own modules, the optimizer last.
 from __future__ import annotations
 
 import logging
+import math
 import os
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +22,12 @@ from sftcli.config import OptimConfig, TrainConfig
 from sftcli.data import Encoded, encode, load_data
 from sftcli.engine.batches import StepBatches
 from sftcli.engine.state import seed_everything
-from sftcli.errors import DataError
+from sftcli.errors import ConfigError, DataError
 from sftcli.evaluate import resolve_precision
 from sftcli.model import build_model, load_tokenizer, tokenizer_fingerprint
 from sftcli.objectives import Objective, build_objectives
+from sftcli.objectives.supervised import class_weights
+from sftcli.strategy import steps_for_labeled
 
 log = logging.getLogger("sft")
 
@@ -43,6 +47,18 @@ def build(engine: Any) -> None:
     engine.data = data = load_data(cfg.data, cfg.seed)
     for note in data.notes:
         log.info("data: %s", note)
+    # What the data decides, checked before the model loads: the steps of trainer.epochs, the class
+    # weights, a metric that needs two classes.
+    engine.max_steps = training_steps(cfg, len(data.labeled))
+    weights = class_weights(cfg.loss.class_weights, data.label_names, data.labeled.labels)
+    if weights is not None:
+        log.info("loss: class weights (%s): %s", "balanced" if cfg.loss.class_weights == "balanced" else "given",
+                 ", ".join(f"{name}={w:.6g}" for name, w in zip(data.label_names, weights, strict=True)))
+    engine.class_weights = weights
+    if tc.select_metric == "val/roc_auc" and len(data.label_names) != 2:
+        raise ConfigError(f"trainer.select_metric=val/roc_auc needs two classes; the data has "
+                          f"{len(data.label_names)} ({', '.join(data.label_names)}): choose val/accuracy, "
+                          "val/macro_f1 or val/weighted_f1")
     engine.tokenizer = tokenizer = load_tokenizer(cfg.model)
     engine.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     cache, tok_fp = cache_root(cfg), tokenizer_fingerprint(tokenizer)
@@ -67,7 +83,8 @@ def build(engine: Any) -> None:
     hidden = data.unlabeled.hidden_labels if data.unlabeled is not None else None
     engine.objectives = objectives = build_objectives(
         cfg, model, unlabeled, hidden, engine.pad_id, env, cache,
-        teacher_key=(tok_fp, str(cfg.model.max_length), cfg.model.pooling, data.fingerprint()))
+        teacher_key=(tok_fp, str(cfg.model.max_length), cfg.model.pooling, data.fingerprint()),
+        class_weights=weights)
     for note in speedups.apply_to_model(model, tc, env.device, engine.precision):
         log.debug("model: %s", note)
     model.to(env.device)
@@ -80,7 +97,8 @@ def build(engine: Any) -> None:
         engine.ddp_model = torch.compile(engine.ddp_model, dynamic=True)
         log.info("model: the training forward is compiled (torch.compile); the first steps compile it")
     engine.optimizer = build_optimizer(cfg.optim, engine.named_parameters())
-    engine.scheduler = build_scheduler(engine.optimizer, tc.max_steps, cfg.optim.warmup_ratio, _period(objectives))
+    engine.scheduler = build_scheduler(engine.optimizer, engine.max_steps, cfg.optim.warmup_ratio,
+                                       _period(objectives))
     engine.scaler = torch.amp.GradScaler("cuda") if engine.precision == "fp16" else None
     # A full disk found now, not at the first save: a checkpoint holds the weights and AdamW's two
     # moments of every trained parameter (and a save writes the new one before pruning old ones).
@@ -90,6 +108,28 @@ def build(engine: Any) -> None:
     engine.batches = StepBatches(cfg, data, labeled, unlabeled, tokenizer, engine.pad_id, env)
     if env.is_main:
         ckpt.clean_temporary(engine.ckpt_dir)
+
+
+def training_steps(cfg: TrainConfig, n_labeled: int) -> int:
+    """The run's optimizer steps: trainer.max_steps, or with trainer.epochs as many as it takes the labeled
+    stream to pass over the `n_labeled` texts that often, ceil(epochs x n_labeled / batch_size) labeled
+    batches (a fractional epoch ends on the batch that completes it; the stream runs on across epochs, so
+    no batch is cut short), plus the unlabeled steps between them under +strategy=alternate."""
+    tc = cfg.trainer
+    if tc.epochs is None:
+        return tc.max_steps
+    # Exact arithmetic on the epochs as typed: in floats 0.1 x 30 / 3 is 1.0000000000000002, one step too many.
+    labeled = math.ceil(Fraction(repr(tc.epochs)) * n_labeled / tc.batch_size)
+    steps = steps_for_labeled(cfg.strategy, labeled)
+    log.info("trainer.epochs=%g: %d steps (%d labeled batches of %d over %d labeled texts)", tc.epochs, steps,
+             labeled, tc.batch_size, n_labeled)
+    lc = cfg.loss
+    if cfg.strategy is not None and lc.self_training_weight > 0 and lc.self_training_every >= steps:
+        raise ConfigError(f"loss.self_training_every: {lc.self_training_every} >= the {steps} steps of "
+                          f"trainer.epochs={tc.epochs:g}: self-training re-labels first after step "
+                          f"{lc.self_training_every}, so no round would happen; lower loss.self_training_every "
+                          "or raise trainer.epochs")
+    return steps
 
 
 def _period(objectives: list[Objective]) -> int | None:

@@ -1,8 +1,9 @@
 """The training engine: one explicit loop. `train()` and `_step()` each read top to bottom.
 
 One Engine runs in each worker process. Everything distributed goes through `sftcli.dist`; rank 0 writes
-files; stop decisions (max steps, signals, non-finite values) are agreed across ranks. What the loss is
-made of lives in sftcli/objectives/, how the objects are built in build.py, checkpoints in state.py.
+files; stop decisions (max steps, signals, non-finite values, early stopping) are agreed across ranks. What
+the loss is made of lives in sftcli/objectives/, how the objects are built in build.py, checkpoints in
+state.py.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ from sftcli import cluster, dist, faults, speedups
 from sftcli.config import TrainConfig
 from sftcli.engine import state
 from sftcli.engine.build import build
+from sftcli.engine.early_stopping import EarlyStopping
 from sftcli.engine.metrics import MetricWindow
 from sftcli.engine.progress import Progress
 from sftcli.errors import ConfigError, NonFiniteError, Preempted
 from sftcli.evaluate import autocast, evaluate, scalar_metrics
 from sftcli.export import MODEL_DIR, export_model, model_card
 from sftcli.objectives import StepView, Term
-from sftcli.runlog import MetricsWriter, format_metrics, format_value
+from sftcli.runlog import MetricsWriter, format_metrics, format_value, record_in_config
 from sftcli.trackers import Trackers, build_trackers
 
 log = logging.getLogger("sft")
@@ -45,8 +47,12 @@ class Engine:
         self.ckpt_dir = run_dir / "checkpoints"
         self.metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=env.is_main)
         self.step = 0  # optimizer steps done
+        self.max_steps = self.tc.max_steps  # the builder resolves trainer.epochs into steps
         self.best_metric: float | None = None
         self.best_step: int | None = None
+        self.val_metric: float | None = None  # select_metric of the last evaluation
+        self.early_stopping = EarlyStopping(self.tc.early_stopping_patience, self.tc.early_stopping_threshold)
+        self.class_weights: Any = None  # the cross-entropy's weight per class, when loss.class_weights is set
         self.nonfinite_skips = 0
         self.resumed_from: Path | None = None
         self.stop_requested = 0
@@ -54,6 +60,10 @@ class Engine:
 
     def setup(self) -> None:
         build(self)  # data, tokenizer, model, objectives, optimizer, scheduler, batches
+        if self.tc.epochs is not None and self.env.is_main:
+            # config.yaml records the run as resolved; the steps of trainer.epochs are known only now that
+            # the labeled set is loaded.
+            record_in_config(self.run_dir / "config.yaml", "trainer.max_steps", self.max_steps)
         if self.cfg.resume is not None:
             state.resume(self)
         if self.env.is_main:
@@ -70,9 +80,9 @@ class Engine:
     def train(self) -> dict[str, Any]:
         tc, env = self.tc, self.env
         self._install_signal_handlers()
-        progress = Progress(tc.progress, tc.max_steps, self.step, enabled=env.is_main)
+        progress = Progress(tc.progress, self.max_steps, self.step, enabled=env.is_main)
         self.model.train()  # from_pretrained returns a model in eval mode; evaluation switches back
-        log.info("training: steps %d -> %d, strategy %s, objectives %s", self.step, tc.max_steps,
+        log.info("training: steps %d -> %d, strategy %s, objectives %s", self.step, self.max_steps,
                  self.cfg.strategy.name if self.cfg.strategy else "none (supervised baseline)",
                  ", ".join(o.name for o in self.objectives))
         status, summary = "failed", None
@@ -94,10 +104,11 @@ class Engine:
             self.metrics.close()
 
     def _loop(self, progress: Progress) -> None:
-        """Steps until trainer.max_steps: step, agree, update, log, evaluate, save."""
+        """Steps until trainer.max_steps (or early stopping): step, agree, update, log, evaluate, save."""
         tc, env = self.tc, self.env
         window = MetricWindow(env)
-        while self.step < tc.max_steps:
+        # A run resumed from the checkpoint that early stopping saved has stopped already.
+        while self.step < self.max_steps and not self.early_stopping.stopped:
             faults.at_step_start(self.step + 1, env.rank)
             t0 = time.perf_counter()
             for objective in self.objectives:
@@ -124,18 +135,23 @@ class Engine:
             self._account(window, loss, terms, ratios, grad_norm)
             window.end_step(time.perf_counter() - t0, self.batches.samples(kind), self.batches.tokens, bad)
 
-            last = self.step == tc.max_steps
+            last = self.step == self.max_steps
             if self.step % tc.log_every == 0 or last:
                 progress.update(self.step, self._flush(window))
                 window = MetricWindow(env)
-            improved = False
+            improved = stopping = False
             if (tc.eval_every and self.step % tc.eval_every == 0) or last:
+                best_before = self.best_metric
                 improved = self._validate()
+                stopping = self._early_stop(best_before)
+                if stopping and window.steps:
+                    progress.update(self.step, self._flush(window))  # the steps since the last log line
+                    window = MetricWindow(env)
             if stop:
                 state.save(self)
                 raise Preempted(self._preempted_message())
-            if (tc.save_every and self.step % tc.save_every == 0) or last or improved:
-                state.save(self)
+            if (tc.save_every and self.step % tc.save_every == 0) or last or improved or stopping:
+                state.save(self)  # a stop's checkpoint is the run's last, as at max_steps
 
     def _step(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
         """One step's forward and backward: the batches, one forward over them, every objective's terms.
@@ -269,15 +285,33 @@ class Engine:
                           self.tc.eval_batch_size, self.pad_id, self.env.device, self.precision, self.env)
         values = scalar_metrics(result, "val")
         self.metrics.write(self.step, values)
-        metric = values.get(self.tc.select_metric)
+        metric = self.val_metric = values.get(self.tc.select_metric)
         if metric is None:
             raise ConfigError(f"trainer.select_metric: {self.tc.select_metric!r} is not a validation metric; "
                               f"choose one of {sorted(values)}")
-        log.info("step %d: val %s", self.step, format_metrics(values, ["val/accuracy", "val/macro_f1"]))
+        shown = list(dict.fromkeys(["val/accuracy", "val/macro_f1", self.tc.select_metric]))
+        log.info("step %d: val %s", self.step, format_metrics(values, shown))
         if math.isfinite(metric) and (self.best_metric is None or metric > self.best_metric):
             self.best_metric, self.best_step = metric, self.step
             return True
         return False
+
+    def _early_stop(self, best_before: float | None) -> bool:
+        """Count this evaluation for early stopping; True when training stops now. Every rank computes the
+        metric from the same gathered logits, and the decision still goes through one collective, as every
+        stop decision does, so no rank trains on alone."""
+        es = self.early_stopping
+        if not es.enabled:
+            return False
+        assert self.val_metric is not None
+        es.update(self.val_metric, best_before)
+        self.metrics.write(self.step, {"early_stopping/counter": es.counter})
+        (stopping,) = dist.any_flag(self.env, es.stopped)
+        if stopping and self.step < self.max_steps:
+            log.info("early stopping at step %d: %s did not improve for %d evaluation(s) in a row (best %s at step "
+                     "%s)", self.step, self.tc.select_metric, es.counter, format_value(self.best_metric),
+                     self.best_step)
+        return stopping
 
     def _preempted_message(self) -> str:
         if self.tc.save_only_model:
@@ -293,6 +327,7 @@ class Engine:
         last = ckpt.checkpoint_name(self.step)
         best = ckpt.checkpoint_name(self.best_step) if self.best_step is not None else last
         last_kept = any(p.name == last for _, p in ckpt.listed(self.ckpt_dir))
+        stopped_early = self.early_stopping.stopped and self.step < self.max_steps
         assert last_kept or self.tc.save_only_model or not self.env.is_main, "the last checkpoint was not saved"
         summary: dict[str, Any] = {
             "status": "completed",
@@ -300,14 +335,20 @@ class Engine:
             # null with trainer.save_only_model when the last step was not the best (only the best is kept)
             "last_checkpoint": f"checkpoints/{last}" if last_kept or not self.env.is_main else None,
             "model": MODEL_DIR,
-            "best_step": self.best_step, "steps": self.step,
+            "best_step": self.best_step, "steps": self.step, "max_steps": self.max_steps, "epochs": self.tc.epochs,
             "select_metric": self.tc.select_metric, "select_value": self.best_metric,
+            "stopped_early": stopped_early, "stopped_at_step": self.step if stopped_early else None,
         }
+        if self.early_stopping.enabled:
+            summary["early_stopping"] = self.early_stopping.summary()
+        if self.class_weights is not None:
+            summary["class_weights"] = dict(zip(self.data.label_names, map(float, self.class_weights), strict=True))
         # Evaluate exactly what the best checkpoint holds (the weights read back from disk).
         self.model.load_state_dict(ckpt.load_weights(self.ckpt_dir / best), strict=False)
         val = evaluate(self.model, self.enc_val, self.data.validation.labels, self.data.label_names,
                        self.tc.eval_batch_size, self.pad_id, self.env.device, self.precision, self.env)
         summary.update(scalar_metrics(val, "val"))
+        summary["val/per_class"] = val["per_class"]
         if self.enc_test is not None and self.data.test is not None:
             test = evaluate(self.model, self.enc_test, self.data.test.labels, self.data.label_names,
                             self.tc.eval_batch_size, self.pad_id, self.env.device, self.precision, self.env)

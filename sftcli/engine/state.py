@@ -2,7 +2,7 @@
 
 A checkpoint holds the model (safetensors, loadable by plain transformers), the tokenizer, sft_state.json
 (step, config, best so far), and for exact resume train_state.pt (optimizer, scheduler, grad scaler, both
-data streams' positions, every objective's state) plus every rank's RNG state. Resume checks the saved
+data streams' positions, the early-stopping counter, every objective's state) plus every rank's RNG state. Resume checks the saved
 config against the current one and refuses a mismatch field by field.
 """
 
@@ -79,6 +79,7 @@ def save(engine: Engine) -> Path | None:
             "scaler": e.scaler.state_dict() if e.scaler is not None else None,
             "streams": e.batches.state_dict(),
             "best": light["best"], "nonfinite_skips": e.nonfinite_skips,
+            "early_stopping": e.early_stopping.state_dict(),
             "objectives": {o.name: o.state_dict() for o in e.objectives},
             "world_size": e.env.world_size, "config": json.dumps(light["config"]),
             "fingerprints": light["fingerprints"],
@@ -155,6 +156,9 @@ def resume(engine: Engine) -> None:
         log.info("resume: the best checkpoint of %s (step %d) stays there; this run selects its own",
                  path.parent.parent, e.best_step)
         e.best_metric, e.best_step = None, None
+    else:
+        # Counted against the best restored with it (absent from states written before early stopping).
+        e.early_stopping.load_state_dict(state.get("early_stopping", {}))
     e.nonfinite_skips = int(state["nonfinite_skips"])
     for objective in e.objectives:
         objective.load_state_dict(state["objectives"].get(objective.name, {}))

@@ -32,6 +32,7 @@ class StepBatch:
     labels: torch.Tensor | None  # [n_labeled] on the device
     unlabeled_index: np.ndarray | None  # GLOBAL indices of the step's unlabeled batch (None: no unlabeled rows)
     clean_unlabeled: dict[str, torch.Tensor] | None = None  # the unlabeled rows as read (host), before noise
+    global_labels: np.ndarray | None = None  # the labels of the step's whole GLOBAL labeled batch (host)
 
     @property
     def has_labeled(self) -> bool:
