@@ -50,8 +50,8 @@ CASES = {
     "self_training": ["+recipe=self_training", "trainer.max_steps=6", "loss.self_training_every=3",
                       "trainer.eval_every=3", "trainer.save_every=3"],
     # The recommended few-labels recipe (SupCon, fresh students), shortened to two rounds.
-    "best": ["+recipe=best", "trainer.max_steps=6", "loss.self_training_every=3", "trainer.eval_every=3",
-             "trainer.save_every=3"],
+    "best": ["+recipe=best", "~trainer.epochs", "~loss.self_training_rounds", "loss.self_training_every=3",
+             "trainer.eval_every=3", "trainer.save_every=3"],
 }
 
 

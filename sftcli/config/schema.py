@@ -202,6 +202,9 @@ class LossConfig(Group):
                                            "pseudo-labels of the classifier", ge=0)
     self_training_every: int = key(50, "re-label the whole unlabeled set with the current classifier every N "
                                        "steps (first at step N)", ge=1)
+    self_training_rounds: int | None = key(
+        None, "split the run's steps into this many rounds (re-label every steps / rounds, so with trainer.epochs "
+              "the rounds follow the labeled set's size); null = every loss.self_training_every steps", ge=2)
     self_training_top: float = key(0.5, "keep this share of the texts as pseudo-labels, most confident first (of "
                                         "each predicted class, or overall: see select)", gt=0, le=1)
     self_training_student: Literal["continue", "fresh"] = key(
@@ -430,9 +433,17 @@ class TrainConfig(Group):
         loss.weight = loss.tau = None
         loss.consistency_weight = 0.0
         if loss.self_training_weight > 0 and loss.self_training_student == "fresh":
-            tr.max_steps = min(tr.max_steps, loss.self_training_every)
-            self._notes.append(f"trainer.max_steps={tr.max_steps}: the first self-training round (the teacher)")
+            # The first round (the teacher) alone.
+            if loss.self_training_rounds is not None and tr.epochs is not None:
+                tr.epochs = tr.epochs / loss.self_training_rounds
+                self._notes.append(f"trainer.epochs={tr.epochs:g}: the first self-training round (the teacher)")
+            else:
+                round_steps = (tr.max_steps // loss.self_training_rounds if loss.self_training_rounds
+                               else loss.self_training_every)
+                tr.max_steps = max(1, min(tr.max_steps, round_steps))
+                self._notes.append(f"trainer.max_steps={tr.max_steps}: the first self-training round (the teacher)")
         loss.self_training_weight = 0.0
+        loss.self_training_rounds = None
         loss.supcon_unlabeled = False
 
     def _check_unlabeled(self, checks: Checks) -> None:
@@ -445,6 +456,9 @@ class TrainConfig(Group):
                 checks.require(getattr(loss, name) > 0, f"loss.{name}",
                                "must be > 0 with loss.supcon_unlabeled=true (the term's classes for unlabeled "
                                "texts are self-training's pseudo-labels)")
+        if loss.self_training_rounds is not None:
+            checks.require(loss.self_training_weight > 0, "loss.self_training_rounds",
+                           "has no effect without self-training (loss.self_training_weight > 0)")
         if self.strategy is None:
             for name in ("self_training_weight", "consistency_weight"):
                 checks.require(getattr(loss, name) <= 0, f"loss.{name}",
@@ -463,7 +477,7 @@ class TrainConfig(Group):
                                "unlabeled source is given: set data.labels_per_class=K (the rest of train becomes "
                                f"unlabeled){how}")
         # With trainer.epochs the steps are known once the data is (sftcli/engine/build.py checks then).
-        if loss.self_training_weight > 0 and tr.epochs is None and loss.self_training_every >= tr.max_steps:
+        if loss.self_training_rounds is None and loss.self_training_weight > 0 and tr.epochs is None and loss.self_training_every >= tr.max_steps:
             checks.require(False, "loss.self_training_every",
                            f"{loss.self_training_every} >= trainer.max_steps={tr.max_steps}: self-training "
                            f"re-labels first after step {loss.self_training_every}, so no round would happen; "

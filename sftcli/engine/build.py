@@ -114,7 +114,32 @@ def training_steps(cfg: TrainConfig, n_labeled: int) -> int:
     """The run's optimizer steps: trainer.max_steps, or with trainer.epochs as many as it takes the labeled
     stream to pass over the `n_labeled` texts that often, ceil(epochs x n_labeled / batch_size) labeled
     batches (a fractional epoch ends on the batch that completes it; the stream runs on across epochs, so
-    no batch is cut short), plus the unlabeled steps between them under +strategy=alternate."""
+    no batch is cut short), plus the unlabeled steps between them under +strategy=alternate. With
+    loss.self_training_rounds the steps are cut to whole rounds and loss.self_training_every is set to a
+    round's length (before the objectives are built)."""
+    steps = _steps(cfg, n_labeled)
+    lc = cfg.loss
+    if cfg.strategy is None or lc.self_training_weight <= 0:
+        return steps
+    if lc.self_training_rounds is not None:
+        # Whole rounds: the steps become rounds x (steps // rounds), and the rounds re-label that often.
+        every = steps // lc.self_training_rounds
+        if every < 1:
+            raise ConfigError(f"loss.self_training_rounds: {lc.self_training_rounds} rounds in {steps} steps leave "
+                              "no step per round; lower it or train longer")
+        lc.self_training_every = every
+        log.info("loss.self_training_rounds=%d: a round is %d steps; %d steps in all", lc.self_training_rounds,
+                 every, every * lc.self_training_rounds)
+        return every * lc.self_training_rounds
+    if lc.self_training_every >= steps:
+        raise ConfigError(f"loss.self_training_every: {lc.self_training_every} >= the {steps} steps of "
+                          f"trainer.epochs={cfg.trainer.epochs:g}: self-training re-labels first after step "
+                          f"{lc.self_training_every}, so no round would happen; lower loss.self_training_every "
+                          "or raise trainer.epochs")
+    return steps
+
+
+def _steps(cfg: TrainConfig, n_labeled: int) -> int:
     tc = cfg.trainer
     if tc.epochs is None:
         return tc.max_steps
@@ -123,12 +148,6 @@ def training_steps(cfg: TrainConfig, n_labeled: int) -> int:
     steps = steps_for_labeled(cfg.strategy, labeled)
     log.info("trainer.epochs=%g: %d steps (%d labeled batches of %d over %d labeled texts)", tc.epochs, steps,
              labeled, tc.batch_size, n_labeled)
-    lc = cfg.loss
-    if cfg.strategy is not None and lc.self_training_weight > 0 and lc.self_training_every >= steps:
-        raise ConfigError(f"loss.self_training_every: {lc.self_training_every} >= the {steps} steps of "
-                          f"trainer.epochs={tc.epochs:g}: self-training re-labels first after step "
-                          f"{lc.self_training_every}, so no round would happen; lower loss.self_training_every "
-                          "or raise trainer.epochs")
     return steps
 
 

@@ -60,10 +60,11 @@ class Engine:
 
     def setup(self) -> None:
         build(self)  # data, tokenizer, model, objectives, optimizer, scheduler, batches
-        if self.tc.epochs is not None and self.env.is_main:
-            # config.yaml records the run as resolved; the steps of trainer.epochs are known only now that
-            # the labeled set is loaded.
+        if self.env.is_main and (self.tc.epochs is not None or self.cfg.loss.self_training_rounds is not None):
+            # config.yaml records the run as resolved; the steps of trainer.epochs and the length of a
+            # self-training round are known only now that the labeled set is loaded.
             record_in_config(self.run_dir / "config.yaml", "trainer.max_steps", self.max_steps)
+            record_in_config(self.run_dir / "config.yaml", "loss.self_training_every", self.cfg.loss.self_training_every)
         if self.cfg.resume is not None:
             state.resume(self)
         if self.env.is_main:
