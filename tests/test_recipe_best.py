@@ -7,7 +7,6 @@ import json
 import math
 
 import pytest
-
 from conftest import TINY, read_jsonl
 
 # TINY without its step count: the recipe counts in epochs. 96 labeled texts in batches of 8 are 12 steps
