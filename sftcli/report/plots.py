@@ -128,6 +128,18 @@ def _titles(fig: Any, ax: Any, title: str, legend: Legend) -> None:
         ax.set_title(subtitle, fontsize=7.5, color="0.3")
 
 
+def _finish(fig: Any, ax: Any, path: Path, title: str, legend: Legend, n_lines: int) -> Path:
+    """Grid, legend and titles of a line plot, then the PNG at `path`."""
+    import matplotlib.pyplot as plt
+
+    ax.grid(alpha=0.3)
+    _legend(ax, n_lines)
+    _titles(fig, ax, title, legend)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def _step_ticks() -> Any:
     """Whole, round step numbers (10, 20, 50, ...), never 12, 18, 24."""
     from matplotlib.ticker import MaxNLocator
@@ -194,12 +206,7 @@ def plot_validation(path: Path, groups: Sequence[Group], keys: Sequence[str], me
     ax.set_xlabel("step (optimizer steps)")
     banded = any(c.has_band for _, c in lines)
     ax.set_ylabel(metric + (" (mean ± std over seeds)" if banded else ""))
-    ax.grid(alpha=0.3)
-    _legend(ax, len(lines))
-    _titles(fig, ax, f"{metric} during training", legend)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, f"{metric} during training", legend, len(lines))
 
 
 def plot_learning_curves(path: Path, groups: Sequence[Group], keys: Sequence[str]) -> Path | None:
@@ -368,9 +375,4 @@ def plot_label_efficiency(
     ax.set_ylim(*value_limits(ys, is_bounded(metric)))
     ax.set_xlabel("labels per class (K, log scale)")
     ax.set_ylabel(f"{metric} (mean ± std over seeds)")
-    ax.grid(alpha=0.3)
-    _legend(ax, len(lines))
-    _titles(fig, ax, f"{metric} by labels per class", legend)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, f"{metric} by labels per class", legend, len(lines))
