@@ -282,3 +282,15 @@ def test_what_a_tracker_keeps_inside_a_run_is_not_a_run(tmp_path: Path) -> None:
     files.mkdir(parents=True)
     (files / "config.yaml").write_text("seed: {value: 0}\n")
     assert [r.path for r in find_runs([str(tmp_path)])] == [run]
+
+
+def test_a_pattern_takes_the_runs_it_names_not_the_files_beside_them(tmp_path: Path) -> None:
+    from sftcli.report import find_runs
+
+    a = make_run(tmp_path, "setfit-k16-seed0", seed=0, strategy=None, lpc=16, test_acc=0.5, val_acc=0.5)
+    make_run(tmp_path, "best-k16-seed0", seed=0, strategy=None, lpc=16, test_acc=0.6, val_acc=0.6)
+    # scripts/compare_setfit.py keeps each run's console log beside its run dir.
+    (tmp_path / "setfit-k16-seed0.log").write_text("log\n")
+    assert [r.path for r in find_runs([str(tmp_path / "setfit-*")])] == [a]
+    # A run's own config.yaml or summary.json still names its run.
+    assert [r.path for r in find_runs([str(a / "summary.json")])] == [a]

@@ -136,8 +136,10 @@ def find_runs(args: Sequence[str]) -> list[Run]:
                         seen.add(run.path)
                         runs.append(run)
                 continue
-            if path.is_file():  # a run's config.yaml / summary.json names its run
-                path = path.parent
+            if path.is_file():
+                if path.name not in ("config.yaml", "summary.json"):
+                    continue  # another file a pattern matched (a log beside the run dirs): not a run
+                path = path.parent  # a run's config.yaml / summary.json names its run
             for run_dir in _run_dirs_under(path):
                 key = run_dir.resolve()
                 found += 1
