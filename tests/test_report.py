@@ -294,3 +294,22 @@ def test_a_pattern_takes_the_runs_it_names_not_the_files_beside_them(tmp_path: P
     assert [r.path for r in find_runs([str(tmp_path / "setfit-*")])] == [a]
     # A run's own config.yaml or summary.json still names its run.
     assert [r.path for r in find_runs([str(a / "summary.json")])] == [a]
+
+
+def test_a_key_only_some_runs_have_sets_them_apart(tmp_path: Path) -> None:
+    # scripts/anchor_setfit.py's runs carry `anchor: setfit`; sft's own runs have no such key. Same K,
+    # same seeds: still two groups, not one mean over both.
+    from sftcli.report import find_runs
+    from sftcli.report.groups import group_runs, varying_keys
+
+    for seed in (0, 1):
+        make_run(tmp_path, f"sft-{seed}", seed=seed, strategy=None, lpc=16, test_acc=0.7, val_acc=0.7)
+        anchor = make_run(tmp_path, f"setfit-{seed}", seed=seed, strategy=None, lpc=16, test_acc=0.9, val_acc=0.9)
+        config = yaml.safe_load((anchor / "config.yaml").read_text())
+        (anchor / "config.yaml").write_text(yaml.safe_dump({**config, "anchor": "setfit"}))
+    runs = find_runs([str(tmp_path)])
+    keys = varying_keys(runs)
+    assert "anchor" in keys
+    groups = group_runs(runs, keys)
+    assert sorted(len(g.runs) for g in groups) == [2, 2]
+    assert sorted(g.values("test/accuracy")[0] for g in groups) == [0.7, 0.9]

@@ -71,7 +71,8 @@ def _hashable(value: Any) -> Any:
 
 
 def varying_keys(runs: Sequence[Run]) -> list[str]:
-    """Config keys with more than one value among the runs that have them (seeds and paths aside)."""
+    """Config keys with more than one value among the runs (seeds and paths aside). A key that only some
+    runs have (`anchor` of scripts/anchor_setfit.py's runs) varies too: it sets those runs apart."""
     values: dict[str, set[Any]] = defaultdict(set)
     order: list[str] = []
     for run in runs:
@@ -81,7 +82,7 @@ def varying_keys(runs: Sequence[Run]) -> list[str]:
             if key not in values:
                 order.append(key)
             values[key].add(_hashable(value))
-    keys = [k for k in order if len(values[k]) > 1]
+    keys = [k for k in order if len(values[k]) > 1 or any(k not in r.config for r in runs)]
     return sorted(
         keys, key=lambda k: (KEY_ORDER.index(k) if k in KEY_ORDER else len(KEY_ORDER), order.index(k))
     )
