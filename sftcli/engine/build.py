@@ -132,10 +132,13 @@ def training_steps(cfg: TrainConfig, n_labeled: int) -> int:
                  every, every * lc.self_training_rounds)
         return every * lc.self_training_rounds
     if lc.self_training_every >= steps:
+        # Without trainer.epochs the config check refused this already; a config built in code may not be.
+        given = (f"trainer.epochs={cfg.trainer.epochs:g}" if cfg.trainer.epochs is not None
+                 else "trainer.max_steps")
         raise ConfigError(f"loss.self_training_every: {lc.self_training_every} >= the {steps} steps of "
-                          f"trainer.epochs={cfg.trainer.epochs:g}: self-training re-labels first after step "
-                          f"{lc.self_training_every}, so no round would happen; lower loss.self_training_every "
-                          "or raise trainer.epochs")
+                          f"{given}: self-training re-labels first after step {lc.self_training_every}, so no "
+                          "round would happen; lower loss.self_training_every or raise "
+                          f"{given.split('=')[0]}")
     return steps
 
 
