@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -147,47 +148,45 @@ def main() -> None:
                     todo.append((k, seed, arm))
     threads = str(max(1, (os.cpu_count() or 1) // max(1, opts.jobs)))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
-    running: list[tuple[subprocess.Popen, float, tuple[str, int, str], Path]] = []
+    running: list[tuple[subprocess.Popen, Any, float, tuple[str, int, str], Path]] = []
 
-    def reap(block: bool) -> None:
-        while running and (block or any(p.poll() is not None for p, *_ in running)):
-            for item in list(running):
-                proc, t0, (k, seed, arm), run_dir = item
-                if proc.poll() is None:
-                    continue
+    def record(proc: subprocess.Popen, wall: float, k: str, seed: int, arm: str, run_dir: Path) -> None:
+        """One finished command: its row in results.csv and the summary rewritten (or a FAILED line)."""
+        result = read_result(run_dir) if proc.returncode == 0 else None
+        if result is None:
+            print(f"FAILED ({proc.returncode}): {arm} k={k} seed={seed}: see {run_dir}", flush=True)
+            return
+        row = {"data": data_name, "k": k, "seed": str(seed), "arm": arm,
+               **{n: str(v) for n, v in result.items()}, "wall_s": f"{wall:.1f}", "run_dir": str(run_dir)}
+        rows.append(row)
+        with results.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        write_summary(out / "summary.md", rows, list(ARMS), data_name)
+        print(f"{arm} k={k} seed={seed}: test {row['test_accuracy']} val {row['val_accuracy']} "
+              f"wall {wall:.0f} s", flush=True)
+
+    def wait_below(limit: int) -> None:
+        """Poll every 2 s until fewer than `limit` commands run, recording each one that ends."""
+        while len(running) >= limit:
+            time.sleep(2)
+            for item in [i for i in running if i[0].poll() is not None]:
                 running.remove(item)
-                wall = time.perf_counter() - t0
-                result = read_result(run_dir) if proc.returncode == 0 else None
-                if result is None:
-                    print(f"FAILED ({proc.returncode}): {arm} k={k} seed={seed}: see {run_dir}", flush=True)
-                    continue
-                row = {"data": data_name, "k": k, "seed": str(seed), "arm": arm, **{n: str(v) for n, v in
-                       result.items()}, "wall_s": f"{wall:.1f}", "run_dir": str(run_dir)}
-                rows.append(row)
-                with results.open("w", newline="") as fh:
-                    writer = csv.DictWriter(fh, fieldnames=FIELDS)
-                    writer.writeheader()
-                    writer.writerows(rows)
-                write_summary(out / "summary.md", rows, list(ARMS), data_name)
-                print(f"{arm} k={k} seed={seed}: test {row['test_accuracy']} val {row['val_accuracy']} "
-                      f"wall {wall:.0f} s", flush=True)
-            if block and running:
-                time.sleep(2)
-            elif not block:
-                return
+                proc, log, t0, (k, seed, arm), run_dir = item
+                log.close()
+                record(proc, time.perf_counter() - t0, k, seed, arm, run_dir)
 
     for k, seed, arm in todo:
-        while len(running) >= opts.jobs:
-            time.sleep(2)
-            reap(block=False)
+        wait_below(opts.jobs)
         name = f"{arm}-k{k}-seed{seed}"
         run_dir = runs / name
         cmd = command(arm, runs, name, data, k, seed)
         print("$ " + " ".join(cmd[1:]), flush=True)
         log = (runs / f"{name}.log").open("w")
-        running.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT),
+        running.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log,
                         time.perf_counter(), (k, seed, arm), run_dir))
-    reap(block=True)
+    wait_below(1)
     print(f"{results}\n{out / 'summary.md'}")
 
 
