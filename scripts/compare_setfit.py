@@ -46,6 +46,10 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "best-supcon_unlabeled": ("sft", ["+recipe=best", "loss.supcon_unlabeled=false"]),
     "best-supcon": ("sft", ["+recipe=best", "loss.supcon_unlabeled=false", "loss.supcon_weight=0"]),
     "best-unlabeled": ("sft", ["+recipe=best", "data.max_unlabeled=0"]),
+    # Candidate draws of the student rounds (chosen on TREC-6 validation).
+    "best_all32": ("sft", ["+recipe=best", "loss.self_training_draw=all", "trainer.unlabeled_batch_size=32"]),
+    "best_kept32": ("sft", ["+recipe=best", "loss.self_training_draw=kept", "trainer.unlabeled_batch_size=32"]),
+    "best_kept16": ("sft", ["+recipe=best", "loss.self_training_draw=kept", "trainer.unlabeled_batch_size=16"]),
     # The recipe with a lever added.
     "best+simcse": ("sft", ["+recipe=best", "lambda=0.1", "loss.positive=dropout"]),
 }

@@ -190,3 +190,69 @@ def test_short_bf16_batches_train_attention_on_the_math_backend(trainer) -> None
     short = attention_ops(128)
     assert "aten::_scaled_dot_product_attention_math" in short and not any("flash" in k for k in short)
     assert any("flash" in k for k in attention_ops(0))  # 0 = never: SDPA's own choice
+
+
+def test_unlabeled_rows_are_drawn_only_when_a_term_reads_them(trainer) -> None:
+    import numpy as np
+
+    st = objective(trainer, "st")
+    trainer.objectives = [o for o in trainer.objectives if o.name != "con"]  # lambda=0: nothing else reads them
+    stream = trainer.batches.unlabeled_stream
+    # Before the first re-label no term reads an unlabeled text: the mix step is a labeled step.
+    assert trainer._unlabeled_rows() is None
+    batch = trainer.batches.next(0, trainer._unlabeled_rows())
+    assert not batch.has_unlabeled and batch.n_labeled == 8 and trainer.batches.samples == 8
+    assert (stream.epoch, stream.offset) == (0, 0)
+
+    trainer.step = 3
+    st.before_step(trainer)
+    kept = st.pseudo_labels >= 0
+    assert 0 < kept.sum() < len(kept)
+    # all (the default): the whole set, pseudo-labeled or not.
+    assert trainer._unlabeled_rows().index is None
+    # kept: only the pseudo-labeled texts, in a seeded order of their own; every drawn row has a target.
+    trainer.cfg.loss.self_training_draw = "kept"
+    rows = trainer._unlabeled_rows()
+    assert np.array_equal(rows.index, np.flatnonzero(kept)) and rows.key == 3
+    drawn = [trainer.batches.next(3 + i, rows) for i in range(20)]
+    index = np.concatenate([b.unlabeled_index for b in drawn])
+    assert (st.pseudo_labels[index] >= 0).all() and trainer.batches.samples == 16
+    assert set(index) == set(np.flatnonzero(kept))  # 160 draws cross every kept text's epoch
+    assert (stream.epoch, stream.offset) == (0, 0)  # the whole set's stream did not move
+    # A term that reads every unlabeled text (the seed's InfoNCE) draws from all of them again.
+    from sftcli.objectives import ALL_UNLABELED, Objective
+
+    class ReadsAll(Objective):
+        name = "reads_all"
+
+        def unlabeled_rows(self):
+            return ALL_UNLABELED
+
+    trainer.objectives.append(ReadsAll())
+    assert trainer._unlabeled_rows() is ALL_UNLABELED
+
+
+def test_drawing_only_kept_texts_resumes_to_the_bit(sft, tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    args = [*FRESH, "loss.self_training_draw=kept", "trainer.max_steps=8", "trainer.save_every=1",
+            "loss.supcon_weight=1", "loss.supcon_unlabeled=true"]
+    ids = {name: tmp_path / f"{name}.jsonl" for name in ("ref", "cut")}
+    sft("train", *args, "run_name=ref", check=True, env={"SFT_TEST_RECORD_IDS": str(ids["ref"])})
+    # Stopped in the first student round, after its subset stream has moved.
+    first = sft("train", *args, "run_name=cut", env={"SFT_TEST_SIGNAL_AT_STEP": "5",
+                                                      "SFT_TEST_RECORD_IDS": str(ids["cut"])})
+    assert first.returncode == 75, first.stderr
+    sft("train", *args, "run_name=cut", "resume=auto", check=True, env={"SFT_TEST_RECORD_IDS": str(ids["cut"])})
+
+    def consumed(path):
+        by_key = {(r["step"], r["stream"]): r["ids"] for r in read_jsonl(path)}
+        return sorted(by_key.items())
+
+    ref = consumed(ids["ref"])
+    assert consumed(ids["cut"]) == ref
+    # No unlabeled batch in the teacher round (steps 1-3), one in every later step.
+    assert [s for (s, stream), _ in ref if stream == "unlabeled"] == [4, 5, 6, 7, 8]
+    a, b = (load_file(tmp_path / "runs" / n / "checkpoints" / "step-000008" / "model.safetensors")
+            for n in ("ref", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

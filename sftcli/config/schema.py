@@ -218,6 +218,10 @@ class LossConfig(Group):
     self_training_targets: Literal["hard", "soft"] = key(
         "hard", "hard (the predicted class) | soft (the labeling model's probabilities: distillation) for the "
                 "kept texts")
+    self_training_draw: Literal["all", "kept"] = key(
+        "all", "which unlabeled texts a step draws once there are pseudo-labels: all (those without one add "
+               "nothing) | kept (only the pseudo-labeled ones, so each unlabeled row carries a target; a term "
+               "that reads every unlabeled text, such as the seed's InfoNCE, still draws from all)")
     self_training_ensemble: bool = key(False, "label with the mean probabilities of every labeling model so far "
                                               "(this re-label's and the earlier ones')")
     unlabeled_mask_prob: float = key(0.0, "input noise: replace each token of the unlabeled texts by [MASK] with "

@@ -30,7 +30,7 @@ from sftcli.engine.progress import Progress
 from sftcli.errors import ConfigError, NonFiniteError, Preempted
 from sftcli.evaluate import autocast, evaluate, scalar_metrics
 from sftcli.export import MODEL_DIR, export_model, model_card
-from sftcli.objectives import StepView, Term
+from sftcli.objectives import ALL_UNLABELED, StepView, Term, UnlabeledRows
 from sftcli.runlog import MetricsWriter, format_metrics, format_value, record_in_config
 from sftcli.trackers import Trackers, build_trackers
 
@@ -114,7 +114,6 @@ class Engine:
             t0 = time.perf_counter()
             for objective in self.objectives:
                 objective.before_step(self)  # e.g. self-training re-labels every N steps
-            kind = self.batches.kind(self.step)
             loss, terms, ratios = self._step()
             grad_norm = self._clip_gradients()
             bad_local = ~torch.isfinite(loss)
@@ -134,7 +133,7 @@ class Engine:
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             self._account(window, loss, terms, ratios, grad_norm)
-            window.end_step(time.perf_counter() - t0, self.batches.samples(kind), self.batches.tokens, bad)
+            window.end_step(time.perf_counter() - t0, self.batches.samples, self.batches.tokens, bad)
 
             last = self.step == self.max_steps
             if self.step % tc.log_every == 0 or last:
@@ -157,7 +156,7 @@ class Engine:
     def _step(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
         """One step's forward and backward: the batches, one forward over them, every objective's terms.
         Returns the local loss, its terms and the diagnostics (detached)."""
-        batch = self.batches.next(self.step)
+        batch = self.batches.next(self.step, self._unlabeled_rows())
         wants_hidden = any(o.wants_hidden_states(batch) for o in self.objectives)
         length = batch.inputs["input_ids"].shape[1]
         with autocast(self.env.device, self.precision), \
@@ -185,6 +184,15 @@ class Engine:
             loss.backward()
         detached = {t.name: t.value.detach() for t in terms}
         return loss.detach(), detached, {k: (n.detach(), d.detach()) for k, (n, d) in ratios.items()}
+
+    def _unlabeled_rows(self) -> UnlabeledRows | None:
+        """The unlabeled texts this step's terms read: none, all, or the one subset they all read."""
+        wanted = [rows for o in self.objectives if (rows := o.unlabeled_rows()) is not None]
+        if not wanted:
+            return None
+        if any(rows.index is None for rows in wanted) or len({rows.key for rows in wanted}) > 1:
+            return ALL_UNLABELED
+        return wanted[0]
 
     @torch.no_grad()
     def _weak_logits(self, rows: dict[str, torch.Tensor] | None) -> torch.Tensor:

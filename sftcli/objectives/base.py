@@ -43,6 +43,19 @@ class StepBatch:
         return self.unlabeled_index is not None
 
 
+@dataclass(frozen=True)
+class UnlabeledRows:
+    """Which unlabeled texts a term reads at the coming step: `index` into the unlabeled set (None: all of
+    them). `key` names the subset; a new key starts a new seeded draw order over it (self-training: the
+    step of the re-label that chose it)."""
+
+    index: np.ndarray | None = None
+    key: int = 0
+
+
+ALL_UNLABELED = UnlabeledRows()
+
+
 @dataclass
 class StepView:
     """The forward's outputs of one step, shared by the objectives (each slices what it reads)."""
@@ -96,6 +109,12 @@ class Objective:
     def wants_hidden_states(self, batch: StepBatch) -> bool:
         """Whether this step's forward must return hidden states for this term (the contrastive terms)."""
         return False
+
+    def unlabeled_rows(self) -> UnlabeledRows | None:
+        """The unlabeled texts this term reads at the coming step; None: none. A mix step draws unlabeled
+        rows only when some term reads them (ALL_UNLABELED from any term: the whole set), so a term that is
+        off, or not on yet, costs nothing."""
+        return None
 
     def contribute(self, view: StepView, engine: Engine) -> Contribution:
         raise NotImplementedError

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from sftcli.config import LossConfig
 from sftcli.losses import consistency_loss
-from sftcli.objectives.base import Contribution, Objective, StepView, Term
+from sftcli.objectives.base import ALL_UNLABELED, Contribution, Objective, StepView, Term, UnlabeledRows
 
 if TYPE_CHECKING:
     from sftcli.engine.loop import Engine
@@ -23,6 +23,9 @@ class Consistency(Objective):
 
     def __init__(self, lc: LossConfig):
         self.weight, self.threshold = lc.consistency_weight, lc.consistency_threshold
+
+    def unlabeled_rows(self) -> UnlabeledRows:
+        return ALL_UNLABELED
 
     def contribute(self, view: StepView, engine: Engine) -> Contribution:
         batch = view.batch

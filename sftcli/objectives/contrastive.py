@@ -27,7 +27,15 @@ from sftcli.data import Encoded, NpyRows, collate, rank_slice
 from sftcli.evaluate import autocast
 from sftcli.losses import info_nce
 from sftcli.model import ResidualProjection, pool, weights_fingerprint
-from sftcli.objectives.base import Contribution, Objective, StepBatch, StepView, Term
+from sftcli.objectives.base import (
+    ALL_UNLABELED,
+    Contribution,
+    Objective,
+    StepBatch,
+    StepView,
+    Term,
+    UnlabeledRows,
+)
 from sftcli.teacher import teacher_representations
 
 if TYPE_CHECKING:
@@ -76,6 +84,9 @@ class Contrastive(Objective):
         if self.lc.rampup_steps:
             return self.lc.weight * min(1.0, step / self.lc.rampup_steps)
         return self.lc.weight
+
+    def unlabeled_rows(self) -> UnlabeledRows:
+        return ALL_UNLABELED
 
     def wants_hidden_states(self, batch: StepBatch) -> bool:
         return batch.has_unlabeled

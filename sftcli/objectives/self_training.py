@@ -7,6 +7,10 @@ the uninterrupted one) labels the whole unlabeled set, and the most confident sh
 optionally the mean of every labeling model so far). With loss.self_training_student=fresh the labeling
 model is the teacher: the student starts over from the initial weights with a new optimizer state and
 its own lr schedule (rounds of self_training_every steps).
+
+Until the first re-label the term reads no unlabeled text, so (with no other unlabeled term) those steps
+draw none. With loss.self_training_draw=kept, later steps draw only the pseudo-labeled texts, so every
+unlabeled row of a step carries a target; with all (the default), the texts left without one add nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from sftcli.config import LossConfig
 from sftcli.data import Encoded, rank_slice
 from sftcli.evaluate import predict_logits
 from sftcli.losses import select_pseudo_labels, softmax
-from sftcli.objectives.base import Contribution, Objective, StepView, Term
+from sftcli.objectives.base import ALL_UNLABELED, Contribution, Objective, StepView, Term, UnlabeledRows
 from sftcli.runlog import format_metrics
 
 if TYPE_CHECKING:
@@ -40,6 +44,7 @@ class SelfTraining(Objective):
         self.pseudo_labels: np.ndarray | None = None  # [n_unlabeled], -1: not used
         self.pseudo_probs: np.ndarray | None = None  # with soft targets: the labeling model's probabilities
         self.ensemble_probs: np.ndarray | None = None  # with the ensemble: the mean over labeling models so far
+        self.labeled_at: int | None = None  # the step of the last re-label (names its kept subset)
         # Fresh students restart from these weights (a host copy of the initial model).
         self.initial_state: dict[str, torch.Tensor] | None = None
         if lc.self_training_student == "fresh":
@@ -49,6 +54,14 @@ class SelfTraining(Objective):
         # Fresh students each get the whole schedule (warmup, then decay to zero at the end of their
         # round), as a separate run would.
         return self.lc.self_training_every if self.initial_state is not None else None
+
+    def unlabeled_rows(self) -> UnlabeledRows | None:
+        if self.pseudo_labels is None:
+            return None  # no targets before the first re-label
+        if self.lc.self_training_draw == "all":
+            return ALL_UNLABELED
+        kept = np.flatnonzero(self.pseudo_labels >= 0)
+        return UnlabeledRows(kept, key=self.labeled_at or 0) if len(kept) else None
 
     def before_step(self, engine: Engine) -> None:
         lc = self.lc
@@ -70,6 +83,7 @@ class SelfTraining(Objective):
         self.pseudo_labels, conf = select_pseudo_labels(probs, share, per_class=lc.self_training_select == "per_class")
         if lc.self_training_targets == "soft":
             self.pseudo_probs = probs
+        self.labeled_at = engine.step
         if self.initial_state is not None:
             # The labeling model was the teacher; the student starts over from the initial weights with
             # a new optimizer state (AdamW builds its moments again on the next step).
@@ -109,9 +123,10 @@ class SelfTraining(Objective):
             return None if a is None else torch.from_numpy(a)
 
         return {"pseudo_labels": tensor(self.pseudo_labels), "pseudo_probs": tensor(self.pseudo_probs),
-                "ensemble_probs": tensor(self.ensemble_probs)}
+                "ensemble_probs": tensor(self.ensemble_probs), "labeled_at": self.labeled_at}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key in ("pseudo_labels", "pseudo_probs", "ensemble_probs"):
             value = state.get(key)
             setattr(self, key, None if value is None else value.numpy())
+        self.labeled_at = state.get("labeled_at")
