@@ -50,6 +50,18 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "best_all32": ("sft", ["+recipe=best", "loss.self_training_draw=all", "trainer.unlabeled_batch_size=32"]),
     "best_kept32": ("sft", ["+recipe=best", "loss.self_training_draw=kept", "trainer.unlabeled_batch_size=32"]),
     "best_kept16": ("sft", ["+recipe=best", "loss.self_training_draw=kept", "trainer.unlabeled_batch_size=16"]),
+    "best_kept16_ens": ("sft", ["+recipe=best", "loss.self_training_draw=kept", "trainer.unlabeled_batch_size=16",
+                                "loss.self_training_ensemble=true"]),
+    "best_kept16_soft": ("sft", ["+recipe=best", "loss.self_training_draw=kept", "trainer.unlabeled_batch_size=16",
+                                 "loss.self_training_targets=soft"]),
+    "best_kept16_ens_soft": ("sft", ["+recipe=best", "loss.self_training_draw=kept",
+                                     "trainer.unlabeled_batch_size=16", "loss.self_training_ensemble=true",
+                                     "loss.self_training_targets=soft"]),
+    "best_kept16_mask": ("sft", ["+recipe=best", "loss.self_training_draw=kept", "trainer.unlabeled_batch_size=16",
+                                 "loss.unlabeled_mask_prob=0.1"]),
+    "best_kept16_ens_mask": ("sft", ["+recipe=best", "loss.self_training_draw=kept",
+                                     "trainer.unlabeled_batch_size=16", "loss.self_training_ensemble=true",
+                                     "loss.unlabeled_mask_prob=0.1"]),
     # The recipe with a lever added.
     "best+simcse": ("sft", ["+recipe=best", "lambda=0.1", "loss.positive=dropout"]),
 }

@@ -16,9 +16,13 @@ SHORT = ["trainer.epochs=0.3333333333333333", "loss.self_training_rounds=2"]
 
 
 def test_best_trains_supcon_and_fresh_students_and_nothing_else(sft, tmp_path) -> None:
+    ids = tmp_path / "ids.jsonl"
     sft("train", *BASE, "+recipe=best", *SHORT, "run_name=b", check=True,
-        env={"SFT_CACHE_DIR": str(tmp_path / "cache")})
+        env={"SFT_CACHE_DIR": str(tmp_path / "cache"), "SFT_TEST_RECORD_IDS": str(ids)})
     run = tmp_path / "runs" / "b"
+    # The teacher's steps draw no unlabeled texts (nothing reads them yet); the student's draw 8 of them.
+    drawn = [(r["step"], len(r["ids"])) for r in read_jsonl(ids) if r["stream"] == "unlabeled"]
+    assert drawn == [(3, 8), (4, 8)]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["objectives"] == ["sup", "supcon", "st"]
     events = read_jsonl(run / "metrics.jsonl")
