@@ -223,6 +223,7 @@ def cli_cases(f: dict[str, Path]) -> dict[str, tuple[list[str], list[str]]]:
     return out
 
 
+@pytest.mark.slow  # about 30 s on 2 cores; CI runs it after the default suite
 def test_every_bad_case_through_the_cli(sft, bad: dict[str, Path], tmp_path: Path) -> None:
     cases = cli_cases(bad)
     marker = tmp_path / "marker"

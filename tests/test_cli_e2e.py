@@ -126,6 +126,7 @@ def test_default_model_and_data_short_run(sft, tmp_path) -> None:
     assert summary["test/accuracy"] > 0.4  # chance is ~0.2 on 6 classes
 
 
+@pytest.mark.slow  # about 30 s on 2 cores; CI runs it after the default suite
 def test_compiled_forward_trains_like_eager(sft, tmp_path) -> None:
     """trainer.compile=true: the same run, the same losses (to float tolerance). Dropout off: compiled
     dropout draws its masks from another random stream."""

@@ -64,6 +64,7 @@ def test_a_run_stops_early_and_still_ends_as_a_run_does(sft, tmp_path) -> None:
     assert "early stopping at step 6" in proc.stderr
 
 
+@pytest.mark.slow  # about 30 s on 2 cores; CI runs it after the default suite
 def test_kill_then_resume_stops_where_the_uninterrupted_run_does(sft, tmp_path) -> None:
     sft("train", *ES, "run_name=ref", check=True)
     killed = sft("train", *ES, "run_name=k", env={"SFT_TEST_KILL_AT_STEP": "5"})

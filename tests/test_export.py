@@ -55,7 +55,12 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+# best has the mean head too, so the default suite runs pooler and best; CI runs the others after it.
+SLOW_CASES = {"mean", "self_training"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES else c
+                                  for c in sorted(CASES)])
 def test_exported_model_answers_like_sft_predict_through_plain_transformers(sft, tmp_path, case) -> None:
     sft("train", *TINY, "trainer.max_steps=6", "optim.lr=1e-3",
         *CASES[case], "run_name=r", check=True)
@@ -105,6 +110,7 @@ def test_eval_of_the_exported_model_reproduces_the_run(sft, tmp_path) -> None:
     assert result["accuracy"] == pytest.approx(summary["test/accuracy"], abs=1e-9)
 
 
+@pytest.mark.slow  # about 30 s on 2 cores; CI runs it after the default suite
 def test_only_the_newest_checkpoint_keeps_training_state(sft, tmp_path) -> None:
     sft("train", *TINY, "trainer.max_steps=6", "trainer.keep_last=3", "run_name=r", check=True)
     root = tmp_path / "runs" / "r" / "checkpoints"

@@ -94,6 +94,7 @@ def test_two_nodes_make_one_run_and_match_one_process(runs) -> None:
     assert val[0] == val[1]
 
 
+@pytest.mark.slow  # about 30 s on 2 cores; CI runs it after the default suite
 def test_sigterm_to_one_node_then_resume_is_exact(runs, tmp_path, cache_dir) -> None:
     _, two = runs
     env = cli_env(cache_dir)

@@ -84,6 +84,7 @@ def test_a_submitit_sweep_runs_each_job_as_a_complete_run(sft, tmp_path) -> None
     assert returned == {int(r["job"]): float(r["select_value"]) for r in table}
 
 
+@pytest.mark.slow  # about 30 s on 2 cores; CI runs it after the default suite
 def test_sigterm_to_a_submitit_job_exits_75_then_resume_is_exact(tmp_path, cache_dir, reference) -> None:
     proc = start_sweep(tmp_path, cache_dir, *JOB)
     wait_for(lambda: (tmp_path / "runs" / "sweeps").is_dir() and
