@@ -220,7 +220,8 @@ def test_unlabeled_rows_are_drawn_only_when_a_term_reads_them(trainer) -> None:
     assert set(index) == set(np.flatnonzero(kept))  # 160 draws cross every kept text's epoch
     assert (stream.epoch, stream.offset) == (0, 0)  # the whole set's stream did not move
     # A term that reads every unlabeled text (the seed's InfoNCE) draws from all of them again.
-    from sftcli.objectives import ALL_UNLABELED, Objective
+    from sftcli.objectives import Objective
+    from sftcli.objectives.base import ALL_UNLABELED
 
     class ReadsAll(Objective):
         name = "reads_all"

@@ -30,7 +30,8 @@ from sftcli.engine.progress import Progress
 from sftcli.errors import ConfigError, NonFiniteError, Preempted
 from sftcli.evaluate import autocast, evaluate, scalar_metrics
 from sftcli.export import MODEL_DIR, export_model, model_card
-from sftcli.objectives import ALL_UNLABELED, StepView, Term, UnlabeledRows
+from sftcli.objectives import StepView, Term
+from sftcli.objectives.base import ALL_UNLABELED, UnlabeledRows
 from sftcli.runlog import MetricsWriter, format_metrics, format_value, record_in_config
 from sftcli.trackers import Trackers, build_trackers
 

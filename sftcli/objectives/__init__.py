@@ -15,23 +15,14 @@ import torch
 from sftcli import dist
 from sftcli.config import TrainConfig
 from sftcli.data import Encoded
-from sftcli.objectives.base import (
-    ALL_UNLABELED,
-    Contribution,
-    Objective,
-    StepBatch,
-    StepView,
-    Term,
-    UnlabeledRows,
-)
+from sftcli.objectives.base import Contribution, Objective, StepBatch, StepView, Term
 from sftcli.objectives.consistency import Consistency
 from sftcli.objectives.contrastive import Contrastive
 from sftcli.objectives.self_training import SelfTraining
 from sftcli.objectives.supcon import SupCon
 from sftcli.objectives.supervised import Supervised
 
-__all__ = ["ALL_UNLABELED", "Contribution", "Objective", "StepBatch", "StepView", "Term", "UnlabeledRows",
-           "build_objectives"]
+__all__ = ["Contribution", "Objective", "StepBatch", "StepView", "Term", "build_objectives"]
 
 
 def build_objectives(cfg: TrainConfig, model: torch.nn.Module, unlabeled: Encoded | None,
