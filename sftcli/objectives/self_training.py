@@ -45,6 +45,7 @@ class SelfTraining(Objective):
         self.pseudo_probs: np.ndarray | None = None  # with soft targets: the labeling model's probabilities
         self.ensemble_probs: np.ndarray | None = None  # with the ensemble: the mean over labeling models so far
         self.labeled_at: int | None = None  # the step of the last re-label (names its kept subset)
+        self.kept_rows: UnlabeledRows | None = None  # with draw=kept: the pseudo-labeled texts, set at each re-label
         # Fresh students restart from these weights (a host copy of the initial model).
         self.initial_state: dict[str, torch.Tensor] | None = None
         if lc.self_training_student == "fresh":
@@ -58,10 +59,12 @@ class SelfTraining(Objective):
     def unlabeled_rows(self) -> UnlabeledRows | None:
         if self.pseudo_labels is None:
             return None  # no targets before the first re-label
-        if self.lc.self_training_draw == "all":
-            return ALL_UNLABELED
-        kept = np.flatnonzero(self.pseudo_labels >= 0)
-        return UnlabeledRows(kept, key=self.labeled_at or 0) if len(kept) else None
+        return ALL_UNLABELED if self.lc.self_training_draw == "all" else self.kept_rows
+
+    def _set_kept_rows(self) -> None:
+        # Once per re-label (and on resume), not every step: the index is a pass over the whole pile.
+        kept = None if self.pseudo_labels is None else np.flatnonzero(self.pseudo_labels >= 0)
+        self.kept_rows = UnlabeledRows(kept, key=self.labeled_at or 0) if kept is not None and len(kept) else None
 
     def before_step(self, engine: Engine) -> None:
         lc = self.lc
@@ -84,6 +87,7 @@ class SelfTraining(Objective):
         if lc.self_training_targets == "soft":
             self.pseudo_probs = probs
         self.labeled_at = engine.step
+        self._set_kept_rows()
         if self.initial_state is not None:
             # The labeling model was the teacher; the student starts over from the initial weights with
             # a new optimizer state (AdamW builds its moments again on the next step).
@@ -130,3 +134,4 @@ class SelfTraining(Objective):
             value = state.get(key)
             setattr(self, key, None if value is None else value.numpy())
         self.labeled_at = state.get("labeled_at")
+        self._set_kept_rows()
