@@ -85,6 +85,20 @@ def test_kill_then_resume_stops_where_the_uninterrupted_run_does(sft, tmp_path) 
     assert json.loads((run / "summary.json").read_text())["stopped_at_step"] == 6
 
 
+def test_a_fresh_student_starts_with_its_own_patience(sft, tmp_path) -> None:
+    # Fresh students start at steps 4 and 8 (after those steps' evaluations). Each evaluation after the
+    # first counts as no improvement, so patience 3 would stop at step 8 if the counter ran on across the
+    # restarts; reset at each, it never reaches 3 and all 12 steps run.
+    fresh = ["+strategy=mix", "lambda=0", "loss.self_training_weight=1", "loss.self_training_every=4",
+             "loss.self_training_student=fresh", "trainer.early_stopping_patience=3"]
+    sft("train", *ES, *fresh, "run_name=fresh", check=True)
+    run = tmp_path / "runs" / "fresh"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_early"] is False and summary["steps"] == 12
+    counters = [e["early_stopping/counter"] for e in read_jsonl(run / "metrics.jsonl") if "early_stopping/counter" in e]
+    assert counters == [0, 1, 1, 2, 1, 2]
+
+
 def test_early_stopping_without_evaluations_is_refused(sft, tmp_path) -> None:
     proc = sft("train", *TINY, "trainer.early_stopping_patience=2", "trainer.eval_every=0")
     assert proc.returncode == 2, proc.stderr

@@ -264,6 +264,9 @@ class Engine:
         for objective in self.objectives:
             objective.reset()
         self.optimizer.state.clear()
+        # A new model gets its own patience: the evaluations its predecessor spent without beating the best
+        # say nothing about it (it is compared with the run's best all the same).
+        self.early_stopping.counter = 0
 
     # ------------------------------------------------------------------------------------------------
     # metrics and evaluation
