@@ -100,3 +100,42 @@ def test_two_processes_weigh_and_stop_as_one(sft, tmp_path) -> None:
     assert [v for _, v in loss1] == pytest.approx([v for _, v in loss2], abs=1e-5)
     s1, s2 = (json.loads((tmp_path / "runs" / f"n{n}" / "summary.json").read_text()) for n in (1, 2))
     assert s1["stopped_at_step"] == s2["stopped_at_step"] == 4 and s2["world_size"] == 2
+
+
+def _self_training_value(weights, pseudo, index, logits, rank=0, world=1) -> torch.Tensor:
+    """Self-training's term for one rank's share of a step whose global unlabeled batch is `index`."""
+    from types import SimpleNamespace
+
+    from sftcli.objectives.self_training import SelfTraining
+
+    lc = SimpleNamespace(self_training_student="continue", self_training_weight=1.0)
+    st = SelfTraining(lc, None, None, None, weights)
+    st.pseudo_labels = pseudo
+    batch = SimpleNamespace(has_unlabeled=True, unlabeled_index=index)
+    view = SimpleNamespace(batch=batch, unlabeled_logits=logits)
+    engine = SimpleNamespace(env=SimpleNamespace(device=torch.device("cpu"), rank=rank, world_size=world))
+    (term,) = st.contribute(view, engine).terms
+    return term.value
+
+
+def test_self_training_weighs_a_text_by_its_pseudo_labels_class() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 3, generator=gen)
+    pseudo = np.array([0, 1, 2, 1, -1, 0])
+    weight = np.array([0.5, 2.0, 3.0])
+    kept = np.array([0, 1, 2, 3])
+    # Every row pseudo-labeled: torch's class-weighted cross-entropy (a weighted mean).
+    full = _self_training_value(weight, pseudo, kept, logits)
+    expected = F.cross_entropy(logits, torch.tensor([0, 1, 2, 1]), weight=torch.tensor(weight, dtype=torch.float32))
+    torch.testing.assert_close(full, expected)
+    # Two ranks' world-size-scaled shares average (as DDP does) to the one-process value.
+    shares = [_self_training_value(weight, pseudo, kept, logits[r * 2:(r + 1) * 2], r, 2) for r in range(2)]
+    torch.testing.assert_close(sum(shares) / 2, full)
+    # A row without a pseudo-label adds 0 and keeps weight 1 in the denominator, as the unweighted term does;
+    # equal weights of 1 are exactly the unweighted term.
+    with_unlabeled = np.array([0, 1, 4, 3])
+    ce = F.cross_entropy(logits, torch.tensor([0, 1, 0, 1]), reduction="none")
+    torch.testing.assert_close(_self_training_value(weight, pseudo, with_unlabeled, logits),
+                               (0.5 * ce[0] + 2 * ce[1] + 2 * ce[3]) / (0.5 + 2 + 1 + 2))
+    torch.testing.assert_close(_self_training_value(np.ones(3), pseudo, with_unlabeled, logits),
+                               _self_training_value(None, pseudo, with_unlabeled, logits))

@@ -232,7 +232,7 @@ class LossConfig(Group):
     supcon_unlabeled: bool = key(False, "the supervised contrastive term also takes the unlabeled texts that "
                                         "self-training gave a pseudo-label (their class)")
     class_weights: Literal["balanced"] | dict[Text, float] | None = key(
-        None, "weights of the classes in the cross-entropy: null (all 1) | balanced (scikit-learn's: labeled texts / "
+        None, "weights of the classes in the cross-entropy and self-training's term (by pseudo-label): null (all 1) | balanced (scikit-learn's: labeled texts / "
               "(classes x texts of the class)) | a weight for every label: loss.class_weights={spam:3,ham:1}")
 
     @model_validator(mode="after")

@@ -39,8 +39,9 @@ class SelfTraining(Objective):
     name = "st"
 
     def __init__(self, lc: LossConfig, unlabeled: Encoded, hidden_labels: np.ndarray | None,
-                 model: torch.nn.Module):
+                 model: torch.nn.Module, class_weights: np.ndarray | None = None):
         self.lc, self.unlabeled, self.hidden_labels = lc, unlabeled, hidden_labels
+        self.class_weights = class_weights  # loss.class_weights, per class; None: unweighted
         self.pseudo_labels: np.ndarray | None = None  # [n_unlabeled], -1: not used
         self.pseudo_probs: np.ndarray | None = None  # with soft targets: the labeling model's probabilities
         self.ensemble_probs: np.ndarray | None = None  # with the ensemble: the mean over labeling models so far
@@ -119,7 +120,16 @@ class SelfTraining(Objective):
         else:
             per_text = torch.nn.functional.cross_entropy(u_logits, targets.clamp_min(0), reduction="none")
         # Texts without a pseudo-label count as zero; over the global batch, times world size (DDP mean).
-        value = (per_text * (targets >= 0)).sum() * env.world_size / len(batch.unlabeled_index)
+        if self.class_weights is None:
+            value = (per_text * (targets >= 0)).sum() * env.world_size / len(batch.unlabeled_index)
+        else:
+            # loss.class_weights: a text weighs as its pseudo-label's class, in a weighted mean over the
+            # global batch (a text without a pseudo-label keeps weight 1 and adds 0, as unweighted). Every
+            # rank knows the global batch's pseudo-labels, so the denominator needs no collective.
+            global_targets = self.pseudo_labels[batch.unlabeled_index]
+            row_weight = np.where(global_targets >= 0, self.class_weights[global_targets.clip(0)], 1.0)
+            local_weight = torch.from_numpy(self.class_weights).float().to(dev)[targets.clamp_min(0)]
+            value = (per_text * local_weight * (targets >= 0)).sum() * env.world_size / float(row_weight.sum())
         return Contribution(terms=[Term("st", value, self.lc.self_training_weight)])
 
     def state_dict(self) -> dict[str, Any]:
