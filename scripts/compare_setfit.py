@@ -72,6 +72,7 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         "rounds4": ["loss.self_training_rounds=4", "trainer.epochs=100"],
         "ub32": ["trainer.unlabeled_batch_size=32"],
         "bs32": ["trainer.batch_size=32"],
+        "continue": ["loss.self_training_student=continue"],
     }.items()},
 }
 FIELDS = ["data", "k", "seed", "arm", "val_accuracy", "test_accuracy", "test_macro_f1", "wall_s", "run_dir"]
