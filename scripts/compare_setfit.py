@@ -70,6 +70,8 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         "supcon2": ["loss.supcon_weight=2"],
         "tau05": ["loss.supcon_tau=0.05"],
         "rounds4": ["loss.self_training_rounds=4", "trainer.epochs=100"],
+        # A fourth round within the recipe's 75 epochs (shorter rounds): its cost, not rounds4's.
+        "rounds4_e75": ["loss.self_training_rounds=4"],
         "ub32": ["trainer.unlabeled_batch_size=32"],
         "bs32": ["trainer.batch_size=32"],
         "continue": ["loss.self_training_student=continue"],
