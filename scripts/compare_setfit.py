@@ -75,6 +75,14 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         "ub32": ["trainer.unlabeled_batch_size=32"],
         "bs32": ["trainer.batch_size=32"],
         "continue": ["loss.self_training_student=continue"],
+        "eval25": ["trainer.eval_every=25"],
+        "dropout0": ["model.dropout=0"],
+        "mask02": ["loss.unlabeled_mask_prob=0.2"],
+        "tau02": ["loss.supcon_tau=0.2"],
+        "stw05": ["loss.self_training_weight=0.5"],
+        "ema09": ["trainer.ema_decay=0.9"],
+        "ema099": ["trainer.ema_decay=0.99"],
+        "label_best": ["loss.self_training_labeler=best"],
     }.items()},
 }
 FIELDS = ["data", "k", "seed", "arm", "val_accuracy", "test_accuracy", "test_macro_f1", "wall_s", "run_dir"]

@@ -15,10 +15,8 @@ def objective(engine, name: str):
     return next(o for o in engine.objectives if o.name == name)
 
 
-@pytest.fixture
-def trainer(tmp_path, cache_dir, monkeypatch):
-    """An in-process Engine (set up, not trained) for the fresh-student settings above, with the
-    contrastive term (lambda > 0) and its projection head."""
+def _engine(tmp_path, cache_dir, monkeypatch, overrides: list[str]):
+    """An in-process Engine (set up, not trained) for these overrides."""
     from hydra import compose, initialize_config_dir
 
     from sftcli import dist
@@ -29,14 +27,21 @@ def trainer(tmp_path, cache_dir, monkeypatch):
     monkeypatch.setenv("SFT_CACHE_DIR", str(cache_dir))
     monkeypatch.chdir(tmp_path)
     torch.set_num_threads(1)
-    overrides = [a for a in FRESH if not a.startswith(("trainer.log_every", "lambda"))] + ["lambda=0.5",
-                                                                                           "loss.projection=mlp"]
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name="train"):
         cfg = parse_train(compose(config_name="train", overrides=[*overrides, "trainer.progress=none"]))
     t = Engine(cfg, tmp_path / "run", dist.DistEnv())
     (tmp_path / "run").mkdir()
     t.setup()
     return t
+
+
+@pytest.fixture
+def trainer(tmp_path, cache_dir, monkeypatch):
+    """An in-process Engine (set up, not trained) for the fresh-student settings above, with the
+    contrastive term (lambda > 0) and its projection head."""
+    overrides = [a for a in FRESH if not a.startswith(("trainer.log_every", "lambda"))] + ["lambda=0.5",
+                                                                                           "loss.projection=mlp"]
+    return _engine(tmp_path, cache_dir, monkeypatch, overrides)
 
 
 def test_a_fresh_student_restarts_from_the_initial_weights_and_optimizer(trainer) -> None:
@@ -256,4 +261,63 @@ def test_drawing_only_kept_texts_resumes_to_the_bit(sft, tmp_path) -> None:
     assert [s for (s, stream), _ in ref if stream == "unlabeled"] == [4, 5, 6, 7, 8]
     a, b = (load_file(tmp_path / "runs" / n / "checkpoints" / "step-000008" / "model.safetensors")
             for n in ("ref", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_best_model_so_far_labels_when_asked(tmp_path, cache_dir, monkeypatch) -> None:
+    import sftcli.objectives.self_training as st
+
+    engine = _engine(tmp_path, cache_dir, monkeypatch, [*FRESH, "loss.self_training_labeler=best"])
+    assert engine._validate()  # the first evaluation is a new best: the engine keeps its weights
+    best = engine.best_weights
+    assert best is not None and all(torch.equal(best[k], v) for k, v in engine.model.state_dict().items())
+    for _ in range(3):  # the teacher trains on; the model at the re-label is not the best one
+        engine._step()
+        engine._optimizer_step()
+        engine.optimizer.zero_grad(set_to_none=True)
+        engine.step += 1
+    assert any(not torch.equal(best[k], v) for k, v in engine.model.state_dict().items())
+    labelers = []
+    real = st.predict_logits
+    monkeypatch.setattr(st, "predict_logits", lambda model, *a, **k: labelers.append(
+        {n: v.clone() for n, v in model.state_dict().items()}) or real(model, *a, **k))
+    objective(engine, "st").before_step(engine)
+    assert len(labelers) == 1 and all(torch.equal(labelers[0][k], best[k]) for k in best)
+    initial = objective(engine, "st").initial_state
+    assert all(torch.equal(v, initial[k]) for k, v in engine.model.state_dict().items())  # the student starts over
+
+
+def test_the_best_labeler_needs_fresh_students_and_evaluations() -> None:
+    from sftcli.config import TrainConfig, parse_train
+    from sftcli.errors import ConfigError
+
+    raw = TrainConfig().model_dump()
+    raw["strategy"] = {"name": "mix"}
+    raw["loss"].update(weight=0.0, tau=0.05, self_training_weight=1.0, self_training_labeler="best",
+                       self_training_student="continue")
+    with pytest.raises(ConfigError, match="self_training_labeler: best needs loss.self_training_student=fresh"):
+        parse_train(raw)
+    raw["loss"]["self_training_student"] = "fresh"
+    raw["trainer"]["eval_every"] = 0
+    with pytest.raises(ConfigError, match="self_training_labeler: best needs evaluations"):
+        parse_train(raw)
+    raw["trainer"]["eval_every"] = 50
+    assert parse_train(raw).loss.self_training_labeler == "best"
+
+
+@pytest.mark.slow  # two tiny runs and a resume, about 40 s on 2 cores; CI runs it after the default suite
+def test_labeling_with_the_best_model_resumes_to_the_bit(sft, tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    args = [*FRESH, "loss.self_training_labeler=best", "loss.self_training_every=4", "trainer.max_steps=8",
+            "trainer.eval_every=1", "trainer.save_every=1"]
+    sft("train", *args, "run_name=ref", check=True)
+    first = sft("train", *args, "run_name=cut", env={"SFT_TEST_SIGNAL_AT_STEP": "3"})  # before the re-label
+    assert first.returncode == 75, first.stderr
+    sft("train", *args, "run_name=cut", "resume=auto", check=True)
+    runs = tmp_path / "runs"
+    relabels = [[(e["step"], e["self_training/labeler_step"]) for e in read_jsonl(runs / n / "metrics.jsonl")
+                 if "self_training/labeler_step" in e] for n in ("ref", "cut")]
+    assert relabels[0] == relabels[1] and relabels[0]
+    a, b = (load_file(runs / n / "checkpoints" / "step-000008" / "model.safetensors") for n in ("ref", "cut"))
     assert all(torch.equal(a[k], b[k]) for k in a)

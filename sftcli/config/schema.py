@@ -222,6 +222,9 @@ class LossConfig(Group):
         "all", "which unlabeled texts a step draws once there are pseudo-labels: all (those without one add "
                "nothing) | kept (only the pseudo-labeled ones, so each unlabeled row carries a target; a term "
                "that reads every unlabeled text, such as the seed's InfoNCE, still draws from all)")
+    self_training_labeler: Literal["last", "best"] = key(
+        "last", "which model re-labels: last (the model as it is at the re-label) | best (the best on validation "
+                "so far, of any round; needs loss.self_training_student=fresh)")
     self_training_ensemble: bool = key(False, "label with the mean probabilities of every labeling model so far "
                                               "(this re-label's and the earlier ones')")
     unlabeled_mask_prob: float = key(0.0, "input noise: replace each token of the unlabeled texts by [MASK] with "
@@ -238,6 +241,9 @@ class LossConfig(Group):
     @model_validator(mode="after")
     def _check(self) -> LossConfig:
         checks = Checks()
+        checks.require(self.self_training_labeler == "last" or self.self_training_student == "fresh",
+                       "self_training_labeler", "best needs loss.self_training_student=fresh (a continuing "
+                       "model cannot be swapped for the best one)")
         if isinstance(self.class_weights, dict):
             for name, weight in self.class_weights.items():
                 checks.require(math.isfinite(weight) and weight > 0, "class_weights",
@@ -288,6 +294,10 @@ class TrainerConfig(Group):
               "eval_every > 0)", ge=1)
     early_stopping_threshold: float = key(0.0, "with early stopping: an evaluation improves only when it beats the "
                                                "best so far by more than this", ge=0)
+    ema_decay: float | None = key(
+        None, "evaluate, select, re-label with and export a moving average of the weights (this decay per step, "
+              "warmed up as min(decay, (1 + n) / (10 + n)) over a model's first n updates); null = the weights as "
+              "trained", ge=0, lt=1)
     nproc: int = key(1, "worker processes on this node (torch.distributed); external torchrun also works", ge=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = key(
         "auto", "auto (bf16 where the device computes it natively, else fp32) | fp32 | bf16 (autocast) | fp16 "
@@ -404,6 +414,9 @@ class TrainConfig(Group):
             checks.require(loss.weight is not None, "lambda", "is required with a strategy")
             checks.require(loss.tau is not None, "tau", "is required with a strategy")
         self._check_unlabeled(checks)
+        if loss.self_training_weight > 0 and loss.self_training_labeler == "best":
+            checks.require(tr.eval_every > 0, "loss.self_training_labeler",
+                           "best needs evaluations during training (trainer.eval_every > 0)")
         check_run_name(checks, self.run_name)
         for name in ("batch_size", "unlabeled_batch_size"):
             value = getattr(tr, name)

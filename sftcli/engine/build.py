@@ -20,6 +20,7 @@ from sftcli import checkpoint as ckpt
 from sftcli import dist, speedups
 from sftcli.config import OptimConfig, TrainConfig
 from sftcli.data import Encoded, encode, load_data
+from sftcli.engine.averaging import WeightAverage
 from sftcli.engine.batches import StepBatches
 from sftcli.engine.state import seed_everything
 from sftcli.errors import ConfigError, DataError
@@ -89,6 +90,8 @@ def build(engine: Any) -> None:
         log.debug("model: %s", note)
     model.to(env.device)
     engine.ddp_model = dist.wrap_model(env, model)
+    # After the wrap, which gives every rank rank 0's weights: the average starts from those.
+    engine.average = WeightAverage(model, tc.ema_decay) if tc.ema_decay is not None else None
     for objective in objectives:
         objective.to_train(engine)
     if tc.compile:
@@ -104,6 +107,8 @@ def build(engine: Any) -> None:
     # moments of every trained parameter (and a save writes the new one before pruning old ones).
     trained = sum(p.numel() * 4 for _, p in engine.named_parameters() if p.requires_grad)
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    if engine.average is not None:
+        weights *= 2  # the raw weights go into the training state beside the averaged ones
     ckpt.check_free_space(engine.run_dir, int(1.1 * (weights + 2 * trained)))
     engine.batches = StepBatches(cfg, data, labeled, unlabeled, tokenizer, engine.pad_id, env)
     if env.is_main:

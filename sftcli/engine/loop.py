@@ -23,6 +23,7 @@ from sftcli import checkpoint as ckpt
 from sftcli import cluster, dist, faults, speedups
 from sftcli.config import TrainConfig
 from sftcli.engine import state
+from sftcli.engine.averaging import WeightAverage
 from sftcli.engine.build import build
 from sftcli.engine.early_stopping import EarlyStopping
 from sftcli.engine.metrics import MetricWindow
@@ -58,6 +59,9 @@ class Engine:
         self.resumed_from: Path | None = None
         self.stop_requested = 0
         self.trackers: Trackers | None = None  # rank 0's experiment trackers (trainer.report_to)
+        self.average: WeightAverage | None = None  # trainer.ema_decay: the averaged weights (build sets it)
+        # A host copy of the best model so far, when an objective relabels with it (else None).
+        self.best_weights: dict[str, torch.Tensor] | None = None
 
     def setup(self) -> None:
         build(self)  # data, tokenizer, model, objectives, optimizer, scheduler, batches
@@ -129,6 +133,8 @@ class Engine:
                 self._handle_nonfinite(terms, grad_norm)
             else:
                 self._optimizer_step()
+                if self.average is not None:
+                    self.average.update(self.model)
             window.lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -250,6 +256,12 @@ class Engine:
         raise NonFiniteError(f"step {step}: non-finite {where}; stopped before the optimizer step (no checkpoint "
                              f"holds these weights). Lower optim.lr, or set trainer.nonfinite=skip to skip such steps")
 
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The model that is evaluated, re-labels, and goes into checkpoints: the moving average of the weights
+        with trainer.ema_decay, else the trained model itself."""
+        return self.average.module if self.average is not None else self.model
+
     def named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         """Every trained parameter: the model's, then the objectives' own (a projection head)."""
         named = list(self.model.named_parameters())
@@ -261,6 +273,8 @@ class Engine:
         """A fresh start of the trained model (self-training students): these weights, every objective's
         own parameters reset, and a new optimizer state (AdamW builds its moments again on the next step)."""
         self.model.load_state_dict(weights)
+        if self.average is not None:
+            self.average.reset(self.model)
         for objective in self.objectives:
             objective.reset()
         self.optimizer.state.clear()
@@ -294,7 +308,7 @@ class Engine:
 
     def _validate(self) -> bool:
         """Evaluate on validation; True when this is a new best (non-finite metrics never are)."""
-        result = evaluate(self.model, self.enc_val, self.data.validation.labels, self.data.label_names,
+        result = evaluate(self.eval_model, self.enc_val, self.data.validation.labels, self.data.label_names,
                           self.tc.eval_batch_size, self.pad_id, self.env.device, self.precision, self.env)
         values = scalar_metrics(result, "val")
         self.metrics.write(self.step, values)
@@ -306,6 +320,8 @@ class Engine:
         log.info("step %d: val %s", self.step, format_metrics(values, shown))
         if math.isfinite(metric) and (self.best_metric is None or metric > self.best_metric):
             self.best_metric, self.best_step = metric, self.step
+            if any(o.wants_best_weights for o in self.objectives):
+                self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.eval_model.state_dict().items()}
             return True
         return False
 

@@ -29,7 +29,7 @@ log = logging.getLogger("sft")
 
 # Fields that must match between a checkpoint and the resuming config (unless allow_resume_mismatch).
 RESUME_FIELDS = ("seed", "model", "data", "strategy", "loss", "trainer.batch_size", "trainer.unlabeled_batch_size",
-                 "trainer.nproc")
+                 "trainer.nproc", "trainer.ema_decay")
 STATE_VERSION = 2  # train_state.pt layout: objectives' states under "objectives"
 
 
@@ -81,12 +81,13 @@ def save(engine: Engine) -> Path | None:
             "best": light["best"], "nonfinite_skips": e.nonfinite_skips,
             "early_stopping": e.early_stopping.state_dict(),
             "objectives": {o.name: o.state_dict() for o in e.objectives},
+            "average": e.average.state_dict(e.model) if e.average is not None else None,
             "world_size": e.env.world_size, "config": json.dumps(light["config"]),
             "fingerprints": light["fingerprints"],
         }
 
         def write(tmp: Path) -> None:
-            e.model.save_pretrained(tmp, safe_serialization=True)
+            e.eval_model.save_pretrained(tmp, safe_serialization=True)  # the averaged weights with trainer.ema_decay
             e.tokenizer.save_pretrained(tmp)
             (tmp / ckpt.SFT_STATE).write_text(json.dumps(light, indent=1, default=json_default))
             if only_model:
@@ -138,11 +139,20 @@ def resume(engine: Engine) -> None:
         raise CheckpointError(f"{path}: its training state was written by an earlier sft version and cannot be "
                               "resumed by this one; its weights still load (model=hf model.name_or_path=...)")
     _check_config(e, json.loads(state["config"]), state, path)
-    missing, unexpected = e.model.load_state_dict(ckpt.load_weights(path), strict=False)
+    missing, unexpected = e.eval_model.load_state_dict(ckpt.load_weights(path), strict=False)
     missing = [m for m in missing if m not in set(getattr(e.model, "_tied_weights_keys", None) or [])]
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit the model (missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]})")
+    averaged = state.get("average")
+    if e.average is not None and averaged is not None:
+        e.average.load_state_dict(averaged, e.model)  # the raw weights the optimizer trains
+    elif averaged is not None:
+        e.model.load_state_dict(averaged["raw_model"])  # trained with an average, resumed without one
+    elif e.average is not None:
+        # Trained without an average, resumed with one (allow_resume_mismatch): it starts from these weights.
+        e.model.load_state_dict(e.eval_model.state_dict())
+        e.average.reset(e.model)
     e.optimizer.load_state_dict(state["optimizer"])
     e.scheduler.load_state_dict(state["scheduler"])
     if e.scaler is not None and state["scaler"] is not None:
@@ -159,6 +169,9 @@ def resume(engine: Engine) -> None:
     else:
         # Counted against the best restored with it (absent from states written before early stopping).
         e.early_stopping.load_state_dict(state.get("early_stopping", {}))
+        if e.best_step is not None and any(o.wants_best_weights for o in e.objectives):
+            # The best checkpoint is always kept, and holds exactly the weights that were evaluated.
+            e.best_weights = ckpt.load_weights(e.ckpt_dir / ckpt.checkpoint_name(e.best_step))
     e.nonfinite_skips = int(state["nonfinite_skips"])
     for objective in e.objectives:
         objective.load_state_dict(state["objectives"].get(objective.name, {}))

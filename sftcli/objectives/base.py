@@ -105,6 +105,7 @@ class Objective:
 
     name = "objective"
     uses_weak_view = False  # the step computes no-dropout logits of the unlabeled rows for this term
+    wants_best_weights = False  # the engine keeps a host copy of the best model so far for this term
 
     def wants_hidden_states(self, batch: StepBatch) -> bool:
         """Whether this step's forward must return hidden states for this term (the contrastive terms)."""

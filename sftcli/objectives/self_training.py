@@ -42,6 +42,7 @@ class SelfTraining(Objective):
                  model: torch.nn.Module, class_weights: np.ndarray | None = None):
         self.lc, self.unlabeled, self.hidden_labels = lc, unlabeled, hidden_labels
         self.class_weights = class_weights  # loss.class_weights, per class; None: unweighted
+        self.wants_best_weights = lc.self_training_labeler == "best"
         self.pseudo_labels: np.ndarray | None = None  # [n_unlabeled], -1: not used
         self.pseudo_probs: np.ndarray | None = None  # with soft targets: the labeling model's probabilities
         self.ensemble_probs: np.ndarray | None = None  # with the ensemble: the mean over labeling models so far
@@ -72,7 +73,13 @@ class SelfTraining(Objective):
         if engine.step == 0 or engine.step % lc.self_training_every:
             return
         t0 = time.perf_counter()
-        logits = predict_logits(engine.model, self.unlabeled, engine.tc.eval_batch_size, engine.pad_id,
+        labeler_step = engine.step
+        if self.wants_best_weights and engine.best_weights is not None:
+            # The best model on validation so far labels. Its slot is free: a fresh student replaces the
+            # weights right after this (the config requires fresh students with this labeler).
+            engine.eval_model.load_state_dict(engine.best_weights, strict=False)
+            labeler_step = engine.best_step
+        logits = predict_logits(engine.eval_model, self.unlabeled, engine.tc.eval_batch_size, engine.pad_id,
                                 engine.env.device, engine.precision, engine.env)
         probs = softmax(logits)
         relabel = engine.step // lc.self_training_every  # 1 at the first re-label
@@ -96,7 +103,7 @@ class SelfTraining(Objective):
         kept = self.pseudo_labels >= 0
         values = {"self_training/kept": float(kept.mean()), "self_training/min_confidence":
                   float(conf[kept].min()) if kept.any() else float("nan"),
-                  "self_training/seconds": time.perf_counter() - t0}
+                  "self_training/seconds": time.perf_counter() - t0, "self_training/labeler_step": labeler_step}
         if self.hidden_labels is not None and kept.any():
             # Only possible when the unlabeled texts came from labeled train (data.labels_per_class).
             values["self_training/pseudo_label_accuracy"] = float((self.pseudo_labels[kept]
