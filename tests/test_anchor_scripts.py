@@ -1,5 +1,5 @@
 """The measurement scripts around SetFit: the data sets they build, the anchor's refusal without its extra,
-and the comparison's paired differences and wall-time ratios."""
+the comparison's paired differences and wall-time ratios, and the label-propagation probe."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from conftest import REPO
 
 
@@ -65,3 +66,16 @@ def test_the_comparison_pairs_seeds_and_states_wall_time_against_setfit(tmp_path
     supervised = [c.strip() for c in lines["supervised"].split("|")[1:-1]]
     assert supervised[4] == "-0.0900 (-0.090)"
     assert [c.strip() for c in lines["setfit"].split("|")[1:-1]][4] == "-"
+
+
+def test_label_propagation_labels_each_cluster_by_its_labeled_point() -> None:
+    probe = _script("probe_label_propagation")
+    rng = np.random.default_rng(0)
+    centers = np.eye(3) * 4
+    z = np.concatenate([c + 0.3 * rng.standard_normal((20, 3)) for c in centers])
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    order = np.r_[0, 20, 40, np.setdiff1d(np.arange(60), [0, 20, 40])]  # one labeled point per cluster first
+    scores = probe.propagate(z[order], np.array([0, 1, 2]), 3, k=5)
+    truth = np.repeat(np.arange(3), 20)[order][3:]
+    assert scores.shape == (57, 3) and np.allclose(scores.sum(1), 1)
+    assert (scores.argmax(1) == truth).mean() == 1.0
