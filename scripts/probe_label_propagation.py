@@ -22,22 +22,6 @@ import numpy as np
 import torch
 
 
-def states_and_probs(model: Any, tokenizer: Any, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """(normalised mean-pooled last states, class probabilities) of `texts`."""
-    from sftcli.modeling_sft_bert import mean_pool
-
-    zs, probs = [], []
-    with torch.no_grad():
-        for i in range(0, len(texts), 128):
-            enc = tokenizer(texts[i:i + 128], padding=True, truncation=True, max_length=max_length,
-                            return_tensors="pt")
-            out = model(**enc, output_hidden_states=True)
-            probs.append(torch.softmax(out.logits.float(), -1))
-            zs.append(mean_pool(out.hidden_states[-1], enc["attention_mask"]))
-    z = torch.cat(zs).numpy()
-    return z / np.linalg.norm(z, axis=1, keepdims=True), torch.cat(probs).numpy()
-
-
 def propagate(z: np.ndarray, labeled: np.ndarray, n_classes: int, k: int, alpha: float = 0.99) -> np.ndarray:
     """Class scores of the rows of `z` after the first len(labeled) rows (whose classes are `labeled`)."""
     from scipy import sparse
@@ -65,6 +49,7 @@ def propagate(z: np.ndarray, labeled: np.ndarray, n_classes: int, k: int, alpha:
 
 def probe(run: Path, shares: list[float], ks: list[int]) -> dict[str, Any]:
     from omegaconf import OmegaConf
+    from probe_logistic_head import embed  # scripts/, on the path when this runs as a script
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from sftcli.config import parse_train
@@ -79,8 +64,8 @@ def probe(run: Path, shares: list[float], ks: list[int]) -> dict[str, Any]:
         raise SystemExit(f"{run}: the run's pile has no hidden labels (needs data.labels_per_class)")
     model = AutoModelForSequenceClassification.from_pretrained(run / "model", trust_remote_code=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(run / "model", trust_remote_code=True)
-    z_lab, _ = states_and_probs(model, tokenizer, data.labeled.texts, cfg.model.max_length)
-    z_pile, p_clf = states_and_probs(model, tokenizer, data.unlabeled.texts, cfg.model.max_length)
+    z_lab, _ = embed(model, tokenizer, data.labeled.texts, cfg.model.max_length)
+    z_pile, p_clf = embed(model, tokenizer, data.unlabeled.texts, cfg.model.max_length)
     truth = data.unlabeled.hidden_labels
 
     def top(p: np.ndarray, share: float) -> float:

@@ -20,18 +20,19 @@ import torch
 
 
 def embed(model: Any, tokenizer: Any, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """(normalised mean-pooled states, the model's own predicted class) of `texts`."""
+    """(normalised mean-pooled last states, the model's class probabilities) of `texts`."""
     from sftcli.modeling_sft_bert import mean_pool
 
-    zs, preds = [], []
+    zs, probs = [], []
     with torch.no_grad():
         for i in range(0, len(texts), 128):
             enc = tokenizer(texts[i:i + 128], padding=True, truncation=True, max_length=max_length,
                             return_tensors="pt")
-            preds.append(model(**enc).logits.argmax(-1))
-            zs.append(mean_pool(model.base_model(**enc).last_hidden_state, enc["attention_mask"]))
+            out = model(**enc, output_hidden_states=True)
+            probs.append(torch.softmax(out.logits.float(), -1))
+            zs.append(mean_pool(out.hidden_states[-1], enc["attention_mask"]))
     z = torch.cat(zs).numpy()
-    return z / np.linalg.norm(z, axis=1, keepdims=True), torch.cat(preds).numpy()
+    return z / np.linalg.norm(z, axis=1, keepdims=True), torch.cat(probs).numpy()
 
 
 def probe(run: Path, cs: list[float]) -> dict[str, Any]:
@@ -54,8 +55,8 @@ def probe(run: Path, cs: list[float]) -> dict[str, Any]:
     for name, part in (("val", data.validation), ("test", data.test)):
         if part is None:
             continue
-        z, own = embed(model, tokenizer, part.texts, n)
-        out[f"{name}/own_head"] = float((own == part.labels).mean())
+        z, probs = embed(model, tokenizer, part.texts, n)
+        out[f"{name}/own_head"] = float((probs.argmax(1) == part.labels).mean())
         for c in cs:
             head = LogisticRegression(C=c, max_iter=2000).fit(z_train, data.labeled.labels)
             out[f"{name}/logistic_C{c:g}"] = float((head.predict(z) == part.labels).mean())
