@@ -108,7 +108,7 @@ def _self_training_value(weights, pseudo, index, logits, rank=0, world=1) -> tor
 
     from sftcli.objectives.self_training import SelfTraining
 
-    lc = SimpleNamespace(self_training_student="continue", self_training_weight=1.0)
+    lc = SimpleNamespace(self_training_student="continue", self_training_weight=1.0, self_training_labeler="last")
     st = SelfTraining(lc, None, None, None, weights)
     st.pseudo_labels = pseudo
     batch = SimpleNamespace(has_unlabeled=True, unlabeled_index=index)
