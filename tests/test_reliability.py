@@ -235,7 +235,8 @@ def test_a_nonfinite_validation_metric_is_never_the_best() -> None:
     original = loop.evaluate
     loop.evaluate = lambda *a, **k: {"accuracy": float("nan"), "macro_f1": float("nan"), "n": 2}
     try:
-        t.enc_val = t.data = t.model = t.pad_id = t.env = None
+        t.enc_val = t.data = t.model = t.pad_id = t.env = t.average = None
+        t.objectives = []
         t.data = type("D", (), {"validation": type("V", (), {"labels": None})(), "label_names": []})()
         t.env = type("E", (), {"device": "cpu"})()
         assert t._validate() is False
