@@ -262,6 +262,11 @@ class Engine:
         with trainer.ema_decay, else the trained model itself."""
         return self.average.module if self.average is not None else self.model
 
+    @property
+    def keeps_best_weights(self) -> bool:
+        """Whether an objective needs the best model so far (a host copy, refreshed at each new best)."""
+        return any(o.wants_best_weights for o in self.objectives)
+
     def named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         """Every trained parameter: the model's, then the objectives' own (a projection head)."""
         named = list(self.model.named_parameters())
@@ -320,7 +325,7 @@ class Engine:
         log.info("step %d: val %s", self.step, format_metrics(values, shown))
         if math.isfinite(metric) and (self.best_metric is None or metric > self.best_metric):
             self.best_metric, self.best_step = metric, self.step
-            if any(o.wants_best_weights for o in self.objectives):
+            if self.keeps_best_weights:
                 self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.eval_model.state_dict().items()}
             return True
         return False

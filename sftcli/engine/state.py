@@ -2,8 +2,9 @@
 
 A checkpoint holds the model (safetensors, loadable by plain transformers), the tokenizer, sft_state.json
 (step, config, best so far), and for exact resume train_state.pt (optimizer, scheduler, grad scaler, both
-data streams' positions, the early-stopping counter, every objective's state) plus every rank's RNG state. Resume checks the saved
-config against the current one and refuses a mismatch field by field.
+data streams' positions, the early-stopping counter, every objective's state, and with trainer.ema_decay the
+raw weights beside the averaged ones the checkpoint's model holds) plus every rank's RNG state. Resume checks
+the saved config against the current one and refuses a mismatch field by field.
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ def resume(engine: Engine) -> None:
     else:
         # Counted against the best restored with it (absent from states written before early stopping).
         e.early_stopping.load_state_dict(state.get("early_stopping", {}))
-        if e.best_step is not None and any(o.wants_best_weights for o in e.objectives):
+        if e.best_step is not None and e.keeps_best_weights:
             # The best checkpoint is always kept, and holds exactly the weights that were evaluated.
             e.best_weights = ckpt.load_weights(e.ckpt_dir / ckpt.checkpoint_name(e.best_step))
     e.nonfinite_skips = int(state["nonfinite_skips"])
