@@ -48,18 +48,10 @@ def propagate(z: np.ndarray, labeled: np.ndarray, n_classes: int, k: int, alpha:
 
 
 def probe(run: Path, shares: list[float], ks: list[int]) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-    from probe_logistic_head import embed  # scripts/, on the path when this runs as a script
+    from probe_logistic_head import embed, run_data  # scripts/, on the path when this runs as a script
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from sftcli.config import parse_train
-    from sftcli.data import load_data
-
-    raw = OmegaConf.load(run / "config.yaml")
-    raw.resume = None
-    raw.data.max_unlabeled = None  # the whole pile, also for a run trained without it
-    cfg = parse_train(raw)
-    data = load_data(cfg.data, cfg.seed)
+    cfg, data = run_data(run, whole_pile=True)  # the whole pile, also for a run trained without it
     if data.unlabeled is None or data.unlabeled.hidden_labels is None:
         raise SystemExit(f"{run}: the run's pile has no hidden labels (needs data.labels_per_class)")
     model = AutoModelForSequenceClassification.from_pretrained(run / "model", trust_remote_code=True).eval()

@@ -35,18 +35,27 @@ def embed(model: Any, tokenizer: Any, texts: list[str], max_length: int) -> tupl
     return z / np.linalg.norm(z, axis=1, keepdims=True), torch.cat(probs).numpy()
 
 
-def probe(run: Path, cs: list[float]) -> dict[str, Any]:
+def run_data(run: Path, whole_pile: bool = False) -> tuple[Any, Any]:
+    """(the run's parsed config, its data): the same labeled draw, validation and test as the run;
+    `whole_pile` also for a run trained with `data.max_unlabeled` set."""
     from omegaconf import OmegaConf
-    from sklearn.linear_model import LogisticRegression
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from sftcli.config import parse_train
     from sftcli.data import load_data
 
     raw = OmegaConf.load(run / "config.yaml")
     raw.resume = None
+    if whole_pile:
+        raw.data.max_unlabeled = None
     cfg = parse_train(raw)
-    data = load_data(cfg.data, cfg.seed)
+    return cfg, load_data(cfg.data, cfg.seed)
+
+
+def probe(run: Path, cs: list[float]) -> dict[str, Any]:
+    from sklearn.linear_model import LogisticRegression
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    cfg, data = run_data(run)
     model = AutoModelForSequenceClassification.from_pretrained(run / "model", trust_remote_code=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(run / "model", trust_remote_code=True)
     n = cfg.model.max_length

@@ -1,5 +1,6 @@
 """The measurement scripts around SetFit: the data sets they build, the anchor's refusal without its extra,
-the comparison's paired differences and wall-time ratios, and the label-propagation probe."""
+the comparison's paired differences and wall-time ratios, the label-propagation probe, and the soup probe's
+weight average."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from conftest import REPO
 
 
@@ -79,3 +81,15 @@ def test_label_propagation_labels_each_cluster_by_its_labeled_point() -> None:
     truth = np.repeat(np.arange(3), 20)[order][3:]
     assert scores.shape == (57, 3) and np.allclose(scores.sum(1), 1)
     assert (scores.argmax(1) == truth).mean() == 1.0
+
+
+def test_soup_averages_float_weights_and_keeps_integer_buffers(tmp_path: Path) -> None:
+    soup = _script("probe_soup")
+    a = {"w": torch.tensor([1.0, 3.0]), "ids": torch.tensor([0, 1])}
+    b = {"w": torch.tensor([3.0, 5.0]), "ids": torch.tensor([7, 7])}
+    out = soup.average([a, b])
+    assert torch.equal(out["w"], torch.tensor([2.0, 4.0]))
+    assert torch.equal(out["ids"], a["ids"])  # position ids are not averaged
+    for step in (150, 50, 1000):
+        (tmp_path / "checkpoints" / f"step-{step:06d}").mkdir(parents=True)
+    assert list(soup.checkpoints(tmp_path)) == [50, 150, 1000]
