@@ -148,11 +148,13 @@ def setup_logging(run_dir: Path | None, is_main: bool, rank: int = 0) -> None:
 
 
 def format_metrics(values: dict[str, Any], keys: list[str]) -> str:
+    """`name=value` for each of `keys` present, without the key's group (`train/`, `val/`): the line
+    already says what it reports. Floats get four significant digits, anything else prints as it is."""
     parts = []
     for key in keys:
         if key in values and values[key] is not None:
-            v = values[key]
-            parts.append(f"{key.split('/', 1)[-1]}={v:.4g}" if isinstance(v, float) else f"{key}={v}")
+            v, name = values[key], key.split("/", 1)[-1]
+            parts.append(f"{name}={v:.4g}" if isinstance(v, float) else f"{name}={v}")
     return " ".join(parts)
 
 

@@ -108,3 +108,11 @@ def test_log_lines_print_above_the_progress_bar_not_onto_its_line(sft, tmp_path:
     # Evaluation lines name their split.
     evals = [line for line in re.split(r"[\r\n]", plain) if re.match(r"step \d+: val accuracy=\S+ macro_f1=", line)]
     assert [line.split(":")[0] for line in evals] == ["step 4", "step 8", "step 12"]
+
+
+def test_metric_lines_drop_the_group_of_every_key_float_or_not() -> None:
+    from sftcli.runlog import format_metrics
+
+    values = {"self_training/kept": 0.50012, "self_training/labeler_step": 150, "val/accuracy": None}
+    line = format_metrics(values, ["self_training/kept", "self_training/labeler_step", "val/accuracy", "absent"])
+    assert line == "kept=0.5001 labeler_step=150"
