@@ -8,7 +8,10 @@ DIR holds train.csv and test.csv (text,label), e.g. from scripts/make_data.py; v
 train by sft's protocol (data.validation_fraction), identically for every arm. Every (K, seed) runs every
 arm; the order of the arms rotates with the seed, and --jobs N runs N commands at once with
 cores/N threads each (OMP_NUM_THREADS), so no arm always has the machine to itself. Wall time is the
-whole process as a user waits for it: start, loading, training, evaluation.
+whole process as a user waits for it: start, loading, training, evaluation. Run one comparison at a time:
+the thread count assumes the machine is this script's alone. Two at once (say two with --jobs 1 on 2 cores)
+give 2 threads to each of 2 commands, and OpenMP's spinning threads then made every run several times
+slower (a supervised run at 4 per class: 160 s against 31 s).
 
 Writes ROOT/<data>/results.csv (one row per run; a row already there is not run again, so an interrupted
 comparison continues) and ROOT/<data>/summary.md: test accuracy mean +- std per arm and K, the paired
