@@ -25,11 +25,6 @@ import numpy as np
 import torch
 
 
-def checkpoints(run: Path) -> dict[int, Path]:
-    """step -> checkpoint directory, for the checkpoints the run kept."""
-    return {int(p.name.split("-")[1]): p for p in sorted((run / "checkpoints").glob("step-*"))}
-
-
 def average(state_dicts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The uniform average of float tensors; integer buffers (position ids) from the first."""
     out = {}
@@ -45,17 +40,18 @@ def probe(run: Path) -> dict[str, Any]:
     from probe_logistic_head import embed, run_data  # scripts/, on the path when this runs as a script
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from sftcli import checkpoint as ckpt
+
     cfg, data = run_data(run)
-    ckpts = checkpoints(run)
+    ckpts = dict(ckpt.listed(run / "checkpoints"))
     if not ckpts:
         raise SystemExit(f"{run}: no checkpoints kept (train with trainer.keep_last=20)")
-    rounds = cfg.loss.self_training_rounds or 1
-    per_round = cfg.trainer.max_steps // rounds if cfg.trainer.max_steps else None
-    model = AutoModelForSequenceClassification.from_pretrained(ckpts[min(ckpts)], trust_remote_code=True)
-    model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(ckpts[min(ckpts)], trust_remote_code=True)
-    weights = {step: AutoModelForSequenceClassification.from_pretrained(p, trust_remote_code=True).state_dict()
-               for step, p in ckpts.items()}
+    # The run recorded its round length in config.yaml: the objective re-labels every that many steps.
+    per_round = cfg.loss.self_training_every if cfg.loss.self_training_weight > 0 else None
+    first = ckpts[min(ckpts)]
+    model = AutoModelForSequenceClassification.from_pretrained(first, trust_remote_code=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(first, trust_remote_code=True)
+    weights = {step: ckpt.load_weights(p) for step, p in ckpts.items()}  # the tensors alone, no model per checkpoint
 
     def score(state: dict[str, torch.Tensor]) -> dict[str, float]:
         model.load_state_dict(state)

@@ -84,6 +84,8 @@ def test_label_propagation_labels_each_cluster_by_its_labeled_point() -> None:
 
 
 def test_soup_averages_float_weights_and_keeps_integer_buffers(tmp_path: Path) -> None:
+    from sftcli import checkpoint as ckpt
+
     soup = _script("probe_soup")
     a = {"w": torch.tensor([1.0, 3.0]), "ids": torch.tensor([0, 1])}
     b = {"w": torch.tensor([3.0, 5.0]), "ids": torch.tensor([7, 7])}
@@ -92,4 +94,4 @@ def test_soup_averages_float_weights_and_keeps_integer_buffers(tmp_path: Path) -
     assert torch.equal(out["ids"], a["ids"])  # position ids are not averaged
     for step in (150, 50, 1000):
         (tmp_path / "checkpoints" / f"step-{step:06d}").mkdir(parents=True)
-    assert list(soup.checkpoints(tmp_path)) == [50, 150, 1000]
+    assert list(dict(ckpt.listed(tmp_path / "checkpoints"))) == [50, 150, 1000]  # the probe's steps, by number
