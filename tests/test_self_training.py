@@ -125,8 +125,11 @@ def test_soft_targets_keep_the_teachers_probabilities(trainer) -> None:
     assert "st" in terms and torch.isfinite(terms["st"]) and terms["st"] > 0
 
 
-def test_an_ensemble_labels_with_the_mean_of_every_teacher_so_far(trainer) -> None:
+def test_an_ensemble_labels_with_the_mean_of_every_teacher_so_far(tmp_path, cache_dir, monkeypatch) -> None:
     import numpy as np
+
+    # 9 steps: re-labels at steps 3 and 6.
+    trainer = _engine(tmp_path, cache_dir, monkeypatch, [*FRESH, "trainer.max_steps=9"])
 
     from sftcli.evaluate import predict_logits
     from sftcli.losses import softmax
@@ -321,3 +324,55 @@ def test_labeling_with_the_best_model_resumes_to_the_bit(sft, tmp_path) -> None:
     assert relabels[0] == relabels[1] and relabels[0]
     a, b = (load_file(runs / n / "checkpoints" / "step-000008" / "model.safetensors") for n in ("ref", "cut"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_model_starts_split_the_first_round_among_the_teachers() -> None:
+    from sftcli.objectives.self_training import model_starts
+
+    assert model_starts(150, 1, 450) == [150, 300]  # one teacher: a re-label every round
+    assert model_starts(150, 3, 450) == [50, 100, 150, 300]
+    assert model_starts(150, 2, 450) == [75, 150, 300]
+    assert model_starts(50, 1, 120) == [50, 100]  # the last round is cut short by the run's end
+
+
+def test_the_lr_schedule_starts_over_at_each_restart() -> None:
+    from sftcli.engine.build import build_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    factor = build_scheduler(opt, total=10, ratio=0.0, restarts=[2, 4]).lr_lambdas[0]
+    # Rounds of 2, 2 and 6 steps, each decaying linearly to zero from its own start.
+    assert [factor(s) for s in range(10)] == pytest.approx([1, 0.5, 1, 0.5, 1, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
+
+
+def test_several_teachers_label_the_first_student_with_their_mean(sft, tmp_path) -> None:
+    # Rounds of 4 steps: two teachers of 2 steps, then students at steps 4 and 8.
+    args = [*FRESH, "loss.self_training_every=4", "loss.self_training_teachers=2", "trainer.max_steps=10",
+            "trainer.eval_every=2"]
+    sft("train", *args, "run_name=ref", check=True)
+    events = read_jsonl(tmp_path / "runs" / "ref" / "metrics.jsonl")
+    teachers = [e for e in events if "self_training/teacher" in e]
+    relabels = [e for e in events if "self_training/kept" in e]
+    assert [e["step"] for e in teachers] == [2] and [e["step"] for e in relabels] == [4, 8]
+    # The first teacher's pile accuracy, alone and as the mean so far (only it): the same.
+    assert teachers[0]["self_training/teacher_accuracy"] == teachers[0]["self_training/teachers_accuracy"]
+    lr = {e["step"]: e["train/lr"] for e in events if "train/lr" in e}
+    assert lr[1] == pytest.approx(lr[3]) == pytest.approx(lr[5])  # each model's schedule starts over
+    # Stopped in the second teacher (after the first one's probabilities are in), then resumed: the same run.
+    first = sft("train", *args, "trainer.save_every=1", "run_name=cut", env={"SFT_TEST_SIGNAL_AT_STEP": "3"})
+    assert first.returncode == 75, first.stderr
+    sft("train", *args, "trainer.save_every=1", "run_name=cut", "resume=auto", check=True)
+    cut = read_jsonl(tmp_path / "runs" / "cut" / "metrics.jsonl")
+    pick = ("self_training/kept", "self_training/min_confidence", "self_training/pseudo_label_accuracy")
+    assert [[e[k] for k in pick] for e in cut if "self_training/kept" in e] == [[e[k] for k in pick] for e in relabels]
+
+
+def test_several_teachers_need_fresh_students(sft) -> None:
+    proc = sft("train", *FRESH, "loss.self_training_student=continue", "loss.self_training_teachers=2")
+    assert proc.returncode == 2
+    assert "loss.self_training_teachers: 2 teachers need loss.self_training_student=fresh" in proc.stderr
+
+
+def test_more_teachers_than_steps_in_a_round_is_refused(sft) -> None:
+    proc = sft("train", *FRESH, "loss.self_training_teachers=4")  # rounds of 3 steps
+    assert proc.returncode == 2
+    assert "loss.self_training_teachers: 4 teachers in a round of 3 steps leave no step per teacher" in proc.stderr

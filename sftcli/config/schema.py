@@ -227,6 +227,10 @@ class LossConfig(Group):
                 "so far, of any round; needs loss.self_training_student=fresh)")
     self_training_ensemble: bool = key(False, "label with the mean probabilities of every labeling model so far "
                                               "(this re-label's and the earlier ones')")
+    self_training_teachers: int = key(
+        1, "the first round trains this many teachers one after another, each from the initial weights for an "
+           "equal share of the round's steps, and the mean of their probabilities labels the first student (an "
+           "ensemble at a single teacher's cost); needs loss.self_training_student=fresh", ge=1)
     unlabeled_mask_prob: float = key(0.0, "input noise: replace each token of the unlabeled texts by [MASK] with "
                                           "this probability in the training forward", ge=0, lt=1)
     supcon_weight: float = key(0.0, "weight of a supervised contrastive term on the labeled texts (same class = "
@@ -244,6 +248,9 @@ class LossConfig(Group):
         checks.require(self.self_training_labeler == "last" or self.self_training_student == "fresh",
                        "self_training_labeler", "best needs loss.self_training_student=fresh (a continuing "
                        "model cannot be swapped for the best one)")
+        checks.require(self.self_training_teachers == 1 or self.self_training_student == "fresh",
+                       "self_training_teachers", f"{self.self_training_teachers} teachers need "
+                       "loss.self_training_student=fresh (each teacher starts from the initial weights)")
         if isinstance(self.class_weights, dict):
             for name, weight in self.class_weights.items():
                 checks.require(math.isfinite(weight) and weight > 0, "class_weights",
@@ -461,6 +468,7 @@ class TrainConfig(Group):
                 self._notes.append(f"trainer.max_steps={tr.max_steps}: the first self-training round (the teacher)")
         loss.self_training_weight = 0.0
         loss.self_training_rounds = None
+        loss.self_training_teachers = 1  # nothing to label: one teacher, the round as a whole
         loss.supcon_unlabeled = False
 
     def _check_unlabeled(self, checks: Checks) -> None:

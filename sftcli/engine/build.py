@@ -7,6 +7,7 @@ for DDP before the objectives wrap their own modules, the optimizer last.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import os
@@ -18,7 +19,7 @@ import torch
 
 from sftcli import checkpoint as ckpt
 from sftcli import dist, speedups
-from sftcli.config import OptimConfig, TrainConfig
+from sftcli.config import LossConfig, OptimConfig, TrainConfig
 from sftcli.data import Encoded, encode, load_data
 from sftcli.engine.averaging import WeightAverage
 from sftcli.engine.batches import StepBatches
@@ -85,7 +86,7 @@ def build(engine: Any) -> None:
     engine.objectives = objectives = build_objectives(
         cfg, model, unlabeled, hidden, engine.pad_id, env, cache,
         teacher_key=(tok_fp, str(cfg.model.max_length), cfg.model.pooling, data.fingerprint()),
-        class_weights=weights)
+        class_weights=weights, total_steps=engine.max_steps)
     for note in speedups.apply_to_model(model, tc, env.device, engine.precision):
         log.debug("model: %s", note)
     model.to(env.device)
@@ -101,7 +102,7 @@ def build(engine: Any) -> None:
         log.info("model: the training forward is compiled (torch.compile); the first steps compile it")
     engine.optimizer = build_optimizer(cfg.optim, engine.named_parameters())
     engine.scheduler = build_scheduler(engine.optimizer, engine.max_steps, cfg.optim.warmup_ratio,
-                                       _period(objectives))
+                                       _restarts(objectives))
     engine.scaler = torch.amp.GradScaler("cuda") if engine.precision == "fp16" else None
     # A full disk found now, not at the first save: a checkpoint holds the weights and AdamW's two
     # moments of every trained parameter (and a save writes the new one before pruning old ones).
@@ -133,9 +134,12 @@ def training_steps(cfg: TrainConfig, n_labeled: int) -> int:
             raise ConfigError(f"loss.self_training_rounds: {lc.self_training_rounds} rounds in {steps} steps leave "
                               "no step per round; lower it or train longer")
         lc.self_training_every = every
+        # Several teachers split the first round equally; a remainder of the split is not trained.
+        total = every * lc.self_training_rounds - every % lc.self_training_teachers
+        _check_teachers(lc)
         log.info("loss.self_training_rounds=%d: a round is %d steps; %d steps in all", lc.self_training_rounds,
-                 every, every * lc.self_training_rounds)
-        return every * lc.self_training_rounds
+                 every, total)
+        return total
     if lc.self_training_every >= steps:
         # Without trainer.epochs the config check refused this already; a config built in code may not be.
         given = (f"trainer.epochs={cfg.trainer.epochs:g}" if cfg.trainer.epochs is not None
@@ -144,7 +148,18 @@ def training_steps(cfg: TrainConfig, n_labeled: int) -> int:
                           f"{given}: self-training re-labels first after step {lc.self_training_every}, so no "
                           "round would happen; lower loss.self_training_every or raise "
                           f"{given.split('=')[0]}")
+    _check_teachers(lc)
     return steps
+
+
+def _check_teachers(lc: LossConfig) -> None:
+    teachers, every = lc.self_training_teachers, lc.self_training_every
+    if teachers > every:
+        raise ConfigError(f"loss.self_training_teachers: {teachers} teachers in a round of {every} steps leave "
+                          "no step per teacher; lower it or train longer")
+    if teachers > 1:
+        log.info("loss.self_training_teachers=%d: the first round is %d teachers of %d steps", teachers, teachers,
+                 every // teachers)
 
 
 def _steps(cfg: TrainConfig, n_labeled: int) -> int:
@@ -159,9 +174,9 @@ def _steps(cfg: TrainConfig, n_labeled: int) -> int:
     return steps
 
 
-def _period(objectives: list[Objective]) -> int | None:
-    periods = {p for p in (o.schedule_period() for o in objectives) if p is not None}
-    return periods.pop() if periods else None
+def _restarts(objectives: list[Objective]) -> list[int]:
+    # Only self-training restarts the schedule (its fresh teachers and students).
+    return next((r for r in (o.schedule_restarts() for o in objectives) if r), [])
 
 
 def build_optimizer(o: OptimConfig, named: list[tuple[str, torch.nn.Parameter]]) -> torch.optim.Optimizer:
@@ -183,15 +198,16 @@ def build_optimizer(o: OptimConfig, named: list[tuple[str, torch.nn.Parameter]])
     return torch.optim.AdamW(groups, **kwargs)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total: int, ratio: float, period: int | None
+def build_scheduler(optimizer: torch.optim.Optimizer, total: int, ratio: float, restarts: list[int] | None = None
                     ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup over `ratio` of the steps, then linear decay to zero; with `period` the schedule
-    restarts every `period` steps (fresh self-training students: each round as a separate run would)."""
-    period = period or total
+    """Linear warmup over `ratio` of the steps, then linear decay to zero; the schedule starts over at each
+    step of `restarts` (fresh self-training teachers and students: each round as a separate run would)."""
+    starts = [0, *sorted(restarts or [])]
+    ends = [*starts[1:], total]
 
     def factor(step: int) -> float:
-        start = (step // period) * period
-        length = min(period, total - start)
+        i = bisect.bisect_right(starts, step) - 1
+        start, length = starts[i], ends[i] - starts[i]
         s, warmup = step - start, int(round(ratio * length))
         if warmup and s < warmup:
             return (s + 1) / warmup

@@ -6,7 +6,9 @@ the uninterrupted one) labels the whole unlabeled set, and the most confident sh
 (per predicted class, or of all texts; a curriculum widens the share each round; hard or soft targets;
 optionally the mean of every labeling model so far). With loss.self_training_student=fresh the labeling
 model is the teacher: the student starts over from the initial weights with a new optimizer state and
-its own lr schedule (rounds of self_training_every steps).
+its own lr schedule (rounds of self_training_every steps). With loss.self_training_teachers=T the first
+round is T teachers of a T-th of its steps each, one after another from the initial weights, and the mean
+of their probabilities labels the first student: an ensemble of teachers at one teacher's cost.
 
 Until the first re-label the term reads no unlabeled text, so (with no other unlabeled term) those steps
 draw none. With loss.self_training_draw=kept, later steps draw only the pseudo-labeled texts, so every
@@ -35,11 +37,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("sft")
 
 
+def model_starts(every: int, teachers: int, total: int) -> list[int]:
+    """The steps of a run of `total` steps at which self-training starts a new model: the ends of the
+    first round's `teachers` teachers (every // teachers steps each), then a round of `every` steps after
+    another. Every step of the list re-labels the unlabeled texts."""
+    t = every // teachers
+    starts = [t * i for i in range(1, teachers + 1)]
+    while starts[-1] + every < total:
+        starts.append(starts[-1] + every)
+    return [s for s in starts if s < total]
+
+
 class SelfTraining(Objective):
     name = "st"
 
     def __init__(self, lc: LossConfig, unlabeled: Encoded, hidden_labels: np.ndarray | None,
-                 model: torch.nn.Module, class_weights: np.ndarray | None = None):
+                 model: torch.nn.Module, class_weights: np.ndarray | None = None, total_steps: int = 0):
         self.lc, self.unlabeled, self.hidden_labels = lc, unlabeled, hidden_labels
         self.class_weights = class_weights  # loss.class_weights, per class; None: unweighted
         self.wants_best_weights = lc.self_training_labeler == "best"
@@ -48,15 +61,18 @@ class SelfTraining(Objective):
         self.ensemble_probs: np.ndarray | None = None  # with the ensemble: the mean over labeling models so far
         self.labeled_at: int | None = None  # the step of the last re-label (names its kept subset)
         self.kept_rows: UnlabeledRows | None = None  # with draw=kept: the pseudo-labeled texts, set at each re-label
+        self.teacher_probs: np.ndarray | None = None  # with several teachers: the mean of those trained so far
+        # The steps that re-label and (with fresh students) start a new model.
+        self.starts = model_starts(lc.self_training_every, lc.self_training_teachers, total_steps)
         # Fresh students restart from these weights (a host copy of the initial model).
         self.initial_state: dict[str, torch.Tensor] | None = None
         if lc.self_training_student == "fresh":
             self.initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    def schedule_period(self) -> int | None:
+    def schedule_restarts(self) -> list[int]:
         # Fresh students each get the whole schedule (warmup, then decay to zero at the end of their
         # round), as a separate run would.
-        return self.lc.self_training_every if self.initial_state is not None else None
+        return self.starts if self.initial_state is not None else []
 
     def unlabeled_rows(self) -> UnlabeledRows | None:
         if self.pseudo_labels is None:
@@ -70,7 +86,7 @@ class SelfTraining(Objective):
 
     def before_step(self, engine: Engine) -> None:
         lc = self.lc
-        if engine.step == 0 or engine.step % lc.self_training_every:
+        if engine.step not in self.starts:
             return
         t0 = time.perf_counter()
         labeler_step = engine.step
@@ -82,7 +98,17 @@ class SelfTraining(Objective):
         logits = predict_logits(engine.eval_model, self.unlabeled, engine.tc.eval_batch_size, engine.pad_id,
                                 engine.env.device, engine.precision, engine.env)
         probs = softmax(logits)
-        relabel = engine.step // lc.self_training_every  # 1 at the first re-label
+        done, teachers = self.starts.index(engine.step) + 1, lc.self_training_teachers  # models trained so far
+        if teachers > 1 and done <= teachers:
+            # A teacher is done: its probabilities join the running mean of the teachers so far, which
+            # labels the first student once the last teacher is done.
+            if self.teacher_probs is not None:
+                probs = (self.teacher_probs * (done - 1) + probs) / done
+            self.teacher_probs = probs
+            if done < teachers:
+                self._next_teacher(engine, t0, logits)
+                return
+        relabel = done - teachers + 1  # 1 at the re-label that labels the first student
         if lc.self_training_ensemble:
             # Running mean over the labeling models of all rounds (an ensemble across rounds), in place
             # of the newest model alone.
@@ -108,6 +134,21 @@ class SelfTraining(Objective):
             # Only possible when the unlabeled texts came from labeled train (data.labels_per_class).
             values["self_training/pseudo_label_accuracy"] = float((self.pseudo_labels[kept]
                                                                    == self.hidden_labels[kept]).mean())
+        if engine.env.is_main:
+            engine.metrics.write(engine.step, values)
+            log.info("self-training: step %d: %s", engine.step, format_metrics(values, sorted(values)))
+
+    def _next_teacher(self, engine: Engine, t0: float, logits: np.ndarray) -> None:
+        """A teacher other than the last is done: the next starts from the initial weights, no text has a
+        pseudo-label yet."""
+        assert self.initial_state is not None  # the config requires fresh students with several teachers
+        engine.restart_from(self.initial_state)
+        values = {"self_training/teacher": float(self.starts.index(engine.step) + 1),
+                  "self_training/seconds": time.perf_counter() - t0}
+        if self.hidden_labels is not None:
+            values["self_training/teacher_accuracy"] = float((logits.argmax(1) == self.hidden_labels).mean())
+            values["self_training/teachers_accuracy"] = float((self.teacher_probs.argmax(1)
+                                                               == self.hidden_labels).mean())
         if engine.env.is_main:
             engine.metrics.write(engine.step, values)
             log.info("self-training: step %d: %s", engine.step, format_metrics(values, sorted(values)))
@@ -144,10 +185,11 @@ class SelfTraining(Objective):
             return None if a is None else torch.from_numpy(a)
 
         return {"pseudo_labels": tensor(self.pseudo_labels), "pseudo_probs": tensor(self.pseudo_probs),
-                "ensemble_probs": tensor(self.ensemble_probs), "labeled_at": self.labeled_at}
+                "ensemble_probs": tensor(self.ensemble_probs), "teacher_probs": tensor(self.teacher_probs),
+                "labeled_at": self.labeled_at}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("pseudo_labels", "pseudo_probs", "ensemble_probs"):
+        for key in ("pseudo_labels", "pseudo_probs", "ensemble_probs", "teacher_probs"):
             value = state.get(key)
             setattr(self, key, None if value is None else value.numpy())
         self.labeled_at = state.get("labeled_at")
