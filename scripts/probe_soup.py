@@ -17,6 +17,7 @@ run's bf16 validation by a question or two.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 from pathlib import Path
 from typing import Any
@@ -41,13 +42,15 @@ def probe(run: Path) -> dict[str, Any]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from sftcli import checkpoint as ckpt
+    from sftcli.objectives.self_training import model_starts
 
     cfg, data = run_data(run)
     ckpts = dict(ckpt.listed(run / "checkpoints"))
     if not ckpts:
         raise SystemExit(f"{run}: no checkpoints kept (train with trainer.keep_last=20)")
-    # The run recorded its round length in config.yaml: the objective re-labels every that many steps.
-    per_round = cfg.loss.self_training_every if cfg.loss.self_training_weight > 0 else None
+    # The run recorded its round length and steps in config.yaml; the objective starts its models there.
+    starts = (model_starts(cfg.loss.self_training_every, cfg.loss.self_training_teachers, cfg.trainer.max_steps)
+              if cfg.loss.self_training_weight > 0 else [])
     first = ckpts[min(ckpts)]
     model = AutoModelForSequenceClassification.from_pretrained(first, trust_remote_code=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(first, trust_remote_code=True)
@@ -64,7 +67,7 @@ def probe(run: Path) -> dict[str, Any]:
     alone = {step: score(w) for step, w in weights.items()}
     result: dict[str, Any] = {"run": str(run), "alone": alone}
     steps = sorted(weights)
-    round_of = {s: (s - 1) // per_round if per_round else 0 for s in steps}
+    round_of = {s: bisect.bisect_left(starts, s) for s in steps}  # a checkpoint at a start ends the model before it
     bests = []
     for r in sorted(set(round_of.values())):
         in_round = [s for s in steps if round_of[s] == r]
