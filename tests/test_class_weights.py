@@ -106,10 +106,10 @@ def _self_training_value(weights, pseudo, index, logits, rank=0, world=1) -> tor
     """Self-training's term for one rank's share of a step whose global unlabeled batch is `index`."""
     from types import SimpleNamespace
 
+    from sftcli.config import LossConfig
     from sftcli.objectives.self_training import SelfTraining
 
-    lc = SimpleNamespace(self_training_student="continue", self_training_weight=1.0, self_training_labeler="last")
-    st = SelfTraining(lc, None, None, None, weights)
+    st = SelfTraining(LossConfig(self_training_weight=1.0), None, None, None, weights)
     st.pseudo_labels = pseudo
     batch = SimpleNamespace(has_unlabeled=True, unlabeled_index=index)
     view = SimpleNamespace(batch=batch, unlabeled_logits=logits)
