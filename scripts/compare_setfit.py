@@ -86,10 +86,8 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         "ema09": ["trainer.ema_decay=0.9"],
         "ema099": ["trainer.ema_decay=0.99"],
         "label_best": ["loss.self_training_labeler=best"],
-        # An ensemble of short teachers at one teacher's cost (the teacher's validation accuracy is flat
-        # after a third of its round).
+        # An ensemble of two teachers, a round each (the run is a round longer).
         "teachers2": ["loss.self_training_teachers=2"],
-        "teachers3": ["loss.self_training_teachers=3"],
     }.items()},
 }
 FIELDS = ["data", "k", "seed", "arm", "val_accuracy", "test_accuracy", "test_macro_f1", "wall_s", "run_dir"]

@@ -49,7 +49,7 @@ def probe(run: Path) -> dict[str, Any]:
     if not ckpts:
         raise SystemExit(f"{run}: no checkpoints kept (train with trainer.keep_last=20)")
     # The run recorded its round length and steps in config.yaml; the objective starts its models there.
-    starts = (model_starts(cfg.loss.self_training_every, cfg.loss.self_training_teachers, cfg.trainer.max_steps)
+    starts = (model_starts(cfg.loss.self_training_every, cfg.trainer.max_steps)
               if cfg.loss.self_training_weight > 0 else [])
     first = ckpts[min(ckpts)]
     model = AutoModelForSequenceClassification.from_pretrained(first, trust_remote_code=True).eval()

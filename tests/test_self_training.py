@@ -326,13 +326,11 @@ def test_labeling_with_the_best_model_resumes_to_the_bit(sft, tmp_path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_model_starts_split_the_first_round_among_the_teachers() -> None:
+def test_models_start_at_the_end_of_every_round_but_the_last() -> None:
     from sftcli.objectives.self_training import model_starts
 
-    assert model_starts(150, 1, 450) == [150, 300]  # one teacher: a re-label every round
-    assert model_starts(150, 3, 450) == [50, 100, 150, 300]
-    assert model_starts(150, 2, 450) == [75, 150, 300]
-    assert model_starts(50, 1, 120) == [50, 100]  # the last round is cut short by the run's end
+    assert model_starts(150, 450) == [150, 300]
+    assert model_starts(50, 120) == [50, 100]  # the last round is cut short by the run's end
 
 
 def test_the_lr_schedule_starts_over_at_each_restart() -> None:
@@ -345,14 +343,14 @@ def test_the_lr_schedule_starts_over_at_each_restart() -> None:
 
 
 def test_several_teachers_label_the_first_student_with_their_mean(sft, tmp_path) -> None:
-    # Rounds of 4 steps: two teachers of 2 steps, then students at steps 4 and 8.
-    args = [*FRESH, "loss.self_training_every=4", "loss.self_training_teachers=2", "trainer.max_steps=10",
+    # Rounds of 2 steps: teachers in the first two, students from step 4.
+    args = [*FRESH, "loss.self_training_every=2", "loss.self_training_teachers=2", "trainer.max_steps=8",
             "trainer.eval_every=2"]
     sft("train", *args, "run_name=ref", check=True)
     events = read_jsonl(tmp_path / "runs" / "ref" / "metrics.jsonl")
     teachers = [e for e in events if "self_training/teacher" in e]
     relabels = [e for e in events if "self_training/kept" in e]
-    assert [e["step"] for e in teachers] == [2] and [e["step"] for e in relabels] == [4, 8]
+    assert [e["step"] for e in teachers] == [2] and [e["step"] for e in relabels] == [4, 6]
     # The first teacher's pile accuracy, alone and as the mean so far (only it): the same.
     assert teachers[0]["self_training/teacher_accuracy"] == teachers[0]["self_training/teachers_accuracy"]
     lr = {e["step"]: e["train/lr"] for e in events if "train/lr" in e}
@@ -372,7 +370,21 @@ def test_several_teachers_need_fresh_students(sft) -> None:
     assert "loss.self_training_teachers: 2 teachers need loss.self_training_student=fresh" in proc.stderr
 
 
-def test_more_teachers_than_steps_in_a_round_is_refused(sft) -> None:
-    proc = sft("train", *FRESH, "loss.self_training_teachers=4")  # rounds of 3 steps
+def test_teachers_that_leave_no_student_round_are_refused(sft) -> None:
+    proc = sft("train", *FRESH, "loss.self_training_teachers=2")  # 6 steps: two rounds of 3
     assert proc.returncode == 2
-    assert "loss.self_training_teachers: 4 teachers in a round of 3 steps leave no step per teacher" in proc.stderr
+    assert "loss.self_training_teachers: 2 teachers of 3 steps leave no student round in 6 steps" in proc.stderr
+
+
+def test_each_teacher_is_a_round_of_its_own() -> None:
+    from sftcli.config import TrainConfig, parse_train
+    from sftcli.engine.build import training_steps
+
+    raw = TrainConfig().model_dump()
+    raw["strategy"] = {"name": "mix"}
+    raw["loss"].update(weight=0.0, tau=0.05, self_training_weight=1.0, self_training_student="fresh",
+                       self_training_rounds=3, self_training_teachers=2)
+    raw["trainer"].update(epochs=75, batch_size=16)
+    cfg = parse_train(raw)
+    # 96 labeled texts: 450 steps in three rounds of 150, and a second teacher's round on top.
+    assert training_steps(cfg, 96) == 600 and cfg.loss.self_training_every == 150

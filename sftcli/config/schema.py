@@ -228,9 +228,10 @@ class LossConfig(Group):
     self_training_ensemble: bool = key(False, "label with the mean probabilities of every labeling model so far "
                                               "(this re-label's and the earlier ones')")
     self_training_teachers: int = key(
-        1, "the first round trains this many teachers one after another, each from the initial weights for an "
-           "equal share of the round's steps, and the mean of their probabilities labels the first student (an "
-           "ensemble at a single teacher's cost); needs loss.self_training_student=fresh", ge=1)
+        1, "this many teachers, a round each from the initial weights on the labels alone, before the students' "
+           "rounds (with loss.self_training_rounds the run is longer by the extra teachers' rounds); the mean of "
+           "their probabilities labels the first student (an ensemble); needs loss.self_training_student=fresh",
+        ge=1)
     unlabeled_mask_prob: float = key(0.0, "input noise: replace each token of the unlabeled texts by [MASK] with "
                                           "this probability in the training forward", ge=0, lt=1)
     supcon_weight: float = key(0.0, "weight of a supervised contrastive term on the labeled texts (same class = "

@@ -134,9 +134,9 @@ def training_steps(cfg: TrainConfig, n_labeled: int) -> int:
             raise ConfigError(f"loss.self_training_rounds: {lc.self_training_rounds} rounds in {steps} steps leave "
                               "no step per round; lower it or train longer")
         lc.self_training_every = every
-        # Several teachers split the first round equally; a remainder of the split is not trained.
-        total = every * lc.self_training_rounds - every % lc.self_training_teachers
-        _check_teachers(lc)
+        # Several teachers: each is a round of its own, before the students' rounds.
+        total = every * (lc.self_training_rounds + lc.self_training_teachers - 1)
+        _check_teachers(lc, total)
         log.info("loss.self_training_rounds=%d: a round is %d steps; %d steps in all", lc.self_training_rounds,
                  every, total)
         return total
@@ -148,18 +148,17 @@ def training_steps(cfg: TrainConfig, n_labeled: int) -> int:
                           f"{given}: self-training re-labels first after step {lc.self_training_every}, so no "
                           "round would happen; lower loss.self_training_every or raise "
                           f"{given.split('=')[0]}")
-    _check_teachers(lc)
+    _check_teachers(lc, steps)
     return steps
 
 
-def _check_teachers(lc: LossConfig) -> None:
+def _check_teachers(lc: LossConfig, total: int) -> None:
     teachers, every = lc.self_training_teachers, lc.self_training_every
-    if teachers > every:
-        raise ConfigError(f"loss.self_training_teachers: {teachers} teachers in a round of {every} steps leave "
-                          "no step per teacher; lower it or train longer")
+    if teachers * every >= total:
+        raise ConfigError(f"loss.self_training_teachers: {teachers} teachers of {every} steps leave no student "
+                          f"round in {total} steps; lower it or train longer")
     if teachers > 1:
-        log.info("loss.self_training_teachers=%d: the first round is %d teachers of %d steps", teachers, teachers,
-                 every // teachers)
+        log.info("loss.self_training_teachers=%d: the first %d rounds are teachers", teachers, teachers)
 
 
 def _steps(cfg: TrainConfig, n_labeled: int) -> int:

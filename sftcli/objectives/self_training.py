@@ -6,9 +6,9 @@ the uninterrupted one) labels the whole unlabeled set, and the most confident sh
 (per predicted class, or of all texts; a curriculum widens the share each round; hard or soft targets;
 optionally the mean of every labeling model so far). With loss.self_training_student=fresh the labeling
 model is the teacher: the student starts over from the initial weights with a new optimizer state and
-its own lr schedule (rounds of self_training_every steps). With loss.self_training_teachers=T the first
-round is T teachers of a T-th of its steps each, one after another from the initial weights, and the mean
-of their probabilities labels the first student: an ensemble of teachers at one teacher's cost.
+its own lr schedule (rounds of self_training_every steps). With loss.self_training_teachers=T the first T
+rounds are teachers, each from the initial weights on the labels alone, and the mean of their
+probabilities labels the first student: an ensemble of teachers.
 
 Until the first re-label the term reads no unlabeled text, so (with no other unlabeled term) those steps
 draw none. With loss.self_training_draw=kept, later steps draw only the pseudo-labeled texts, so every
@@ -37,15 +37,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("sft")
 
 
-def model_starts(every: int, teachers: int, total: int) -> list[int]:
-    """The steps of a run of `total` steps at which self-training starts a new model: the ends of the
-    first round's `teachers` teachers (every // teachers steps each), then a round of `every` steps after
-    another. Every step of the list re-labels the unlabeled texts."""
-    t = every // teachers
-    starts = [t * i for i in range(1, teachers + 1)]
-    while starts[-1] + every < total:
-        starts.append(starts[-1] + every)
-    return [s for s in starts if s < total]
+def model_starts(every: int, total: int) -> list[int]:
+    """The steps of a run of `total` steps at which self-training re-labels the unlabeled texts and (with
+    fresh students) starts a new model: the end of every round of `every` steps but the run's last."""
+    return list(range(every, total, every))
 
 
 class SelfTraining(Objective):
@@ -63,7 +58,7 @@ class SelfTraining(Objective):
         self.kept_rows: UnlabeledRows | None = None  # with draw=kept: the pseudo-labeled texts, set at each re-label
         self.teacher_probs: np.ndarray | None = None  # with several teachers: the mean of those trained so far
         # The steps that re-label and (with fresh students) start a new model.
-        self.starts = model_starts(lc.self_training_every, lc.self_training_teachers, total_steps)
+        self.starts = model_starts(lc.self_training_every, total_steps)
         # Fresh students restart from these weights (a host copy of the initial model).
         self.initial_state: dict[str, torch.Tensor] | None = None
         if lc.self_training_student == "fresh":
