@@ -88,6 +88,10 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         "label_best": ["loss.self_training_labeler=best"],
         # An ensemble of two teachers, a round each (the run is a round longer).
         "teachers2": ["loss.self_training_teachers=2"],
+        "soft": ["loss.self_training_targets=soft"],
+        "supcon05": ["loss.supcon_weight=0.5"],
+        "dropout02": ["model.dropout=0.2"],
+        "wd01": ["optim.weight_decay=0.1"],
     }.items()},
 }
 FIELDS = ["data", "k", "seed", "arm", "val_accuracy", "test_accuracy", "test_macro_f1", "wall_s", "run_dir"]
