@@ -17,7 +17,6 @@ run's bf16 validation by a question or two.
 from __future__ import annotations
 
 import argparse
-import bisect
 import json
 from pathlib import Path
 from typing import Any
@@ -42,15 +41,13 @@ def probe(run: Path) -> dict[str, Any]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from sftcli import checkpoint as ckpt
-    from sftcli.objectives.self_training import model_starts
 
     cfg, data = run_data(run)
     ckpts = dict(ckpt.listed(run / "checkpoints"))
     if not ckpts:
         raise SystemExit(f"{run}: no checkpoints kept (train with trainer.keep_last=20)")
-    # The run recorded its round length and steps in config.yaml; the objective starts its models there.
-    starts = (model_starts(cfg.loss.self_training_every, cfg.trainer.max_steps)
-              if cfg.loss.self_training_weight > 0 else [])
+    # The run recorded its round length in config.yaml: the objective re-labels every that many steps.
+    per_round = cfg.loss.self_training_every if cfg.loss.self_training_weight > 0 else None
     first = ckpts[min(ckpts)]
     model = AutoModelForSequenceClassification.from_pretrained(first, trust_remote_code=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(first, trust_remote_code=True)
@@ -67,7 +64,7 @@ def probe(run: Path) -> dict[str, Any]:
     alone = {step: score(w) for step, w in weights.items()}
     result: dict[str, Any] = {"run": str(run), "alone": alone}
     steps = sorted(weights)
-    round_of = {s: bisect.bisect_left(starts, s) for s in steps}  # a checkpoint at a start ends the model before it
+    round_of = {s: (s - 1) // per_round if per_round else 0 for s in steps}
     bests = []
     for r in sorted(set(round_of.values())):
         in_round = [s for s in steps if round_of[s] == r]

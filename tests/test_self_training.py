@@ -326,20 +326,13 @@ def test_labeling_with_the_best_model_resumes_to_the_bit(sft, tmp_path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_models_start_at_the_end_of_every_round_but_the_last() -> None:
-    from sftcli.objectives.self_training import model_starts
-
-    assert model_starts(150, 450) == [150, 300]
-    assert model_starts(50, 120) == [50, 100]  # the last round is cut short by the run's end
-
-
-def test_the_lr_schedule_starts_over_at_each_restart() -> None:
+def test_the_lr_schedule_starts_over_every_period() -> None:
     from sftcli.engine.build import build_scheduler
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    factor = build_scheduler(opt, total=10, ratio=0.0, restarts=[2, 4]).lr_lambdas[0]
-    # Rounds of 2, 2 and 6 steps, each decaying linearly to zero from its own start.
-    assert [factor(s) for s in range(10)] == pytest.approx([1, 0.5, 1, 0.5, 1, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
+    factor = build_scheduler(opt, total=10, ratio=0.0, period=4).lr_lambdas[0]
+    # Rounds of 4, 4 and 2 steps (the last cut short by the run's end), each decaying linearly to zero.
+    assert [factor(s) for s in range(10)] == pytest.approx([1, 0.75, 0.5, 0.25, 1, 0.75, 0.5, 0.25, 1, 0.5])
 
 
 def test_several_teachers_label_the_first_student_with_their_mean(sft, tmp_path) -> None:

@@ -7,7 +7,6 @@ for DDP before the objectives wrap their own modules, the optimizer last.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import math
 import os
@@ -19,7 +18,7 @@ import torch
 
 from sftcli import checkpoint as ckpt
 from sftcli import dist, speedups
-from sftcli.config import LossConfig, OptimConfig, TrainConfig
+from sftcli.config import OptimConfig, TrainConfig
 from sftcli.data import Encoded, encode, load_data
 from sftcli.engine.averaging import WeightAverage
 from sftcli.engine.batches import StepBatches
@@ -86,7 +85,7 @@ def build(engine: Any) -> None:
     engine.objectives = objectives = build_objectives(
         cfg, model, unlabeled, hidden, engine.pad_id, env, cache,
         teacher_key=(tok_fp, str(cfg.model.max_length), cfg.model.pooling, data.fingerprint()),
-        class_weights=weights, total_steps=engine.max_steps)
+        class_weights=weights)
     for note in speedups.apply_to_model(model, tc, env.device, engine.precision):
         log.debug("model: %s", note)
     model.to(env.device)
@@ -102,7 +101,7 @@ def build(engine: Any) -> None:
         log.info("model: the training forward is compiled (torch.compile); the first steps compile it")
     engine.optimizer = build_optimizer(cfg.optim, engine.named_parameters())
     engine.scheduler = build_scheduler(engine.optimizer, engine.max_steps, cfg.optim.warmup_ratio,
-                                       _restarts(objectives))
+                                       _period(objectives))
     engine.scaler = torch.amp.GradScaler("cuda") if engine.precision == "fp16" else None
     # A full disk found now, not at the first save: a checkpoint holds the weights and AdamW's two
     # moments of every trained parameter (and a save writes the new one before pruning old ones).
@@ -135,12 +134,10 @@ def training_steps(cfg: TrainConfig, n_labeled: int) -> int:
                               "no step per round; lower it or train longer")
         lc.self_training_every = every
         # Several teachers: each is a round of its own, before the students' rounds.
-        total = every * (lc.self_training_rounds + lc.self_training_teachers - 1)
-        _check_teachers(lc, total)
+        steps = every * (lc.self_training_rounds + lc.self_training_teachers - 1)
         log.info("loss.self_training_rounds=%d: a round is %d steps; %d steps in all", lc.self_training_rounds,
-                 every, total)
-        return total
-    if lc.self_training_every >= steps:
+                 every, steps)
+    elif lc.self_training_every >= steps:
         # Without trainer.epochs the config check refused this already; a config built in code may not be.
         given = (f"trainer.epochs={cfg.trainer.epochs:g}" if cfg.trainer.epochs is not None
                  else "trainer.max_steps")
@@ -148,17 +145,14 @@ def training_steps(cfg: TrainConfig, n_labeled: int) -> int:
                           f"{given}: self-training re-labels first after step {lc.self_training_every}, so no "
                           "round would happen; lower loss.self_training_every or raise "
                           f"{given.split('=')[0]}")
-    _check_teachers(lc, steps)
-    return steps
-
-
-def _check_teachers(lc: LossConfig, total: int) -> None:
-    teachers, every = lc.self_training_teachers, lc.self_training_every
-    if teachers * every >= total:
-        raise ConfigError(f"loss.self_training_teachers: {teachers} teachers of {every} steps leave no student "
-                          f"round in {total} steps; lower it or train longer")
+    teachers = lc.self_training_teachers
+    if teachers * lc.self_training_every >= steps:
+        # Reachable without loss.self_training_rounds only: with it, the students' rounds come on top.
+        raise ConfigError(f"loss.self_training_teachers: {teachers} teachers of {lc.self_training_every} steps "
+                          f"leave no student round in {steps} steps; lower it or train longer")
     if teachers > 1:
         log.info("loss.self_training_teachers=%d: the first %d rounds are teachers", teachers, teachers)
+    return steps
 
 
 def _steps(cfg: TrainConfig, n_labeled: int) -> int:
@@ -173,9 +167,9 @@ def _steps(cfg: TrainConfig, n_labeled: int) -> int:
     return steps
 
 
-def _restarts(objectives: list[Objective]) -> list[int]:
-    # Only self-training restarts the schedule (its fresh teachers and students).
-    return next((r for r in (o.schedule_restarts() for o in objectives) if r), [])
+def _period(objectives: list[Objective]) -> int | None:
+    periods = {p for p in (o.schedule_period() for o in objectives) if p is not None}
+    return periods.pop() if periods else None
 
 
 def build_optimizer(o: OptimConfig, named: list[tuple[str, torch.nn.Parameter]]) -> torch.optim.Optimizer:
@@ -197,16 +191,16 @@ def build_optimizer(o: OptimConfig, named: list[tuple[str, torch.nn.Parameter]])
     return torch.optim.AdamW(groups, **kwargs)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total: int, ratio: float, restarts: list[int] | None = None
+def build_scheduler(optimizer: torch.optim.Optimizer, total: int, ratio: float, period: int | None
                     ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup over `ratio` of the steps, then linear decay to zero; the schedule starts over at each
-    step of `restarts` (fresh self-training teachers and students: each round as a separate run would)."""
-    starts = [0, *sorted(restarts or [])]
-    ends = [*starts[1:], total]
+    """Linear warmup over `ratio` of the steps, then linear decay to zero; with `period` the schedule
+    restarts every `period` steps (fresh self-training teachers and students: each round as a separate
+    run would)."""
+    period = period or total
 
     def factor(step: int) -> float:
-        i = bisect.bisect_right(starts, step) - 1
-        start, length = starts[i], ends[i] - starts[i]
+        start = (step // period) * period
+        length = min(period, total - start)
         s, warmup = step - start, int(round(ratio * length))
         if warmup and s < warmup:
             return (s + 1) / warmup

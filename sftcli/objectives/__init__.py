@@ -27,17 +27,15 @@ __all__ = ["Contribution", "Objective", "StepBatch", "StepView", "Term", "build_
 
 def build_objectives(cfg: TrainConfig, model: torch.nn.Module, unlabeled: Encoded | None,
                      hidden_labels: np.ndarray | None, pad_id: int, env: dist.DistEnv, cache: Path,
-                     teacher_key: tuple[str, ...], class_weights: np.ndarray | None = None,
-                     total_steps: int = 0) -> list[Objective]:
+                     teacher_key: tuple[str, ...], class_weights: np.ndarray | None = None) -> list[Objective]:
     """The run's objectives, in the order their terms are summed. A term whose weight is 0 is left out,
     so it costs nothing (no frozen-encoder cache, no extra forward). `class_weights`: the cross-entropy's
     weight of each class (sftcli/objectives/supervised.py), None for none; self-training's term weighs a
-    pseudo-labeled text by its pseudo-label's class the same way. `total_steps`: the run's steps (where
-    self-training's rounds fall)."""
+    pseudo-labeled text by its pseudo-label's class the same way."""
     lc = cfg.loss
     self_training = None
     if cfg.strategy is not None and unlabeled is not None and lc.self_training_weight > 0:
-        self_training = SelfTraining(lc, unlabeled, hidden_labels, model, class_weights, total_steps)
+        self_training = SelfTraining(lc, unlabeled, hidden_labels, model, class_weights)
     objectives: list[Objective] = [Supervised(class_weights)]
     if lc.supcon_weight > 0:
         pseudo = self_training if lc.supcon_unlabeled else None

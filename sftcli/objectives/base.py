@@ -137,9 +137,9 @@ class Objective:
     def reset(self) -> None:
         """Back to the initial state of own parameters (a fresh self-training student)."""
 
-    def schedule_restarts(self) -> list[int]:
-        """The steps at which the lr schedule starts over (none: one schedule over the run)."""
-        return []
+    def schedule_period(self) -> int | None:
+        """Steps after which the lr schedule restarts (None: one schedule over the run)."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -37,17 +37,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("sft")
 
 
-def model_starts(every: int, total: int) -> list[int]:
-    """The steps of a run of `total` steps at which self-training re-labels the unlabeled texts and (with
-    fresh students) starts a new model: the end of every round of `every` steps but the run's last."""
-    return list(range(every, total, every))
-
-
 class SelfTraining(Objective):
     name = "st"
 
     def __init__(self, lc: LossConfig, unlabeled: Encoded, hidden_labels: np.ndarray | None,
-                 model: torch.nn.Module, class_weights: np.ndarray | None = None, total_steps: int = 0):
+                 model: torch.nn.Module, class_weights: np.ndarray | None = None):
         self.lc, self.unlabeled, self.hidden_labels = lc, unlabeled, hidden_labels
         self.class_weights = class_weights  # loss.class_weights, per class; None: unweighted
         self.wants_best_weights = lc.self_training_labeler == "best"
@@ -57,17 +51,15 @@ class SelfTraining(Objective):
         self.labeled_at: int | None = None  # the step of the last re-label (names its kept subset)
         self.kept_rows: UnlabeledRows | None = None  # with draw=kept: the pseudo-labeled texts, set at each re-label
         self.teacher_probs: np.ndarray | None = None  # with several teachers: the mean of those trained so far
-        # The steps that re-label and (with fresh students) start a new model.
-        self.starts = model_starts(lc.self_training_every, total_steps)
         # Fresh students restart from these weights (a host copy of the initial model).
         self.initial_state: dict[str, torch.Tensor] | None = None
         if lc.self_training_student == "fresh":
             self.initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    def schedule_restarts(self) -> list[int]:
-        # Fresh students each get the whole schedule (warmup, then decay to zero at the end of their
-        # round), as a separate run would.
-        return self.starts if self.initial_state is not None else []
+    def schedule_period(self) -> int | None:
+        # Fresh teachers and students each get the whole schedule (warmup, then decay to zero at the end
+        # of their round), as a separate run would.
+        return self.lc.self_training_every if self.initial_state is not None else None
 
     def unlabeled_rows(self) -> UnlabeledRows | None:
         if self.pseudo_labels is None:
@@ -81,7 +73,7 @@ class SelfTraining(Objective):
 
     def before_step(self, engine: Engine) -> None:
         lc = self.lc
-        if engine.step not in self.starts:
+        if engine.step == 0 or engine.step % lc.self_training_every:
             return
         t0 = time.perf_counter()
         labeler_step = engine.step
@@ -93,7 +85,7 @@ class SelfTraining(Objective):
         logits = predict_logits(engine.eval_model, self.unlabeled, engine.tc.eval_batch_size, engine.pad_id,
                                 engine.env.device, engine.precision, engine.env)
         probs = softmax(logits)
-        done, teachers = self.starts.index(engine.step) + 1, lc.self_training_teachers  # models trained so far
+        done, teachers = engine.step // lc.self_training_every, lc.self_training_teachers  # models trained so far
         if teachers > 1 and done <= teachers:
             # A teacher is done: its probabilities join the running mean of the teachers so far, which
             # labels the first student once the last teacher is done.
@@ -101,7 +93,7 @@ class SelfTraining(Objective):
                 probs = (self.teacher_probs * (done - 1) + probs) / done
             self.teacher_probs = probs
             if done < teachers:
-                self._next_teacher(engine, t0, logits)
+                self._next_teacher(engine, done, t0, logits)
                 return
         relabel = done - teachers + 1  # 1 at the re-label that labels the first student
         if lc.self_training_ensemble:
@@ -129,21 +121,22 @@ class SelfTraining(Objective):
             # Only possible when the unlabeled texts came from labeled train (data.labels_per_class).
             values["self_training/pseudo_label_accuracy"] = float((self.pseudo_labels[kept]
                                                                    == self.hidden_labels[kept]).mean())
-        if engine.env.is_main:
-            engine.metrics.write(engine.step, values)
-            log.info("self-training: step %d: %s", engine.step, format_metrics(values, sorted(values)))
+        self._report(engine, values)
 
-    def _next_teacher(self, engine: Engine, t0: float, logits: np.ndarray) -> None:
-        """A teacher other than the last is done: the next starts from the initial weights, no text has a
+    def _next_teacher(self, engine: Engine, done: int, t0: float, logits: np.ndarray) -> None:
+        """Teacher `done` (not the last) is done: the next starts from the initial weights, no text has a
         pseudo-label yet."""
         assert self.initial_state is not None  # the config requires fresh students with several teachers
         engine.restart_from(self.initial_state)
-        values = {"self_training/teacher": float(self.starts.index(engine.step) + 1),
-                  "self_training/seconds": time.perf_counter() - t0}
+        values = {"self_training/teacher": float(done), "self_training/seconds": time.perf_counter() - t0}
         if self.hidden_labels is not None:
             values["self_training/teacher_accuracy"] = float((logits.argmax(1) == self.hidden_labels).mean())
             values["self_training/teachers_accuracy"] = float((self.teacher_probs.argmax(1)
                                                                == self.hidden_labels).mean())
+        self._report(engine, values)
+
+    @staticmethod
+    def _report(engine: Engine, values: dict[str, float]) -> None:
         if engine.env.is_main:
             engine.metrics.write(engine.step, values)
             log.info("self-training: step %d: %s", engine.step, format_metrics(values, sorted(values)))
