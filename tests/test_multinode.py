@@ -25,7 +25,7 @@ ARGS = [*TINY, "+strategy=mix", "lambda=0.5", "model.dropout=0", "trainer.max_st
 
 
 def start_nodes(cwd: Path, args: list[str], env: dict[str, str], node1_env: dict[str, str] | None = None
-                ) -> list[subprocess.Popen]:
+                ) -> list[Agent]:
     """Two torchrun agents, as two nodes would start them, meeting at a fresh port. Node 0 starts first
     and so hosts the rendezvous store (on one machine either agent could), as the node named in
     --rdzv_endpoint does on a cluster."""
@@ -34,8 +34,8 @@ def start_nodes(cwd: Path, args: list[str], env: dict[str, str], node1_env: dict
     for node in (0, 1):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}", "--nproc_per_node=1",
                "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "-m", "sftcli", "train", *args]
-        procs.append(subprocess.Popen(cmd, cwd=cwd, env={**env, **(node1_env or {})} if node else env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        procs.append(Agent(cmd, cwd / f"node{node}-{port}.err", cwd=cwd,
+                           env={**env, **(node1_env or {})} if node else env))
         if node == 0:
             wait_for(lambda: listening(port), 60, "node 0's rendezvous store", procs[0])
     return procs
@@ -46,10 +46,33 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[int, str]]:
-    """(exit code, stderr) of each agent, once both have ended."""
-    errs = [p.communicate(timeout=timeout)[1] for p in procs]
-    return [(p.returncode, err) for p, err in zip(procs, errs, strict=True)]
+def finish(procs: list[Agent], timeout: float = 300) -> list[tuple[int, str]]:
+    """(exit code, stderr) of each agent, once both have ended; on a timeout, both agents' stderr, so
+    that a hang says which node and phase it was in."""
+    deadline = time.monotonic() + timeout
+    try:
+        for p in procs:
+            p.wait(timeout=max(deadline - time.monotonic(), 1))
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+            p.wait()
+        pytest.fail("the agents did not end in time:\n" + "\n".join(
+            f"--- node {i} (exit {p.returncode}):\n{p.stderr_text()[-6000:]}" for i, p in enumerate(procs)))
+    return [(p.returncode, p.stderr_text()) for p in procs]
+
+
+class Agent(subprocess.Popen):
+    """A torchrun agent whose stderr goes to a file, not a pipe: a pipe nobody reads while the test
+    waits on the other node would stop this one once it fills."""
+
+    def __init__(self, cmd: list[str], err_path: Path, **kwargs) -> None:
+        self.err_path = err_path
+        with open(err_path, "w") as err:
+            super().__init__(cmd, stdout=subprocess.DEVNULL, stderr=err, **kwargs)
+
+    def stderr_text(self) -> str:
+        return self.err_path.read_text()
 
 
 def losses(run: Path) -> list[tuple[int, float]]:
@@ -149,7 +172,7 @@ def test_a_killed_node_ends_the_other_within_the_timeout(tmp_path, cache_dir, lo
             if alive(pid):
                 subprocess.run(["kill", "-KILL", str(pid)], check=False)
         for p in procs:
-            p.communicate()
+            p.wait()
     newest = ckpt.newest_valid(run / "checkpoints")
     assert newest is not None and ckpt.verify(newest)
     assert not any(p.name.startswith(ckpt.TMP_PREFIX) for p in (run / "checkpoints").iterdir())
