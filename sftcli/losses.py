@@ -8,15 +8,16 @@ import torch.nn.functional as F
 
 
 def supervised_loss(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None,
-                    weight_total: float | None = None) -> torch.Tensor:
+                    weight_total: float | None = None, smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy of the classifier, computed in fp32: the mean over the (local) batch, or with class
     weights `weight` [C] the weighted sum over the local rows divided by `weight_total`, the sum of the
     weights of every row's label in the GLOBAL batch (F.cross_entropy(weight=...)'s weighted mean when one
-    process holds the whole batch)."""
+    process holds the whole batch). `smoothing`: torch's label smoothing of the targets."""
     if weight is None:
-        return F.cross_entropy(logits.float(), labels)
+        return F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
     assert weight_total is not None
-    return F.cross_entropy(logits.float(), labels, weight=weight, reduction="sum") / weight_total
+    return F.cross_entropy(logits.float(), labels, weight=weight, reduction="sum",
+                           label_smoothing=smoothing) / weight_total
 
 
 def info_nce(

@@ -13,8 +13,9 @@ from sftcli.objectives.supcon import supcon_loss
 
 
 @pytest.fixture
-def engine(tmp_path, cache_dir, monkeypatch):
-    """An in-process Engine on the tiny model with a small clipping norm, so clipping is active."""
+def engine(request, tmp_path, cache_dir, monkeypatch):
+    """An in-process Engine on the tiny model with a small clipping norm, so clipping is active; indirect
+    parametrization adds overrides."""
     from hydra import compose, initialize_config_dir
 
     from sftcli import dist
@@ -28,7 +29,8 @@ def engine(tmp_path, cache_dir, monkeypatch):
     overrides = [a for a in TINY if not a.startswith("trainer.log_every")]
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name="train"):
         cfg = parse_train(compose(config_name="train", overrides=[*overrides, "trainer.progress=none",
-                                                                   "optim.max_grad_norm=0.01", "model.dropout=0"]))
+                                                                   "optim.max_grad_norm=0.01", "model.dropout=0",
+                                                                   *getattr(request, "param", [])]))
     e = Engine(cfg, tmp_path / "run", dist.DistEnv())
     (tmp_path / "run").mkdir()
     e.setup()
@@ -70,6 +72,42 @@ def test_without_clipping_the_reported_norm_is_the_dense_norm_and_gradients_stay
     norm = engine._clip_gradients()
     torch.testing.assert_close(norm, torch.stack([g.norm() for g in before]).norm())
     assert all(torch.equal(p.grad, g) for p, g in zip(params, before, strict=True))
+
+
+def test_without_layer_decay_there_are_two_groups_decayed_and_not(engine) -> None:
+    groups = engine.optimizer.param_groups
+    assert [g["weight_decay"] for g in groups] == [0.01, 0.0]
+    assert {g["lr"] for g in groups} == {engine.scheduler.base_lrs[0]} == {1e-4}
+
+
+@pytest.mark.parametrize("engine", [["optim.layer_decay=0.5", "optim.warmup_ratio=0", "optim.max_grad_norm=null"]], indirect=True)
+def test_layer_decay_moves_each_layer_by_its_own_lr(engine) -> None:
+    names = {id(p): n for n, p in engine.named_parameters()}
+    depth = engine.model.config.num_hidden_layers
+    expected = {"embeddings": 0.5 ** (depth + 1), **{f"layer.{i}.": 0.5 ** (depth - i) for i in range(depth)}}
+    start = {n: p.detach().clone() for n, p in engine.named_parameters()}
+    lrs = {names[id(p)]: g["lr"] for g in engine.optimizer.param_groups for p in g["params"]}
+    engine._step()
+    engine._clip_gradients()
+    engine._optimizer_step()
+    seen = set()
+    for name, p in engine.named_parameters():
+        part = next((k for k in expected if k in name), None)
+        factor = expected[part] if part else 1.0  # the head and pooler train at the full lr
+        assert lrs[name] == pytest.approx(1e-4 * factor), name
+        seen.add(part)
+        if p.ndim >= 2:  # (some biases get no gradient: a key bias cancels in the softmax)
+            # Unclipped, AdamW's first step moves every weight with a gradient by about lr (the normalised
+            # gradient is +-1), so the largest change of each matrix is its group's lr.
+            moved = (p.detach() - start[name]).abs().max().item()
+            assert moved == pytest.approx(lrs[name], rel=0.02), name
+    assert seen == {*expected, None}
+
+
+@pytest.mark.parametrize("engine", [["loss.label_smoothing=0.2"]], indirect=True)
+def test_label_smoothing_reaches_the_labeled_cross_entropy(engine) -> None:
+    sup = engine.objectives[0]
+    assert sup.name == "sup" and sup.smoothing == 0.2
 
 
 def _supcon_reference(z: torch.Tensor, labels: torch.Tensor, tau: float) -> torch.Tensor:

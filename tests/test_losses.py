@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -82,6 +83,23 @@ def test_supervised_loss_is_cross_entropy() -> None:
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
     labels = torch.tensor([0, 2])
     assert torch.allclose(supervised_loss(logits, labels), F.cross_entropy(logits, labels))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_label_smoothing_is_the_cross_entropy_of_the_smoothed_targets(weighted) -> None:
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0], [0.5, -0.5, 3.0]])
+    labels = torch.tensor([0, 2, 2])
+    eps, classes = 0.3, 3
+    target = F.one_hot(labels, classes) * (1 - eps) + eps / classes
+    weight = torch.tensor([0.5, 2.0, 3.0]) if weighted else torch.ones(classes)
+    # Each row's loss against its smoothed target, each class's term weighted, over the rows' label weights.
+    per_row = -(target * weight * F.log_softmax(logits, dim=-1)).sum(-1)
+    expected = per_row.sum() / weight[labels].sum()
+    got = (supervised_loss(logits, labels, weight, float(weight[labels].sum()), smoothing=eps) if weighted
+           else supervised_loss(logits, labels, smoothing=eps))
+    torch.testing.assert_close(got, expected)
+    assert float(got) > float(supervised_loss(logits, labels, *((weight, float(weight[labels].sum())) if weighted
+                                                                 else ())))
 
 
 def test_excluded_negatives_leave_the_denominator() -> None:

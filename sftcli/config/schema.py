@@ -239,6 +239,9 @@ class LossConfig(Group):
     supcon_tau: float = key(0.1, "temperature of that term's cosine similarities", gt=0)
     supcon_unlabeled: bool = key(False, "the supervised contrastive term also takes the unlabeled texts that "
                                         "self-training gave a pseudo-label (their class)")
+    label_smoothing: float = key(0.0, "label smoothing of the cross-entropy on the labeled texts: this much of "
+                                      "each target spread evenly over all classes (HF Trainer's "
+                                      "label_smoothing_factor); 0 = one-hot targets", ge=0, lt=1)
     class_weights: Literal["balanced"] | dict[Text, float] | None = key(
         None, "weights of the classes in the cross-entropy and self-training's term (by pseudo-label): null (all 1) | balanced (scikit-learn's: labeled texts / "
               "(classes x texts of the class)) | a weight for every label: loss.class_weights={spam:3,ham:1}")
@@ -267,6 +270,9 @@ class OptimConfig(Group):
     beta1: float = key(0.9, "AdamW beta1", ge=0, lt=1)
     beta2: float = key(0.999, "AdamW beta2", ge=0, lt=1)
     eps: float = key(1e-8, "AdamW epsilon", gt=0)
+    layer_decay: float = key(1.0, "layer-wise lr decay: encoder layer i of L (from 0) trains at lr x "
+                                  "layer_decay^(L-i), the embeddings at lr x layer_decay^(L+1), the head and the "
+                                  "objectives' own parameters at lr; 1 = one lr for all", gt=0, le=1)
     max_grad_norm: float | None = key(1.0, "clip the global gradient norm; null = no clipping", gt=0)
     fused: bool = key(True, "fused AdamW kernel where torch has one (CPU, CUDA): several times faster than the "
                             "per-tensor loop")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -174,12 +175,17 @@ def _period(objectives: list[Objective]) -> int | None:
 
 def build_optimizer(o: OptimConfig, named: list[tuple[str, torch.nn.Parameter]]) -> torch.optim.Optimizer:
     """AdamW over every trained parameter; biases and normalisation weights are not decayed (standard for
-    BERT fine-tuning)."""
-    decay, no_decay = [], []
-    for name, p in named:
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(p)
-    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    BERT fine-tuning). With optim.layer_decay < 1 each encoder layer gets its own lr (layer-wise decay)."""
+    trained = [(name, p) for name, p in named if p.requires_grad]
+    scales = layer_lr_scales([name for name, _ in trained], o.layer_decay)
+    by_kind: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
+    for (name, p), scale in zip(trained, scales, strict=True):
+        decayed = not (p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower())
+        by_kind.setdefault((decayed, scale), []).append(p)
+    # Decayed groups first, as before layer_decay existed, so a checkpoint's optimizer state still loads.
+    ordered = sorted(by_kind.items(), key=lambda item: (not item[0][0], -item[0][1]))
+    groups = [{"params": params, "weight_decay": o.weight_decay if decayed else 0.0, "lr": o.lr * scale}
+              for (decayed, scale), params in ordered]
     kwargs = {"lr": o.lr, "betas": (o.beta1, o.beta2), "eps": o.eps}
     if o.fused:
         # One fused kernel over all parameters; on CPU torch's default is a Python loop over ~100
@@ -189,6 +195,23 @@ def build_optimizer(o: OptimConfig, named: list[tuple[str, torch.nn.Parameter]])
         except (RuntimeError, ValueError) as exc:
             log.info("optim: fused AdamW unavailable here (%s); using the default implementation", exc)
     return torch.optim.AdamW(groups, **kwargs)
+
+
+# Encoder layers as BERT-family models name them: bert.encoder.layer.3., distilbert.transformer.layer.3.,
+# layers.3. in others.
+_LAYER_RE = re.compile(r"(?:^|\.)(?:layer|layers)\.(\d+)\.")
+
+
+def layer_lr_scales(names: list[str], decay: float) -> list[float]:
+    """The lr factor of each parameter for layer-wise lr decay (Clark et al. 2020, ELECTRA; Zhang et al.
+    2021 for few-sample BERT fine-tuning): the top layer decay^1, each layer below one more factor, the
+    embeddings below them all; the head and any parameter outside the encoder 1."""
+    if decay == 1.0:
+        return [1.0] * len(names)
+    layers = [int(m.group(1)) if (m := _LAYER_RE.search(n)) else None for n in names]
+    depth = max((i for i in layers if i is not None), default=-1) + 1
+    return [decay ** (depth - i) if i is not None else decay ** (depth + 1) if "embeddings." in n else 1.0
+            for n, i in zip(names, layers, strict=True)]
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total: int, ratio: float, period: int | None

@@ -36,7 +36,7 @@ def build_objectives(cfg: TrainConfig, model: torch.nn.Module, unlabeled: Encode
     self_training = None
     if cfg.strategy is not None and unlabeled is not None and lc.self_training_weight > 0:
         self_training = SelfTraining(lc, unlabeled, hidden_labels, model, class_weights)
-    objectives: list[Objective] = [Supervised(class_weights)]
+    objectives: list[Objective] = [Supervised(class_weights, lc.label_smoothing)]
     if lc.supcon_weight > 0:
         pseudo = self_training if lc.supcon_unlabeled else None
         objectives.append(SupCon(lc.supcon_weight, lc.supcon_tau, cfg.model.pooling, pseudo))

@@ -45,8 +45,9 @@ def class_weights(spec: str | dict[str, float] | None, label_names: list[str], l
 class Supervised(Objective):
     name = "sup"
 
-    def __init__(self, weights: np.ndarray | None = None):
+    def __init__(self, weights: np.ndarray | None = None, smoothing: float = 0.0):
         self.weights = weights  # per class, in label order; None: unweighted
+        self.smoothing = smoothing  # loss.label_smoothing
         self._weights_on: torch.Tensor | None = None
 
     def contribute(self, view: StepView, engine: Engine) -> Contribution:
@@ -56,7 +57,7 @@ class Supervised(Objective):
         logits = view.labeled_logits
         if self.weights is None:
             # Mean over the local rows: every rank has the same number, so DDP's averaging gives the global mean.
-            value = supervised_loss(logits, batch.labels)
+            value = supervised_loss(logits, batch.labels, smoothing=self.smoothing)
         else:
             if self._weights_on is None:
                 self._weights_on = torch.as_tensor(self.weights, dtype=torch.float32, device=logits.device)
@@ -64,6 +65,7 @@ class Supervised(Objective):
             total = float(self.weights[batch.global_labels].sum())
             # The weighted mean over the global batch: each rank's share of the weighted sum, scaled by the
             # world size because DDP averages the ranks' gradients.
-            value = supervised_loss(logits, batch.labels, self._weights_on, total) * engine.env.world_size
+            value = supervised_loss(logits, batch.labels, self._weights_on, total,
+                                    self.smoothing) * engine.env.world_size
         value = faults.poison("sup", value, batch.step)
         return Contribution(terms=[Term("sup", value)])
