@@ -92,6 +92,10 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         "supcon05": ["loss.supcon_weight=0.5"],
         "dropout02": ["model.dropout=0.2"],
         "wd01": ["optim.weight_decay=0.1"],
+        # Layer-wise lr decay: the lower layers, which hold most of what pretraining learned, move less.
+        "ld08": ["optim.layer_decay=0.8"],
+        "ld09": ["optim.layer_decay=0.9"],
+        "ls01": ["loss.label_smoothing=0.1"],
     }.items()},
 }
 FIELDS = ["data", "k", "seed", "arm", "val_accuracy", "test_accuracy", "test_macro_f1", "wall_s", "run_dir"]
