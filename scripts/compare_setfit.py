@@ -96,6 +96,8 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         "ld08": ["optim.layer_decay=0.8"],
         "ld09": ["optim.layer_decay=0.9"],
         "ls01": ["loss.label_smoothing=0.1"],
+        # The labeled texts masked too (an augmentation of the few labels, the teacher's round included).
+        "lmask01": ["loss.labeled_mask_prob=0.1"],
     }.items()},
 }
 FIELDS = ["data", "k", "seed", "arm", "val_accuracy", "test_accuracy", "test_macro_f1", "wall_s", "run_dir"]

@@ -109,6 +109,26 @@ def test_unlabeled_mask_noises_only_the_unlabeled_rows(trainer) -> None:
     assert not (changed & special).any()
 
 
+def test_labeled_mask_noises_the_labeled_rows_and_leaves_the_unlabeled_draws(trainer) -> None:
+    trainer.cfg.loss.unlabeled_mask_prob = 0.3
+    start = trainer.batches.state_dict()
+    before = trainer.batches.next(0)
+    trainer.cfg.loss.labeled_mask_prob = 0.5
+    trainer.batches.load_state_dict(start)
+    batch = trainer.batches.next(0)
+    n_lab, ids, old = batch.n_labeled, batch.inputs["input_ids"], before.inputs["input_ids"]
+    # The unlabeled rows are masked exactly as before: the labeled masks come from a draw of their own.
+    assert torch.equal(ids[n_lab:], old[n_lab:])
+    changed = ids[:n_lab] != old[:n_lab]
+    assert changed.float().mean() > 0.15  # about half of the real tokens, special and pad ones never
+    assert (ids[:n_lab][changed] == trainer.tokenizer.mask_token_id).all()
+    special = torch.isin(old[:n_lab], torch.tensor(trainer.tokenizer.all_special_ids))
+    assert not (changed & special).any()
+    # Resumed at the same position, a step masks the same tokens.
+    trainer.batches.load_state_dict(start)
+    assert torch.equal(trainer.batches.next(0).inputs["input_ids"], ids)
+
+
 def test_soft_targets_keep_the_teachers_probabilities(trainer) -> None:
     import numpy as np
 

@@ -234,6 +234,8 @@ class LossConfig(Group):
         ge=1)
     unlabeled_mask_prob: float = key(0.0, "input noise: replace each token of the unlabeled texts by [MASK] with "
                                           "this probability in the training forward", ge=0, lt=1)
+    labeled_mask_prob: float = key(0.0, "the same input noise on the labeled texts (an augmentation of the few "
+                                        "labels: each step sees them with other tokens masked)", ge=0, lt=1)
     supcon_weight: float = key(0.0, "weight of a supervised contrastive term on the labeled texts (same class = "
                                     "positives; needs no strategy)", ge=0)
     supcon_tau: float = key(0.1, "temperature of that term's cosine similarities", gt=0)

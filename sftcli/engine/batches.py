@@ -79,10 +79,13 @@ class StepBatches:
         n_lab = 0 if labels is None else len(labels)
         self.samples = (0 if index is None else len(index)) + (0 if unl_index is None else len(unl_index))
         clean = None
+        lc = self.cfg.loss
         if unl_inputs is not None:
             clean = {k: v[n_lab:] for k, v in inputs.items()}
-            if self.cfg.loss.unlabeled_mask_prob > 0:
-                inputs = self._mask_unlabeled(inputs, n_lab, step)
+            if lc.unlabeled_mask_prob > 0:
+                inputs = self._mask_rows(inputs, slice(n_lab, None), lc.unlabeled_mask_prob, step, 0)
+        if n_lab and lc.labeled_mask_prob > 0:
+            inputs = self._mask_rows(inputs, slice(0, n_lab), lc.labeled_mask_prob, step, 1)
         return StepBatch(step=step + 1, inputs={k: to_device(v, dev) for k, v in inputs.items()}, n_labeled=n_lab,
                          labels=labels, unlabeled_index=unl_index, clean_unlabeled=clean, global_labels=global_labels)
 
@@ -114,19 +117,20 @@ class StepBatches:
             faults.record_batch(step + 1, name, ids[global_idx])
         return global_idx, local
 
-    def _mask_unlabeled(self, inputs: dict[str, torch.Tensor], n_lab: int, step: int) -> dict[str, torch.Tensor]:
-        """Token masking of the unlabeled rows (input noise for every unlabeled term: the targets come from
-        the texts as they are), drawn from (seed, step, rank) so a resumed run masks exactly as the
-        uninterrupted one would."""
+    def _mask_rows(self, inputs: dict[str, torch.Tensor], rows: slice, prob: float, step: int, salt: int
+                   ) -> dict[str, torch.Tensor]:
+        """Token masking of some rows (input noise: the unlabeled rows' targets come from the texts as they
+        are), drawn from (seed, step, rank, salt) so a resumed run masks exactly as the uninterrupted one
+        would; salt 0 the unlabeled rows, 1 the labeled ones, so turning one on leaves the other's draws."""
         tok = self.tokenizer
         mask_id = tok.mask_token_id
         if mask_id is None:
             mask_id = tok.unk_token_id if tok.unk_token_id is not None else self.pad_id
-        gen = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + step) * 1024 + self.env.rank)
-        ids = inputs["input_ids"]
-        masked = mask_tokens(ids[n_lab:], inputs["attention_mask"][n_lab:], self.cfg.loss.unlabeled_mask_prob,
-                             mask_id, tok.all_special_ids, gen)
-        return {**inputs, "input_ids": torch.cat([ids[:n_lab], masked])}
+        base = (self.cfg.seed * 1_000_003 + step) * 1024 + self.env.rank
+        gen = torch.Generator().manual_seed(base + salt * 2**62)
+        ids = inputs["input_ids"].clone()
+        ids[rows] = mask_tokens(ids[rows], inputs["attention_mask"][rows], prob, mask_id, tok.all_special_ids, gen)
+        return {**inputs, "input_ids": ids}
 
     def epoch_labeled(self) -> float:
         s = self.labeled_stream
