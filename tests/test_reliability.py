@@ -349,6 +349,28 @@ def test_resume_with_a_changed_config_shows_a_diff(sft, tmp_path) -> None:
     assert allowed.returncode == 0, allowed.stderr
 
 
+def test_a_checkpoint_written_before_new_keys_existed_resumes(sft, tmp_path) -> None:
+    """A checkpoint of an earlier sft version lacks the keys added since: they count as their defaults,
+    so it resumes while they are left alone, and a changed one is still named."""
+    sft("train", *TINY, "run_name=old", check=True)
+    target = tmp_path / "runs" / "old" / "checkpoints" / "step-000004"
+    state = torch.load(target / "train_state.pt", weights_only=False)
+    config = json.loads(state["config"])
+    del config["loss"]["label_smoothing"], config["optim"]["layer_decay"]  # as written before they existed
+    state["config"] = json.dumps(config)
+    torch.save(state, target / "train_state.pt")
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["files"]["train_state.pt"] = {"size": (target / "train_state.pt").stat().st_size,
+                                           "sha256": ckpt._sha256(target / "train_state.pt")}
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    resumed = sft("train", *TINY, "trainer.max_steps=6", f"resume={target}", "run_name=new")
+    assert resumed.returncode == 0, resumed.stderr
+    changed = sft("train", *TINY, "trainer.max_steps=6", "optim.layer_decay=0.8", f"resume={target}",
+                  "run_name=new2")
+    assert changed.returncode == 2
+    assert "optim.layer_decay: checkpoint 1.0 != now 0.8" in changed.stderr
+
+
 def test_read_only_run_root_fails_before_training(sft, tmp_path) -> None:
     if os.geteuid() == 0:
         # root ignores permission bits; a path under a regular file is unwritable for everyone

@@ -20,8 +20,8 @@ import torch
 
 from sftcli import checkpoint as ckpt
 from sftcli import dist
-from sftcli.config import to_plain
-from sftcli.errors import CheckpointError
+from sftcli.config import from_plain, to_plain
+from sftcli.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
     from sftcli.engine.loop import Engine
@@ -30,7 +30,7 @@ log = logging.getLogger("sft")
 
 # Fields that must match between a checkpoint and the resuming config (unless allow_resume_mismatch).
 RESUME_FIELDS = ("seed", "model", "data", "strategy", "loss", "trainer.batch_size", "trainer.unlabeled_batch_size",
-                 "trainer.nproc", "trainer.ema_decay")
+                 "trainer.nproc", "trainer.ema_decay", "optim.layer_decay")
 STATE_VERSION = 2  # train_state.pt layout: objectives' states under "objectives"
 
 
@@ -192,6 +192,7 @@ def resume(engine: Engine) -> None:
 
 def _check_config(engine: Engine, saved: dict[str, Any], state: dict[str, Any], path: Path) -> None:
     current = to_plain(engine.cfg)
+    saved = _with_defaults(saved)
     diffs = []
     for field in RESUME_FIELDS:
         diffs.extend(_diff(field, _get(saved, field), _get(current, field)))
@@ -203,6 +204,16 @@ def _check_config(engine: Engine, saved: dict[str, Any], state: dict[str, Any], 
                               f"set allow_resume_mismatch=true to resume anyway")
     for d in diffs:
         log.warning("resume with a changed config: %s", d)
+
+
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's config with the keys added since it was written at their defaults, so that a run
+    saved by an earlier sft version resumes while those keys are left alone. A saved config that no
+    longer validates is compared as it was written."""
+    try:
+        return to_plain(from_plain(saved))
+    except ConfigError:
+        return saved
 
 
 def _get(d: dict[str, Any], dotted: str) -> Any:
