@@ -98,6 +98,8 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         "ls01": ["loss.label_smoothing=0.1"],
         # The labeled texts masked too (an augmentation of the few labels, the teacher's round included).
         "lmask01": ["loss.labeled_mask_prob=0.1"],
+        "stw2": ["loss.self_training_weight=2"],
+        "warm0": ["optim.warmup_ratio=0"],
     }.items()},
 }
 FIELDS = ["data", "k", "seed", "arm", "val_accuracy", "test_accuracy", "test_macro_f1", "wall_s", "run_dir"]

@@ -104,6 +104,16 @@ def test_layer_decay_moves_each_layer_by_its_own_lr(engine) -> None:
     assert seen == {*expected, None}
 
 
+def test_layer_decay_finds_the_layers_of_other_bert_family_names() -> None:
+    from sftcli.engine.build import layer_lr_scales
+
+    names = ["distilbert.embeddings.word_embeddings.weight", "distilbert.transformer.layer.0.ffn.lin1.weight",
+             "distilbert.transformer.layer.1.ffn.lin1.weight", "pre_classifier.weight", "classifier.bias",
+             "projection.up.weight"]
+    assert layer_lr_scales(names, 0.5) == [0.125, 0.25, 0.5, 1.0, 1.0, 1.0]
+    assert layer_lr_scales(names, 1.0) == [1.0] * 6
+
+
 @pytest.mark.parametrize("engine", [["loss.label_smoothing=0.2"]], indirect=True)
 def test_label_smoothing_reaches_the_labeled_cross_entropy(engine) -> None:
     sup = engine.objectives[0]
