@@ -100,6 +100,10 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         "lmask01": ["loss.labeled_mask_prob=0.1"],
         "stw2": ["loss.self_training_weight=2"],
         "warm0": ["optim.warmup_ratio=0"],
+        # The unlabeled texts' class prior (sftcli/prior.py): for the pseudo-labels, the exported head, or both.
+        "prior_pl": ["loss.self_training_prior=unlabeled"],
+        "prior_head": ["model.class_prior=unlabeled"],
+        "prior": ["loss.self_training_prior=unlabeled", "model.class_prior=unlabeled"],
     }.items()},
 }
 FIELDS = ["data", "k", "seed", "arm", "val_accuracy", "test_accuracy", "test_macro_f1", "wall_s", "run_dir"]

@@ -26,8 +26,9 @@ _NOT_MODEL = (ckpt.MANIFEST, ckpt.TRAIN_STATE, ckpt.SFT_STATE)
 _EMBEDDED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-def export_model(checkpoint: Path, out: Path, card: str) -> Path:
+def export_model(checkpoint: Path, out: Path, card: str, model: Any = None) -> Path:
     """Write `out` from `checkpoint`: every model, config and tokenizer file, and README.md = `card`.
+    `model`: weights to write instead of the checkpoint's (its head corrected by model.class_prior).
     Built under a temporary name and renamed, so `out` is always complete (or the previous export)."""
     tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -35,7 +36,11 @@ def export_model(checkpoint: Path, out: Path, card: str) -> Path:
     for src in sorted(p for p in checkpoint.iterdir() if p.is_file()):
         if src.name in _NOT_MODEL or src.name.startswith(ckpt.RNG_PREFIX):
             continue
+        if model is not None and src.suffix in (".safetensors", ".bin"):
+            continue  # not linked: the weights below replace them (a write into a link would change the checkpoint)
         _link_or_copy(src, tmp / src.name)
+    if model is not None:
+        model.save_pretrained(tmp, safe_serialization=True)
     (tmp / "README.md").write_text(card)
     if out.exists():
         old = out.with_name(f".old-{out.name}-{os.getpid()}")

@@ -106,6 +106,10 @@ class ModelConfig(Group):
     max_length: int = key(128, "tokens per text", ge=8)
     dropout: float | None = key(None, "set every dropout probability of the encoder; null keeps the model's own",
                                 ge=0, lt=1)
+    class_prior: Literal["labeled", "unlabeled"] = key(
+        "labeled", "the class balance the exported classifier predicts under: labeled (as trained, the labeled "
+                   "texts' balance) | unlabeled (estimated from the unlabeled texts at the end of training and "
+                   "folded into the head's bias; test metrics and the export use it)")
     tiny_hidden_size: int = key(32, "width of the tiny BERT (model=tiny)", ge=1)
     tiny_layers: int = key(2, "transformer layers of the tiny BERT", ge=1)
     tiny_heads: int = key(2, "attention heads of the tiny BERT", ge=1)
@@ -225,6 +229,9 @@ class LossConfig(Group):
     self_training_labeler: Literal["last", "best"] = key(
         "last", "which model re-labels: last (the model as it is at the re-label) | best (the best on validation "
                 "so far, of any round; needs loss.self_training_student=fresh)")
+    self_training_prior: Literal["labeled", "unlabeled"] = key(
+        "labeled", "the class balance pseudo-labels are chosen under: labeled (the labeling model's own) | "
+                   "unlabeled (its probabilities reweighted to the unlabeled texts' prior, estimated from them)")
     self_training_ensemble: bool = key(False, "label with the mean probabilities of every labeling model so far "
                                               "(this re-label's and the earlier ones')")
     self_training_teachers: int = key(

@@ -105,6 +105,17 @@ class Encoded:
             return ids.read(a, b), None if type_ids is None else type_ids.read(a, b)
         return self.ids[a:b], None if self.type_ids is None else self.type_ids[a:b]
 
+    def subset(self, index: np.ndarray) -> Encoded:
+        """Examples `index`, in that order, as a new in-memory Encoded."""
+        seqs = [self.get(int(i)) for i in index]
+        offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(ids) for ids, _ in seqs])
+        ids = np.concatenate([ids for ids, _ in seqs]) if seqs else self.ids[:0]
+        type_ids = None
+        if self.type_ids is not None or (self.rows is not None and self.rows[1] is not None):
+            type_ids = np.concatenate([t for _, t in seqs]) if seqs else np.zeros(0, dtype=np.int64)
+        return Encoded(np.asarray(ids), offsets, type_ids)
+
 
 def encode(ts: TextSet, tokenizer: Any, max_length: int, cache_dir: Path | None, tok_fp: str,
            chunk: int = 4096, progress: bool = False) -> Encoded:

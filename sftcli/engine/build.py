@@ -29,6 +29,7 @@ from sftcli.evaluate import resolve_precision
 from sftcli.model import build_model, load_tokenizer, tokenizer_fingerprint
 from sftcli.objectives import Objective, build_objectives
 from sftcli.objectives.supervised import class_weights
+from sftcli.prior import labeled_prior
 from sftcli.strategy import steps_for_labeled
 
 log = logging.getLogger("sft")
@@ -76,7 +77,12 @@ def build(engine: Any) -> None:
 
     labeled = enc(data.labeled, "labeled")
     engine.enc_val, engine.enc_test = enc(data.validation, "validation"), enc(data.test, "test")
-    unlabeled = enc(data.unlabeled, "unlabeled") if cfg.strategy is not None else None
+    wants_unlabeled = cfg.strategy is not None or cfg.model.class_prior == "unlabeled"
+    engine.enc_unlabeled = enc(data.unlabeled, "unlabeled") if wants_unlabeled else None
+    unlabeled = engine.enc_unlabeled if cfg.strategy is not None else None
+    # The class prior the model is trained under (sftcli/prior.py): the labeled texts' until a
+    # self-training round adds pseudo-labeled ones; each checkpoint records it.
+    engine.labeled_prior = engine.train_prior = labeled_prior(data.labeled.labels, len(data.label_names))
     if cfg.strategy is not None and (unlabeled is None or len(unlabeled) == 0):
         raise DataError("a strategy needs unlabeled texts: set data.labels_per_class (the rest of train becomes "
                         "unlabeled) or data.unlabeled=FILE")

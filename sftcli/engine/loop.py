@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from sftcli import checkpoint as ckpt
-from sftcli import cluster, dist, faults, speedups
+from sftcli import cluster, dist, faults, prior, speedups
 from sftcli.config import TrainConfig
 from sftcli.engine import state
 from sftcli.engine.averaging import WeightAverage
@@ -29,8 +30,9 @@ from sftcli.engine.early_stopping import EarlyStopping
 from sftcli.engine.metrics import MetricWindow
 from sftcli.engine.progress import Progress
 from sftcli.errors import ConfigError, NonFiniteError, Preempted
-from sftcli.evaluate import autocast, evaluate, scalar_metrics
+from sftcli.evaluate import autocast, evaluate, predict_logits, scalar_metrics
 from sftcli.export import MODEL_DIR, export_model, model_card
+from sftcli.losses import softmax
 from sftcli.objectives import StepView, Term
 from sftcli.objectives.base import ALL_UNLABELED, UnlabeledRows
 from sftcli.runlog import MetricsWriter, format_metrics, format_value, record_in_config
@@ -62,6 +64,11 @@ class Engine:
         self.average: WeightAverage | None = None  # trainer.ema_decay: the averaged weights (build sets it)
         # A host copy of the best model so far, when an objective relabels with it (else None).
         self.best_weights: dict[str, torch.Tensor] | None = None
+        # Set by build: the unlabeled texts' token ids (None without a strategy or model.class_prior), the
+        # labeled texts' class prior, and the prior the model trains under now (sftcli/prior.py).
+        self.enc_unlabeled: Any = None
+        self.labeled_prior: np.ndarray | None = None
+        self.train_prior: np.ndarray | None = None
 
     def setup(self) -> None:
         build(self)  # data, tokenizer, model, objectives, optimizer, scheduler, batches
@@ -379,6 +386,8 @@ class Engine:
             summary["class_weights"] = dict(zip(self.data.label_names, map(float, self.class_weights), strict=True))
         # Evaluate exactly what the best checkpoint holds (the weights read back from disk).
         self.model.load_state_dict(ckpt.load_weights(self.ckpt_dir / best), strict=False)
+        if self.cfg.model.class_prior == "unlabeled":
+            summary["class_prior"] = self._fold_class_prior(self.ckpt_dir / best)
         val = evaluate(self.model, self.enc_val, self.data.validation.labels, self.data.label_names,
                        self.tc.eval_batch_size, self.pad_id, self.env.device, self.precision, self.env)
         summary.update(scalar_metrics(val, "val"))
@@ -402,8 +411,10 @@ class Engine:
         if self.env.is_main:
             final = {k: v for k, v in summary.items() if k.startswith(("test/", "val/")) and not isinstance(v, dict)}
             self.metrics.write(self.step, {f"final/{k}": v for k, v in final.items()})
+            # With the class prior folded into the head, the export writes those weights, not the checkpoint's.
             export_model(self.ckpt_dir / best, self.run_dir / MODEL_DIR,
-                         model_card(self.cfg, summary, self.run_dir, self.model.config.model_type))
+                         model_card(self.cfg, summary, self.run_dir, self.model.config.model_type),
+                         model=self.model if summary.get("class_prior", {}).get("folded") else None)
             tmp = self.run_dir / "summary.json.tmp"
             tmp.write_text(json.dumps(summary, indent=2, default=state.json_default))
             tmp.replace(self.run_dir / "summary.json")
@@ -411,6 +422,32 @@ class Engine:
                      self.tc.select_metric, self.best_metric if self.best_metric is not None else float("nan"),
                      format_value(summary.get("test/accuracy")), format_value(summary.get("test/macro_f1")))
         return summary
+
+    def _fold_class_prior(self, best: Path) -> dict[str, Any]:
+        """model.class_prior=unlabeled: estimate the unlabeled texts' class prior with the best model and
+        fold it into its head (sftcli/prior.py). Returns what the summary records."""
+        enc = self.enc_unlabeled
+        if enc is None or len(enc) == 0:
+            log.info("class prior: no unlabeled texts to estimate it from; the labeled texts' prior stays")
+            return {"folded": False, "reason": "no unlabeled texts"}
+        if len(enc) > prior.ESTIMATE_TEXTS:
+            index = np.sort(np.random.default_rng(self.cfg.seed).choice(len(enc), prior.ESTIMATE_TEXTS, replace=False))
+            enc = enc.subset(index)
+        probs = softmax(predict_logits(self.model, enc, self.tc.eval_batch_size, self.pad_id, self.env.device,
+                                       self.precision, self.env))
+        estimated = prior.estimate_prior(probs)
+        # The prior the best checkpoint was trained under (a self-training student's includes its
+        # pseudo-labels); checkpoints written before it was recorded were trained under the labeled one.
+        trained = np.asarray(ckpt.read_sft_state(best).get("train_prior", self.labeled_prior), dtype=np.float64)
+        shift = prior.logit_shift(estimated, trained)
+        prior.fold_into_head(self.model, shift)
+        names = self.data.label_names
+        log.info("class prior: estimated from %d unlabeled texts %s (trained under %s), folded into the head",
+                 len(enc), _shares(names, estimated), _shares(names, trained))
+        return {"folded": True, "texts": len(enc), "estimated": dict(zip(names, map(float, estimated), strict=True)),
+                "trained": dict(zip(names, map(float, trained), strict=True)),
+                # `sft eval` / `sft predict` of the run add it to the best checkpoint's head, as the export has it.
+                "shift": [float(x) for x in shift]}
 
     # ------------------------------------------------------------------------------------------------
     # signals
@@ -438,3 +475,7 @@ class Engine:
             signal.signal(sig, old)
 
 
+
+
+def _shares(names: list[str], p: np.ndarray) -> str:
+    return " ".join(f"{n}={v:.3f}" for n, v in zip(names, p, strict=True))

@@ -73,7 +73,9 @@ def save(engine: Engine) -> Path | None:
         best_name = ckpt.checkpoint_name(e.best_step) if e.best_step is not None else None
         light = {"step": e.step, "config": to_plain(e.cfg), "world_size": e.env.world_size,
                  "best": {"metric": e.best_metric, "step": e.best_step, "checkpoint": best_name},
-                 "fingerprints": {"data": e.data.fingerprint()}}
+                 "fingerprints": {"data": e.data.fingerprint()},
+                 # The class prior these weights were trained under (model.class_prior reads it at the end).
+                 "train_prior": [float(p) for p in e.train_prior]}
         state = {
             "version": STATE_VERSION, "step": e.step,
             "optimizer": e.optimizer.state_dict(), "scheduler": e.scheduler.state_dict(),
@@ -84,7 +86,7 @@ def save(engine: Engine) -> Path | None:
             "objectives": {o.name: o.state_dict() for o in e.objectives},
             "average": e.average.state_dict(e.model) if e.average is not None else None,
             "world_size": e.env.world_size, "config": json.dumps(light["config"]),
-            "fingerprints": light["fingerprints"],
+            "fingerprints": light["fingerprints"], "train_prior": light["train_prior"],
         }
 
         def write(tmp: Path) -> None:
@@ -174,6 +176,8 @@ def resume(engine: Engine) -> None:
             # The best checkpoint is always kept, and holds exactly the weights that were evaluated.
             e.best_weights = ckpt.load_weights(e.ckpt_dir / ckpt.checkpoint_name(e.best_step))
     e.nonfinite_skips = int(state["nonfinite_skips"])
+    # Absent from states written before the class prior was recorded: those trained under the labeled one.
+    e.train_prior = np.asarray(state.get("train_prior", e.labeled_prior), dtype=np.float64)
     for objective in e.objectives:
         objective.load_state_dict(state["objectives"].get(objective.name, {}))
     rng_file = path / f"{ckpt.RNG_PREFIX}{e.env.rank}.pt"

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from sftcli import prior
 from sftcli.config import LossConfig
 from sftcli.data import Encoded, rank_slice
 from sftcli.evaluate import predict_logits
@@ -102,11 +103,20 @@ class SelfTraining(Objective):
             if self.ensemble_probs is not None:
                 probs = (self.ensemble_probs * (relabel - 1) + probs) / relabel
             self.ensemble_probs = probs
+        values: dict[str, float] = {}
+        if lc.self_training_prior == "unlabeled":
+            # The labeling model's probabilities under the unlabeled texts' prior, not the prior it was
+            # trained under (sftcli/prior.py), so the kept texts follow the pile's class balance.
+            estimated = prior.estimate_prior(probs)
+            probs = prior.reweight(probs, prior.logit_shift(estimated, engine.train_prior))
+            values.update({f"self_training/prior_{name}": float(p)
+                           for name, p in zip(engine.data.label_names, estimated, strict=True)})
         # Curriculum: each later re-label keeps a larger share (top, top + step, ...; at most all).
         share = min(1.0, lc.self_training_top + (relabel - 1) * lc.self_training_top_step)
         self.pseudo_labels, conf = select_pseudo_labels(probs, share, per_class=lc.self_training_select == "per_class")
         if lc.self_training_targets == "soft":
             self.pseudo_probs = probs
+        self._set_train_prior(engine)
         self.labeled_at = engine.step
         self._set_kept_rows()
         if self.initial_state is not None:
@@ -114,14 +124,25 @@ class SelfTraining(Objective):
             # a new optimizer state (AdamW builds its moments again on the next step).
             engine.restart_from(self.initial_state)
         kept = self.pseudo_labels >= 0
-        values = {"self_training/kept": float(kept.mean()), "self_training/min_confidence":
-                  float(conf[kept].min()) if kept.any() else float("nan"),
-                  "self_training/seconds": time.perf_counter() - t0, "self_training/labeler_step": labeler_step}
+        values.update({"self_training/kept": float(kept.mean()), "self_training/min_confidence":
+                       float(conf[kept].min()) if kept.any() else float("nan"),
+                       "self_training/seconds": time.perf_counter() - t0, "self_training/labeler_step": labeler_step})
         if self.hidden_labels is not None and kept.any():
             # Only possible when the unlabeled texts came from labeled train (data.labels_per_class).
             values["self_training/pseudo_label_accuracy"] = float((self.pseudo_labels[kept]
                                                                    == self.hidden_labels[kept]).mean())
         self._report(engine, values)
+
+    def _set_train_prior(self, engine: Engine) -> None:
+        """The prior the model trains under from now on: the labeled texts' and the kept pseudo-labels'."""
+        assert self.pseudo_labels is not None
+        kept = self.pseudo_labels >= 0
+        pseudo = None
+        if kept.any():
+            n_classes = len(engine.labeled_prior)
+            pseudo = (self.pseudo_probs[kept].mean(0) if self.pseudo_probs is not None
+                      else np.bincount(self.pseudo_labels[kept], minlength=n_classes) / kept.sum())
+        engine.train_prior = prior.trained_prior(engine.labeled_prior, pseudo, self.lc.self_training_weight)
 
     def _next_teacher(self, engine: Engine, done: int, t0: float, logits: np.ndarray) -> None:
         """Teacher `done` (not the last) is done: the next starts from the initial weights, no text has a
