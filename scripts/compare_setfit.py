@@ -52,6 +52,8 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     # The recipe with one lever off at a time.
     "best-supcon_unlabeled": ("sft", ["+recipe=best", "loss.supcon_unlabeled=false"]),
     "best-supcon": ("sft", ["+recipe=best", "loss.supcon_unlabeled=false", "loss.supcon_weight=0"]),
+    # The recipe without the unlabeled texts' class prior (the recipe as it was before it).
+    "best-prior": ("sft", ["+recipe=best", "loss.self_training_prior=labeled", "model.class_prior=labeled"]),
     "best-unlabeled": ("sft", ["+recipe=best", "data.max_unlabeled=0"]),
     # Candidate draws of the student rounds, chosen on TREC-6 validation (best_kept16_mask is today's recipe).
     "best_all32": ("sft", ["+recipe=best", "loss.self_training_draw=all", "trainer.unlabeled_batch_size=32", NOMASK]),

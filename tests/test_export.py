@@ -92,11 +92,15 @@ def test_exported_model_answers_like_sft_predict_through_plain_transformers(sft,
     assert f"{summary['test/accuracy']:.4f}" in card and f"{summary['val/accuracy']:.4f}" in card
     assert ", ".join(names) in card and "run_name=r" in card
     assert ("trust_remote_code=True" in card) == remote
-    # No training state in the export; its weights are the best checkpoint's (held once, as a hard link).
+    # No training state in the export; its weights are the best checkpoint's (held once, as a hard link),
+    # unless the run folded the unlabeled texts' class prior into the head (+recipe=best): then only the
+    # head's bias differs (tests/test_class_prior.py), in a file of its own.
     assert not {"train_state.pt", "manifest.json", "sft_state.json"} & {p.name for p in model_dir.iterdir()}
     best = run / summary["best_checkpoint"] / "model.safetensors"
-    assert (model_dir / "model.safetensors").read_bytes() == best.read_bytes()
-    assert os.path.samefile(model_dir / "model.safetensors", best)
+    folded = summary.get("class_prior", {}).get("folded", False)
+    assert folded == (case == "best")
+    assert ((model_dir / "model.safetensors").read_bytes() == best.read_bytes()) != folded
+    assert os.path.samefile(model_dir / "model.safetensors", best) != folded
 
 
 def test_eval_of_the_exported_model_reproduces_the_run(sft, tmp_path) -> None:
