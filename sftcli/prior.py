@@ -51,22 +51,22 @@ def reweight(probs: np.ndarray, shift: np.ndarray) -> np.ndarray:
 
 def head_layer(model: torch.nn.Module, n_classes: int) -> torch.nn.Linear:
     """The classifier head's last linear layer: the last nn.Linear with one output per class (BERT's and
-    DistilBERT's `classifier`, RoBERTa's `classifier.out_proj`, `score` of decoder models)."""
+    DistilBERT's `classifier`, RoBERTa's `classifier.out_proj`, `score` of decoder models), which must have
+    a bias (one the model's config does not know of would not survive export). ValueError otherwise."""
     heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == n_classes]
     if not heads:
         raise ValueError(f"no linear layer with {n_classes} outputs in {type(model).__name__}: the class prior has "
                          "no head bias to go into")
+    if heads[-1].bias is None:
+        raise ValueError(f"the head of {type(model).__name__} has no bias for the class prior to go into")
     return heads[-1]
 
 
 @torch.no_grad()
 def fold_into_head(model: torch.nn.Module, shift: np.ndarray) -> None:
     """Add `shift` [C] to the head's output bias."""
-    head = head_layer(model, len(shift))
-    if head.bias is None:
-        # A bias the model's config does not know of would not survive export.
-        raise ValueError(f"the head of {type(model).__name__} has no bias for the class prior to go into")
-    head.bias.add_(torch.as_tensor(shift, dtype=head.bias.dtype, device=head.bias.device))
+    bias = head_layer(model, len(shift)).bias
+    bias.add_(torch.as_tensor(shift, dtype=bias.dtype, device=bias.device))
 
 
 def trained_prior(labeled: np.ndarray, pseudo: np.ndarray | None, pseudo_weight: float) -> np.ndarray:

@@ -75,6 +75,23 @@ def test_a_head_without_a_bias_is_refused() -> None:
         prior.head_layer(model, 5)
 
 
+def test_a_head_without_a_bias_is_refused_before_training(tmp_path, cache_dir, monkeypatch) -> None:
+    import sftcli.engine.build as build
+    from sftcli.errors import ConfigError
+
+    real = build.build_model
+
+    def without_bias(*args, **kwargs):
+        model = real(*args, **kwargs)
+        model.classifier.bias = None
+        return model
+
+    monkeypatch.setattr(build, "build_model", without_bias)
+    with pytest.raises(ConfigError, match=r"model.class_prior=unlabeled: the head of .* has no bias"):
+        _engine(tmp_path, cache_dir, monkeypatch, [*FRESH, "model.class_prior=unlabeled"])
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_pseudo_labels_are_chosen_under_the_estimated_prior(tmp_path, cache_dir, monkeypatch) -> None:
     import sftcli.objectives.self_training as st
 

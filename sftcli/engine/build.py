@@ -29,7 +29,7 @@ from sftcli.evaluate import resolve_precision
 from sftcli.model import build_model, load_tokenizer, tokenizer_fingerprint
 from sftcli.objectives import Objective, build_objectives
 from sftcli.objectives.supervised import class_weights
-from sftcli.prior import labeled_prior
+from sftcli.prior import head_layer, labeled_prior
 from sftcli.strategy import steps_for_labeled
 
 log = logging.getLogger("sft")
@@ -88,6 +88,12 @@ def build(engine: Any) -> None:
                         "unlabeled) or data.unlabeled=FILE")
 
     engine.model = model = build_model(cfg.model, data.label_names, cfg.seed)
+    if cfg.model.class_prior == "unlabeled":
+        # Checked now, not after training: the end of the run folds the prior into this layer's bias.
+        try:
+            head_layer(model, len(data.label_names))
+        except ValueError as exc:
+            raise ConfigError(f"model.class_prior=unlabeled: {exc}; use model.class_prior=labeled") from exc
     hidden = data.unlabeled.hidden_labels if data.unlabeled is not None else None
     engine.objectives = objectives = build_objectives(
         cfg, model, unlabeled, hidden, engine.pad_id, env, cache,

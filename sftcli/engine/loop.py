@@ -475,7 +475,5 @@ class Engine:
             signal.signal(sig, old)
 
 
-
-
 def _shares(names: list[str], p: np.ndarray) -> str:
     return " ".join(f"{n}={v:.3f}" for n, v in zip(names, p, strict=True))
