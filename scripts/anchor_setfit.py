@@ -108,7 +108,7 @@ def main() -> int:
         torch.set_num_threads(opts.threads)
     t0 = time.perf_counter()
     try:
-        cfg = check_config("train", opts.overrides)
+        cfg = check_config("train", opts.overrides).config
         if cfg is None:
             raise UserError("these overrides need a running Hydra job to resolve; give plain values")
         bundle = load_data(cfg.data, cfg.seed)

@@ -180,7 +180,7 @@ def _run_hydra(command: str, args: list[str], debug: bool) -> int:
             return _guarded(follow_external_launch, debug)
     if command == "train":
         args = _resolve_auto_resume(args)
-    _STATE["new_dirs"] = []
+    _STATE.pop("claim", None)
     code = _guarded(lambda: _precheck(command, args), debug)
     if code:
         return code
@@ -221,18 +221,30 @@ _HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "
 
 def _precheck(command: str, args: list[str]) -> None:
     """Compose and validate once before Hydra runs, so a mistyped key, group option or value is a
-    ConfigError (exit 2, with a "did you mean") before Hydra makes a run dir. Sweeps are composed and
-    validated per job by Hydra (one bad job does not stop the others)."""
+    ConfigError (exit 2, with a "did you mean") before Hydra makes a run dir; and claim the directory Hydra
+    will make (sftcli/rundir.py): a new run never goes into a directory that holds anything. Sweeps are
+    composed and validated per job by Hydra (one bad job does not stop the others)."""
     from sftcli.precheck import check_config, check_plugins
+    from sftcli.rundir import claim
 
     check_plugins(args)
-    if any(a.startswith("-") for a in args):
-        return  # -m and Hydra's own flags: Hydra handles them
-    cfg = check_config(command, [a for a in args if not a.lstrip("+~").startswith("hydra.")])
-    if cfg is not None:
-        # The folders that Hydra will create above the run dir: a run refused later removes them too.
-        root = Path(cfg.run_root)
-        _STATE["new_dirs"] = [d for d in ((root / "eval") if command == "eval" else root, root) if not d.exists()]
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
+        return  # Hydra's own flags (--cfg, --info, ...): Hydra handles them, and they write nothing
+    planned = check_config(command, [a for a in args if not a.startswith("-")], multirun)
+    if planned.directory is None:
+        return
+    if multirun:
+        what, keys = "the sweep directory", "hydra.sweep.dir"
+        hint = "Name another one with hydra.sweep.dir=DIR, or add resume=auto to continue each job of that sweep."
+    elif command == "eval":
+        what, keys = "the eval directory", "run_root/run_name (hydra.run.dir)"
+        hint = "Name another one with run_name=NAME."
+    else:
+        what, keys = "the run directory", "run_root/run_name (hydra.run.dir)"
+        hint = ("To continue that run, add resume=auto; to start a new run, name another directory with "
+                "run_name=NAME.")
+    _STATE["claim"] = claim(planned.directory, continues=planned.continues, what=what, keys=keys, hint=hint)
 
 
 def sweep_job_failed(overrides: list[str], message: str, code: int) -> float | None:
@@ -255,16 +267,17 @@ def _job_failed(exc: BaseException, code: int) -> None:
     _STATE["exit_code"] = _STATE["exit_code"] or code
     if run_dir is None or not run_dir.is_dir():
         return
-    if _STATE["command"] == "eval":
-        if not _STATE["multirun"] and not (run_dir / "eval.json").exists():
-            _remove_run_dir(run_dir)  # holds only Hydra's .hydra/: nothing was evaluated
-        return
+    claim = _STATE.get("claim")
     started = any((run_dir / name).exists() for name in ("checkpoints", "metrics.jsonl", "summary.json"))
-    if not _STATE["multirun"] and not started:
-        # A single run refused before training: remove the directory Hydra just made, so a mistyped
-        # command leaves nothing behind. Sweep jobs keep theirs: its summary records the failure.
-        _remove_run_dir(run_dir)
+    if not _STATE["multirun"] and (_STATE["command"] == "eval" or not started):
+        # A single command refused before it trained (or an evaluation, which writes eval.json last):
+        # remove what it made, so a mistyped command leaves nothing behind and touches nothing it found.
+        # Sweep jobs keep their directories: the sweep's summary records the failure.
+        if claim is not None:
+            claim.release(run_dir)
         return
+    if _STATE["command"] == "eval" or (claim is not None and not claim.created_by_us(run_dir)):
+        return  # a run this command continued keeps its files as they were
     import json
 
     summary = run_dir / "summary.json"
@@ -277,16 +290,6 @@ def _job_failed(exc: BaseException, code: int) -> None:
         print(f"run dir: {run_dir.resolve()}", file=sys.stderr, flush=True)  # what it kept, for resume=auto
 
 
-def _remove_run_dir(run_dir: Path) -> None:
-    """Remove a refused run's directory, and the folders above it that this command created (empty now)."""
-    import shutil
-
-    shutil.rmtree(run_dir, ignore_errors=True)
-    for folder in _STATE.get("new_dirs", []):
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
-
-
 def _handle(fn: Callable[[Any], Any], cfg: Any) -> Any:
     from sftcli.errors import UserError
 
@@ -297,6 +300,7 @@ def _handle(fn: Callable[[Any], Any], cfg: Any) -> Any:
         code = getattr(exc, "exit_code", None)
         if code is None and not isinstance(exc, UserError):
             if not _STATE["multirun"]:
+                _job_failed(exc, 1)  # a bug: its traceback follows, but what the command made goes first
                 raise
             code = 1
             traceback.print_exception(exc)

@@ -5,6 +5,8 @@ installed. Every problem here is a ConfigError: exit 2, before a run dir exists.
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sftcli.errors import ConfigError
@@ -38,10 +40,20 @@ def check_plugins(args: list[str]) -> None:
                                   f"(in a checkout: pip install -e \".[{extra}]\")")
 
 
-def check_config(command: str, overrides: list[str]) -> Any:
+@dataclass
+class Planned:
+    """A command line as checked before Hydra runs: its typed config (None when only the running job can
+    resolve it, and in a sweep, whose jobs are validated one by one) and the directory Hydra will make."""
+
+    config: Any
+    directory: Path | None  # the run dir (single run) or the sweep dir (-m); None when not resolvable yet
+    continues: bool  # resume= is set: the run continues in a directory that may hold a run already
+
+
+def check_config(command: str, overrides: list[str], multirun: bool = False) -> Planned:
     """The typed config of one `sft train` / `sft eval` command line, through the same composition and
-    parse functions as the run itself (None when only the running job can resolve it); raises
-    ConfigError listing the problems."""
+    parse functions as the run itself, and the directory it will write; raises ConfigError listing the
+    problems. A sweep's own overrides (a,b / range() / choice() ...) are left to its jobs."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -49,23 +61,49 @@ def check_config(command: str, overrides: list[str]) -> Any:
     from sftcli.cli import config_dir
     from sftcli.config import parse_eval, parse_train
 
+    if multirun:
+        overrides = _without_sweeps(overrides)
+        if overrides is None:
+            return Planned(None, None, False)
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name=command):
             cfg = compose(config_name=command, overrides=overrides, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as exc:
+        if multirun:
+            return Planned(None, None, False)  # Hydra reports it, or a job does
         raise ConfigError(composition_message(command, str(exc), overrides)) from None
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf, open_dict
 
     # Values may read Hydra's own config (run_name=${hydra:job.name}) through its resolver.
     HydraConfig.instance().set_config(cfg)
+    try:
+        directory = Path(str(OmegaConf.select(cfg, "hydra.sweep.dir" if multirun else "hydra.run.dir")))
+    except OmegaConfBaseException:
+        directory = None  # reads what only the running job knows (${hydra:job.num})
+    continues = command == "train" and cfg.get("resume") is not None
+    if multirun:
+        return Planned(None, directory, continues)
     with open_dict(cfg):
         del cfg["hydra"]
     try:
         OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException:
-        return None  # reads what only the running job knows (${hydra:job.num}): validated in the job
-    return parse_train(cfg, overrides) if command == "train" else parse_eval(cfg)
+        return Planned(None, None, continues)  # validated in the job
+    typed = parse_train(cfg, overrides) if command == "train" else parse_eval(cfg)
+    return Planned(typed, directory, continues)
+
+
+def _without_sweeps(overrides: list[str]) -> list[str] | None:
+    """The overrides of a multirun that are the same for every job (None when Hydra cannot parse them)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException:
+        return None
+    return [o.input_line for o in parsed if not o.is_sweep_override()]
 
 
 def composition_message(command: str, text: str, overrides: list[str]) -> str:
