@@ -140,15 +140,13 @@ def check_free_space(directory: Path, needed: int) -> None:
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
+    from sftcli.runfiles import Manifest, read_record
+
     mpath = path / MANIFEST
     if not mpath.is_file():
         raise CheckpointError(f"{path} is not a valid checkpoint: {MANIFEST} is missing (incomplete save?)")
-    try:
-        manifest = json.loads(mpath.read_text())
-        assert isinstance(manifest.get("files"), dict)
-        return manifest
-    except (ValueError, AssertionError) as exc:
-        raise CheckpointError(f"{mpath} is damaged (not a valid manifest)") from exc
+    read_record(mpath, Manifest)  # the shape: every entry a size and a sha256
+    return json.loads(mpath.read_text())
 
 
 def verify(path: Path, full: bool = True) -> dict[str, Any]:
@@ -291,15 +289,18 @@ def newest_resumable(root: Path) -> Path | None:
 
 def read_sft_state(path: Path) -> dict[str, Any]:
     """A checkpoint's step, training config (plain dict) and best-so-far, for `sft eval` / `sft predict`."""
+    from sftcli.runfiles import SftState, read_record
+
     file = path / SFT_STATE
     if file.is_file():
-        try:
-            return json.loads(file.read_text())
-        except ValueError as exc:
-            raise CheckpointError(f"{file} is damaged (not valid JSON)") from exc
+        read_record(file, SftState)
+        return json.loads(file.read_text())
     if (path / TRAIN_STATE).is_file():  # checkpoints written before sft_state.json existed
         state = load_state(path / TRAIN_STATE)
-        return {"step": int(state["step"]), "config": json.loads(state["config"])}
+        try:
+            return {"step": int(state["step"]), "config": json.loads(state["config"])}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path / TRAIN_STATE} is damaged: no step and config in it ({exc})") from None
     raise CheckpointError(f"{path} is not an sft checkpoint: {SFT_STATE} is missing")
 
 
@@ -312,10 +313,15 @@ def resolve_checkpoint(path: Path) -> Path:
         path = path.parent
     summary = path / "summary.json"
     if summary.is_file():
-        data = json.loads(summary.read_text())
-        best = data.get("best_checkpoint") or data.get("last_checkpoint")
+        from sftcli.runfiles import Summary, read_record
+
+        data = read_record(summary, Summary)
+        best = data.best_checkpoint or data.last_checkpoint
         if best:
-            return path / best
+            target = path / best
+            if not target.is_dir():
+                raise CheckpointError(f"{summary} names the checkpoint {best}, which is not in {path}")
+            return target
     newest = newest_valid(path / "checkpoints")
     if newest is None:
         raise CheckpointError(f"{path} holds no valid checkpoint (expected a checkpoint or a run directory)")
@@ -342,8 +348,18 @@ def load_weights(path: Path) -> dict[str, Any]:
 
     weights: dict[str, Any] = {}
     for f in sorted(path.glob("*.safetensors")):
-        weights.update(load_file(str(f)))
+        try:
+            weights.update(load_file(str(f)))
+        except Exception as exc:  # safetensors' own error type, or an OSError: the file is not loadable
+            raise CheckpointError(f"{f} is damaged: not a loadable safetensors file ({_first_line(exc)})") from None
+    if not weights:
+        raise CheckpointError(f"{path} holds no weights (no *.safetensors file)")
     return weights
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_state(file: Path) -> Any:
@@ -355,7 +371,11 @@ def load_state(file: Path) -> Any:
 
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, EOFError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except FileNotFoundError:
+        raise CheckpointError(f"{file} is missing") from None
+    except pickle.UnpicklingError as exc:
         raise CheckpointError(f"refusing to load {file}: it is not a plain training-state file "
-                              f"(loaded with weights_only=True): {first}") from exc
+                              f"(loaded with weights_only=True): {_first_line(exc)}") from exc
+    except Exception as exc:  # torch's loader fails on damaged bytes with whatever error it meets first
+        raise CheckpointError(f"{file} is damaged: it does not load as a training-state file "
+                              f"({type(exc).__name__}: {_first_line(exc)})") from exc

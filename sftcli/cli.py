@@ -149,11 +149,24 @@ def _guarded(fn: Callable[[], Any], debug: bool) -> int:
         _report_error(exc, debug)
         return exc.exit_code
     except Exception as exc:
+        exc = _path_error(exc)
         code = getattr(exc, "exit_code", None)
         if code is None:
             raise
         _report_error(exc, debug)
         return int(code)
+
+
+def _path_error(exc: BaseException) -> BaseException:
+    """An OSError about a path the command was given (a name too long, a folder that is a file, no
+    permission) is the user's to fix: one message naming the path, exit 2. Other errors stay as they are."""
+    from sftcli.errors import UserError
+
+    if isinstance(exc, OSError) and exc.filename is not None:
+        error = UserError(f"{exc.filename}: {exc.strerror or exc}")
+        error.__cause__ = exc
+        return error
+    return exc
 
 
 def _report_error(exc: BaseException, debug: bool) -> None:
@@ -198,9 +211,10 @@ def _run_hydra(command: str, args: list[str], debug: bool) -> int:
     _STATE.update(command=command, debug=debug, multirun=multirun, failures=[], exit_code=0)
     task = _train_task if command == "train" else _eval_task
     app = hydra.main(version_base=None, config_path=str(config_dir()), config_name=command)(task)
-    sys.argv = [f"sft-{command}", *args, f"hydra.job.name={command}"]
+    # The job name first: after a flag such as -m, argparse takes no more overrides.
+    sys.argv = [f"sft-{command}", f"hydra.job.name={command}", *args]
     if any(a in _HYDRA_FLAGS or a.startswith(("--cfg", "--info")) for a in args):
-        sys.argv = sys.argv[:-1]  # Hydra's own flags: leave the job name alone
+        sys.argv = [sys.argv[0], *args]  # Hydra's own flags: leave the job name alone
     try:
         app()
     except SystemExit as exc:
@@ -232,6 +246,10 @@ def _precheck(command: str, args: list[str]) -> None:
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
         return  # Hydra's own flags (--cfg, --info, ...): Hydra handles them, and they write nothing
     planned = check_config(command, [a for a in args if not a.startswith("-")], multirun)
+    if planned.config is not None:
+        from sftcli.rundir import cache_root, check_path
+
+        check_path(cache_root(planned.config.cache_dir), "cache_dir (or $SFT_CACHE_DIR)")
     if planned.directory is None:
         return
     if multirun:
@@ -297,6 +315,7 @@ def _handle(fn: Callable[[Any], Any], cfg: Any) -> Any:
     try:
         return fn(cfg)
     except (UserError, Exception) as exc:
+        exc = _path_error(exc)
         code = getattr(exc, "exit_code", None)
         if code is None and not isinstance(exc, UserError):
             if not _STATE["multirun"]:

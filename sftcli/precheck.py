@@ -53,7 +53,8 @@ class Planned:
 def check_config(command: str, overrides: list[str], multirun: bool = False) -> Planned:
     """The typed config of one `sft train` / `sft eval` command line, through the same composition and
     parse functions as the run itself, and the directory it will write; raises ConfigError listing the
-    problems. A sweep's own overrides (a,b / range() / choice() ...) are left to its jobs."""
+    problems. A sweep is composed as its first job, to find its directory and the mistakes all its jobs
+    share; each job is validated when it runs (one bad job does not stop the others)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -62,48 +63,76 @@ def check_config(command: str, overrides: list[str], multirun: bool = False) -> 
     from sftcli.config import parse_eval, parse_train
 
     if multirun:
-        overrides = _without_sweeps(overrides)
-        if overrides is None:
-            return Planned(None, None, False)
+        overrides = _first_job(overrides)
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name=command):
             cfg = compose(config_name=command, overrides=overrides, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as exc:
-        if multirun:
-            return Planned(None, None, False)  # Hydra reports it, or a job does
         raise ConfigError(composition_message(command, str(exc), overrides)) from None
+    except ValueError as exc:  # Hydra's own check of a group's value (model=1, data=null)
+        raise ConfigError(_group_value_message(command, overrides) or f"invalid overrides: {exc}") from None
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import OmegaConf
 
     # Values may read Hydra's own config (run_name=${hydra:job.name}) through its resolver.
     HydraConfig.instance().set_config(cfg)
-    try:
-        directory = Path(str(OmegaConf.select(cfg, "hydra.sweep.dir" if multirun else "hydra.run.dir")))
-    except OmegaConfBaseException:
-        directory = None  # reads what only the running job knows (${hydra:job.num})
-    continues = command == "train" and cfg.get("resume") is not None
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    _resolved(job, None)  # first without Hydra's section, so a message names the user's key (run_name)
+    directory = Path(str(_resolved(cfg, "hydra.sweep.dir" if multirun else "hydra.run.dir")))
+    continues = command == "train" and job.get("resume") is not None
     if multirun:
         return Planned(None, directory, continues)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    try:
-        OmegaConf.to_container(cfg, resolve=True)
-    except OmegaConfBaseException:
-        return Planned(None, None, continues)  # validated in the job
-    typed = parse_train(cfg, overrides) if command == "train" else parse_eval(cfg)
+    typed = parse_train(job, overrides) if command == "train" else parse_eval(job)
     return Planned(typed, directory, continues)
 
 
-def _without_sweeps(overrides: list[str]) -> list[str] | None:
-    """The overrides of a multirun that are the same for every job (None when Hydra cannot parse them)."""
+def _resolved(cfg: Any, key: str | None) -> Any:
+    """cfg's value at key (None: the whole config) with its interpolations resolved; an interpolation
+    that cannot be resolved (${foo}, ${oc.env:UNSET}) is a ConfigError naming the key that holds it."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(cfg, resolve=True) if key is None else OmegaConf.select(cfg, key)
+    except OmegaConfBaseException as exc:
+        where = getattr(exc, "full_key", None) or key or "config"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{where}: cannot be resolved: {first}") from None
+
+
+def _first_job(overrides: list[str]) -> list[str]:
+    """A multirun's overrides as its first job gets them: each sweep (a,b / range() / choice()) at its
+    first value; a sweep without one (an Optuna interval) left at its default."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException:
-        return None
-    return [o.input_line for o in parsed if not o.is_sweep_override()]
+    except HydraException as exc:
+        raise ConfigError(f"invalid overrides: {str(exc).strip().splitlines()[0]}") from None
+    out = []
+    for o in parsed:
+        if not o.is_sweep_override():
+            out.append(o.input_line)
+            continue
+        try:
+            first = next(iter(o.sweep_string_iterator()))
+        except (HydraException, StopIteration, TypeError, ValueError):
+            continue
+        out.append(f"{o.get_key_element()}={first}")
+    return out
+
+
+def _group_value_message(command: str, overrides: list[str]) -> str | None:
+    """`model=1`, `data=null`: a config group takes one of its options' names."""
+    from sftcli.cli import config_groups
+
+    groups = config_groups()
+    for arg in overrides:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if sep and key in groups and value not in groups[key]:
+            return f"{key}={value}: {key} takes the name of an option: {', '.join(groups[key])}"
+    return None
 
 
 def composition_message(command: str, text: str, overrides: list[str]) -> str:

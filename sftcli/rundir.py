@@ -74,11 +74,23 @@ class Claim:
                 break
 
 
+def cache_root(cache_dir: str | None) -> Path:
+    """Where the token and frozen-encoder caches go: cache_dir, else $SFT_CACHE_DIR, else ~/.cache/sft."""
+    return Path(cache_dir or os.environ.get("SFT_CACHE_DIR") or Path.home() / ".cache" / "sft").expanduser()
+
+
 def check_path(path: Path, keys: str) -> None:
     """A directory path sft can create: no part of it a file, no name longer than the filesystem allows.
     keys: the config keys that built the path, for the message."""
     path = absolute(path)
-    existing = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    existing = Path(path.anchor)
+    for part in path.parts[1:]:  # from the root down: the deepest folder that exists decides the limits
+        try:
+            if not (existing / part).exists():
+                break
+        except OSError:  # a name too long to even look up
+            break
+        existing = existing / part
     if not existing.is_dir():
         raise ConfigError(f"{keys}: {existing} is a file, so {path} cannot be a directory")
     try:
@@ -102,7 +114,7 @@ def claim(run_dir: Path, *, continues: bool, what: str, keys: str, hint: str) ->
     check_path(run_dir, keys)
     path = absolute(run_dir)
     if not continues and holds_anything(path):
-        raise ConfigError(f"{what} {path} already exists and is not empty, and sft never writes into a "
-                          f"directory it did not create; nothing was written. {hint}")
+        raise ConfigError(f"{what} {path} ({keys}) already exists and is not empty, and sft never writes into "
+                          f"a directory it did not create; nothing was written. {hint}")
     existed = {p for p in (path, *path.parents) if p.exists()}
     return Claim(planned=path, existed=existed, was_empty=path.is_dir() and not holds_anything(path))

@@ -78,3 +78,63 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Many quick command lines (tests/forked_cli.py): the generated and the reported bad inputs.
+
+# A one-step run on small files: what a generated case trains when its input is accepted.
+FAST = ["model=tiny", "trainer.max_steps=1", "trainer.eval_every=0", "trainer.save_every=0", "trainer.batch_size=4",
+        "trainer.unlabeled_batch_size=4", "trainer.eval_batch_size=64", "trainer.progress=none", "run_root=runs"]
+
+
+def data_args(d: Path) -> list[str]:
+    return ["data=files", f"data.train={d / 'train.csv'}", f"data.validation={d / 'val.csv'}",
+            f"data.test={d / 'test.csv'}", "data.labels_per_class=null"]
+
+
+@pytest.fixture(scope="session")
+def forked(cache_dir: Path):
+    from forked_cli import ForkedCli
+
+    cli = ForkedCli(cli_env(cache_dir))
+    yield cli
+    cli.close()
+
+
+@pytest.fixture(scope="session")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder for the cases' workspaces (each case makes its own inside)."""
+    return tmp_path_factory.mktemp("cases")
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Small labeled files (two classes) that the quick runs train on."""
+    from generated import good_rows, write_table
+
+    d = tmp_path_factory.mktemp("data")
+    write_table(d / "train.csv", good_rows(6))
+    write_table(d / "val.csv", good_rows(2))
+    write_table(d / "test.csv", good_rows(2))
+    return d
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, forked) -> Path:
+    """A finished tiny run (two checkpoints, model/, summary.json), for cases that copy and damage it."""
+    work = tmp_path_factory.mktemp("reference")
+    args = [*FAST, *data_args(data_dir), "trainer.max_steps=2", "trainer.save_every=1", "trainer.keep_last=2",
+            "run_name=ref"]
+    r = forked("train", *args, cwd=work, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return work / "runs" / "ref"
+
+
+# The generated bad-input tests (tests/test_generated_inputs.py): seeded, and bounded in the default suite;
+# --hypothesis-profile=large is the larger run (docs/reliability.md).
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("default", max_examples=20, derandomize=True, deadline=None)
+settings.register_profile("large", max_examples=300, derandomize=True, deadline=None)
+settings.load_profile(os.environ.get("SFT_HYPOTHESIS_PROFILE", "default"))

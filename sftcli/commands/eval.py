@@ -16,9 +16,9 @@ def run_eval(cfg: Any, out_dir: Path) -> dict[str, Any]:
 
     from sftcli.data import load_data
     from sftcli.dist import pick_device
-    from sftcli.engine import cache_root
     from sftcli.evaluate import evaluate
     from sftcli.model import tokenizer_fingerprint
+    from sftcli.rundir import cache_root
     from sftcli.runlog import setup_logging
 
     ec = parse_eval(cfg)
@@ -42,8 +42,8 @@ def run_eval(cfg: Any, out_dir: Path) -> dict[str, Any]:
 
     device = pick_device(ec.device, 0)
     model.to(device)
-    enc = encode(ts, tokenizer, train_cfg.model.max_length, cache_root(train_cfg) if ec.cache_dir is None
-                 else Path(ec.cache_dir), tokenizer_fingerprint(tokenizer))
+    enc = encode(ts, tokenizer, train_cfg.model.max_length, cache_root(ec.cache_dir or train_cfg.cache_dir),
+                 tokenizer_fingerprint(tokenizer))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     with torch.inference_mode():
         result = evaluate(model, enc, ts.labels, names, ec.batch_size, pad_id, device, ec.precision)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 from sftcli.commands.checkpoints import label_names, load_checkpoint
 from sftcli.config import parse_predict
 from sftcli.errors import ConfigError, DataError
+from sftcli.rundir import check_path, claim
 
 
 def _read_rows(path: Path, columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
@@ -103,23 +105,24 @@ def _predict_columns(pc: Any, saved: dict[str, Any]) -> tuple[str, ...]:
 
 def _predict_paths(pc: Any) -> tuple[Path, Path]:
     inp, outp = Path(pc.input).expanduser(), Path(pc.output).expanduser()
-    if not inp.is_file():
-        raise DataError(f"input: file not found: {inp}")
-    if outp.suffix.lower() not in (".csv", ".jsonl"):
-        raise ConfigError(f"output: {outp} must end in .csv or .jsonl")
-    if outp.resolve() == inp.resolve():
-        raise ConfigError("output: must differ from input")
     try:
-        outp.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"output: cannot create the directory {outp.parent} ({exc})") from exc
+        if not inp.is_file():
+            raise DataError(f"input: file not found: {inp}")
+        if outp.suffix.lower() not in (".csv", ".jsonl"):
+            raise ConfigError(f"output: {outp} must end in .csv or .jsonl")
+        if outp.is_dir():
+            raise ConfigError(f"output: {outp} is a directory; name the file to write, e.g. {outp / 'pred.csv'}")
+        if outp.resolve() == inp.resolve():
+            raise ConfigError("output: must differ from input")
+        check_path(outp.parent, "output")
+    except OSError as exc:  # a name longer than the filesystem allows, a path through a file, ...
+        raise ConfigError(f"{'input' if exc.filename == str(inp) else 'output'}: {exc.filename}: "
+                          f"{exc.strerror or exc}") from None
     return inp, outp
 
 
 def run_predict(args: list[str]) -> int:
     from omegaconf import OmegaConf
-
-    from sftcli.dist import pick_device
 
     bad = [a for a in args if "=" not in a]
     if bad:
@@ -130,6 +133,24 @@ def run_predict(args: list[str]) -> int:
         raise ConfigError(f"sft predict: {exc}") from exc
     pc = parse_predict(raw)  # type: ignore[arg-type]
     inp, outp = _predict_paths(pc)
+    # The output's folder is made now and, when this command made it, removed again if it fails.
+    folder = claim(outp.parent, continues=True, what="the output folder", keys="output", hint="")
+    try:
+        try:
+            outp.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"output: cannot create the folder {outp.parent}: {exc.strerror or exc}") from None
+        if not os.access(outp.parent, os.W_OK):
+            raise ConfigError(f"output: the folder {outp.parent} cannot be written")
+        return _predict(pc, inp, outp)
+    except BaseException:
+        folder.release(outp.parent)
+        raise
+
+
+def _predict(pc: Any, inp: Path, outp: Path) -> int:
+    from sftcli.dist import pick_device
+
     path, model, tokenizer, saved = load_checkpoint(pc.checkpoint)
     columns = _predict_columns(pc, saved)
     max_length = pc.max_length or int(saved["model"]["max_length"])
@@ -155,6 +176,7 @@ def _predict_rows(rows: Iterator[dict[str, Any]], writer: _PredictionWriter, mod
     import torch
     from rich.progress import Progress
 
+    from sftcli.data import cut_long_texts
     from sftcli.evaluate import autocast
 
     text_col, pair_col = columns[0], columns[1] if len(columns) > 1 else None
@@ -162,8 +184,8 @@ def _predict_rows(rows: Iterator[dict[str, Any]], writer: _PredictionWriter, mod
     with Progress(transient=True) as bar:
         task = bar.add_task("predict", total=None)
         for batch in _batched(rows, pc.batch_size):
-            texts = [_as_text(r.get(text_col)) for r in batch]
-            pairs = [_as_text(r.get(pair_col)) for r in batch] if pair_col else None
+            texts = cut_long_texts([_as_text(r.get(text_col)) for r in batch], max_length)
+            pairs = cut_long_texts([_as_text(r.get(pair_col)) for r in batch], max_length) if pair_col else None
             enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
             with torch.inference_mode(), autocast(device, pc.precision):
                 logits = model(**{k: v.to(device) for k, v in enc.items()}).logits.float()

@@ -137,6 +137,13 @@ def _messages(cls: type[BaseModel], exc: ValidationError, command: str) -> list[
             out.append(f"{key}: is required{usage}")
         elif kind in _LIMITS and info is not None:
             out.append(f"{_ALIAS_OF.get(key, key)}: {_limit_text(info)}")
+        elif kind == "finite_number":
+            # In a union (loss.class_weights) the other members' type errors say less: this one stands.
+            out = [line for line in out if not line.startswith(f"{key}: expected")]
+            typed.add(key)
+            out.append(f"{_ALIAS_OF.get(key, key)}: must be a finite number, got {value!r}")
+        elif kind == "int_too_large":
+            out.append(f"{_ALIAS_OF.get(key, key)}: {error['msg']}, got {value!r}")
         elif kind == "string_too_short":
             out.append(f"{key}: must not be empty")
         elif info is not None:

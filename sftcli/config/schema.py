@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -81,9 +82,22 @@ class Checks:
             raise PydanticCustomError("sft_checks", "{problems}", {"problems": self.problems})
 
 
+# No count sft reads goes past this (torch and numpy index with 32-bit ints in places): a larger number is
+# a typo, refused at validation rather than met as an overflow or an allocation deep inside a run.
+INT_MAX = 2**31 - 1
+
+
 class Group(BaseModel):
-    # Mutable (code sets cfg.trainer.malloc_tuning = False after a check), unknown keys refused.
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=False)
+    # Mutable (code sets cfg.trainer.malloc_tuning = False after a check), unknown keys refused; a float
+    # key refuses nan and inf (each would only stop a run at its first step, or never update at all).
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=False, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _int_in_range(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_MAX:
+            raise PydanticCustomError("int_too_large", "must be at most {limit} in size", {"limit": INT_MAX})
+        return value
 
 
 def _saved(info: ValidationInfo) -> bool:
@@ -103,16 +117,18 @@ class ModelConfig(Group):
                                                   "tokens) | cls")
     head_pooling: Literal["pooler", "mean"] = key(
         "pooler", "what the classifier reads: pooler (the model's own: BERT = CLS + dense + tanh) | mean")
-    max_length: int = key(128, "tokens per text", ge=8)
+    max_length: int = key(128, "tokens per text (at most what the model's position embeddings reach)", ge=8,
+                          le=65536)
     dropout: float | None = key(None, "set every dropout probability of the encoder; null keeps the model's own",
                                 ge=0, lt=1)
     class_prior: Literal["labeled", "unlabeled"] = key(
         "labeled", "the class balance the exported classifier predicts under: labeled (as trained, the labeled "
                    "texts' balance) | unlabeled (estimated from the unlabeled texts at the end of training and "
                    "folded into the head's bias; test metrics and the export use it)")
-    tiny_hidden_size: int = key(32, "width of the tiny BERT (model=tiny)", ge=1)
-    tiny_layers: int = key(2, "transformer layers of the tiny BERT", ge=1)
-    tiny_heads: int = key(2, "attention heads of the tiny BERT", ge=1)
+    # The tiny BERT is for tests: bounded so a typo cannot ask for gigabytes.
+    tiny_hidden_size: int = key(32, "width of the tiny BERT (model=tiny)", ge=1, le=1024)
+    tiny_layers: int = key(2, "transformer layers of the tiny BERT", ge=1, le=24)
+    tiny_heads: int = key(2, "attention heads of the tiny BERT", ge=1, le=64)
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -386,6 +402,16 @@ def _check_trackers(checks: Checks, names: list[str]) -> list[str]:
 ALIASES = {"lambda": "loss.weight", "tau": "loss.tau"}
 
 
+def check_exists(checks: Checks, key: str, path: str) -> None:
+    """key names a path that must exist (an unreadable or over-long name is said as such)."""
+    try:
+        Path(path).expanduser().stat()
+    except FileNotFoundError:
+        checks.require(False, key, f"path {path!r} does not exist")
+    except OSError as exc:
+        checks.require(False, key, f"path {path[:80]!r}: {exc.strerror or exc}")
+
+
 def check_run_name(checks: Checks, name: str) -> None:
     # A run name becomes a directory under run_root; it must not climb out of it.
     bad = "/" in name or "\\" in name or name in ("", ".", "..") or name.startswith("~")
@@ -402,7 +428,7 @@ class TrainConfig(Group):
     trainer: TrainerConfig = group(TrainerConfig, "the loop: steps, batches, evaluation, checkpoints, processes")
     strategy: StrategyConfig | None = key(None, "how labeled and unlabeled batches share the steps; null = the "
                                                 "supervised baseline (+strategy=mix | alternate)")
-    seed: int = key(0, "one seed for data subsampling, initialisation, shuffling and dropout")
+    seed: int = key(0, "one seed for data subsampling, initialisation, shuffling and dropout", ge=0)
     resume: Text | None = key(None, "null | auto (newest valid checkpoint of the same command's run) | PATH "
                                     "(checkpoint or run dir)")
     allow_resume_mismatch: bool = key(False, "resume even when model, data, seed, batch size or world size "
@@ -448,7 +474,7 @@ class TrainConfig(Group):
         if data.source == "files":
             checks.require(bool(data.train), "data.train", "is required with data=files")
         if self.resume is not None and self.resume != "auto":
-            checks.require(Path(self.resume).exists(), "resume", f"path {self.resume!r} does not exist")
+            check_exists(checks, "resume", self.resume)
         checks.raise_if_any()
         return self
 
@@ -535,6 +561,14 @@ class _ScoringConfig(Group):
                                                              "autocast)")
     debug: bool = key(False, "show full tracebacks for user errors")
 
+    @model_validator(mode="after")
+    def _check_checkpoint(self) -> _ScoringConfig:
+        checks = Checks()
+        if self.checkpoint:
+            check_exists(checks, "checkpoint", self.checkpoint)
+        checks.raise_if_any()
+        return self
+
 
 class EvalConfig(_ScoringConfig):
     split: Literal["test", "validation"] = key("test", "which split of the run's data to evaluate")
@@ -547,9 +581,6 @@ class EvalConfig(_ScoringConfig):
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:
         checks = Checks()
-        if self.checkpoint:
-            checks.require(Path(self.checkpoint).expanduser().exists(), "checkpoint",
-                           f"path {self.checkpoint!r} does not exist")
         check_run_name(checks, self.run_name)
         checks.raise_if_any()
         return self

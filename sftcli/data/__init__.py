@@ -25,7 +25,7 @@ from sftcli.data.sources import (
     trec6_split_of,
 )
 from sftcli.data.textsets import RawTexts, Row, TextSet, text_set_fingerprint
-from sftcli.data.tokens import Encoded, NpyRows, encode
+from sftcli.data.tokens import Encoded, NpyRows, cut_long_texts, encode
 
 __all__ = [
     "LABELED_EXTENSIONS",
@@ -40,6 +40,7 @@ __all__ = [
     "Row",
     "TextSet",
     "collate",
+    "cut_long_texts",
     "encode",
     "iter_json_lines",
     "load_data",

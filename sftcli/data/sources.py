@@ -113,9 +113,36 @@ def _read_table(path_str: str, key: str, allowed: tuple[str, ...]) -> Any:
                         f"{', '.join(allowed)}{hint}")
     if path.stat().st_size == 0:
         raise DataError(f"{key}: {path} is an empty file (empty dataset)")
+    if ext != ".parquet":
+        check_text_file(path, key)
     if ext in (".json", ".jsonl"):
         _check_json_lines(path, key)
     return _load_file(path, ext, key)
+
+
+def check_text_file(path: Path, key: str) -> None:
+    """A text file is UTF-8 without NUL bytes; otherwise a DataError naming the file and line (read in
+    blocks, so a pile of a million lines costs one pass and no memory)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            if b"\0" in block:
+                at = line + block[:block.index(b"\0")].count(b"\n")
+                raise DataError(f"{key}: {path}:{at} holds a NUL byte: a binary file, not text")
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                at = line + block[:exc.start].count(b"\n")
+                raise DataError(f"{key}: {path}:{at} is not UTF-8 text ({exc.reason} at byte "
+                                f"{exc.start}); save the file as UTF-8") from None
+            line += block.count(b"\n")
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise DataError(f"{key}: {path}:{line} ends inside a UTF-8 character (a cut file?)") from None
 
 
 def _load_file(path: Path, ext: str, key: str) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,8 +97,13 @@ def _row_list(rows: list[int], shown: int = 5) -> str:
 
 def _check_label(row: Row, where: str) -> None:
     label = row["label"]
-    if label is None or (isinstance(label, str) and not label.strip()):
+    # A CSV reader gives an empty cell as NaN: that is no label, not a class named "nan".
+    if label is None or (isinstance(label, str) and not label.strip()) or (isinstance(label, float)
+                                                                           and math.isnan(label)):
         raise DataError(f"{where}: row {row['row']} has an empty label")
+    if isinstance(label, str) and label.strip().lower() == "nan":
+        raise DataError(f"{where}: row {row['row']} has the label {label!r}: a missing value written out, not a "
+                        "class; give the row its label or leave it out")
     if not isinstance(label, (str, int, float, bool)):
         raise DataError(f"{where}: row {row['row']} has label {label!r} ({type(label).__name__}); a label must be "
                         "a string or an integer")

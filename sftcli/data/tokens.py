@@ -134,12 +134,25 @@ def encode(ts: TextSet, tokenizer: Any, max_length: int, cache_dir: Path | None,
     return out
 
 
+# Characters of a text the tokenizer sees at most: far more than max_length tokens ever span (a token
+# covers at least one character; WordPiece reads at most 100 per word), so the kept tokens are the same,
+# while a text of megabytes (a whole file on one line) costs no more than a long article.
+CHARS_PER_TOKEN_BOUND = 128
+MIN_CHAR_LIMIT = 100_000
+
+
+def cut_long_texts(texts: list[str], max_length: int) -> list[str]:
+    """texts with each cut to what max_length tokens can span (see CHARS_PER_TOKEN_BOUND)."""
+    limit = max(MIN_CHAR_LIMIT, CHARS_PER_TOKEN_BOUND * max_length)
+    return [t if len(t) <= limit else t[:limit] for t in texts]
+
+
 def _tokenise(ts: TextSet, tokenizer: Any, max_length: int, chunk: int) -> Encoded:
     ids_parts, type_parts, lengths = [], [], []
     truncated = 0
     for start in range(0, len(ts), chunk):
-        texts = ts.texts[start:start + chunk]
-        pairs = None if ts.pairs is None else ts.pairs[start:start + chunk]
+        texts = cut_long_texts(ts.texts[start:start + chunk], max_length)
+        pairs = None if ts.pairs is None else cut_long_texts(ts.pairs[start:start + chunk], max_length)
         # One pass without truncation, then a second pass over the texts that are too long only (so
         # they can be counted and most texts are tokenised once); verbose=False silences the tokenizer's
         # "sequence length is longer than the maximum" warning, which that count replaces.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 from fractions import Fraction
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import torch
 
 from sftcli import checkpoint as ckpt
-from sftcli import dist, speedups
+from sftcli import dist, rundir, speedups
 from sftcli.config import OptimConfig, TrainConfig
 from sftcli.data import Encoded, encode, load_data
 from sftcli.engine.averaging import WeightAverage
@@ -36,7 +35,7 @@ log = logging.getLogger("sft")
 
 
 def cache_root(cfg: TrainConfig) -> Path:
-    return Path(cfg.cache_dir or os.environ.get("SFT_CACHE_DIR") or Path.home() / ".cache" / "sft").expanduser()
+    return rundir.cache_root(cfg.cache_dir)
 
 
 def build(engine: Any) -> None:

@@ -137,10 +137,15 @@ def resume(engine: Engine) -> None:
     if path is None:
         log.info("resume=auto: no valid checkpoint in %s; starting from step 0", e.ckpt_dir)
         return
+    _check_checkpoint_files(path)
     state = ckpt.load_state(path / ckpt.TRAIN_STATE)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path / ckpt.TRAIN_STATE} is damaged: it holds a {type(state).__name__}")
     if state.get("version") != STATE_VERSION:
         raise CheckpointError(f"{path}: its training state was written by an earlier sft version and cannot be "
                               "resumed by this one; its weights still load (model=hf model.name_or_path=...)")
+    if not STATE_KEYS <= state.keys():
+        raise CheckpointError(f"{path / ckpt.TRAIN_STATE} is damaged: it lacks {sorted(STATE_KEYS - state.keys())}")
     _check_config(e, json.loads(state["config"]), state, path)
     missing, unexpected = e.eval_model.load_state_dict(ckpt.load_weights(path), strict=False)
     missing = [m for m in missing if m not in set(getattr(e.model, "_tied_weights_keys", None) or [])]
@@ -192,6 +197,28 @@ def resume(engine: Engine) -> None:
     dropped = e.metrics.truncate_after(e.step)
     log.info("resumed from %s at step %d%s", path, e.step,
              f" (dropped {dropped} metrics events logged after it)" if dropped else "")
+
+
+# What resume reads from train_state.pt, beside the optional parts of later versions.
+STATE_KEYS = frozenset({"version", "config", "optimizer", "scheduler", "scaler", "streams", "step", "best",
+                        "nonfinite_skips", "objectives", "world_size", "fingerprints"})
+
+
+def _check_checkpoint_files(path: Path) -> None:
+    """The files of the checkpoint a run resumes from that the run reads again later (at its end, or to
+    evaluate or export it): checked now, so damage stops the run before step 1, not after the last."""
+    from transformers import AutoConfig
+
+    from sftcli.model import register_sft_classes
+    from sftcli.runfiles import ModelConfigFile, read_record
+
+    ckpt.read_sft_state(path)
+    read_record(path / "config.json", ModelConfigFile)
+    register_sft_classes()
+    try:
+        AutoConfig.from_pretrained(str(path))
+    except Exception as exc:  # a config.json of the wrong shape fails with whatever error its reader meets
+        raise CheckpointError(f"{path / 'config.json'} is damaged: {type(exc).__name__}: {exc}") from None
 
 
 def _check_config(engine: Engine, saved: dict[str, Any], state: dict[str, Any], path: Path) -> None:
