@@ -144,7 +144,7 @@ def resume(engine: Engine) -> None:
     if state.get("version") != STATE_VERSION:
         raise CheckpointError(f"{path}: its training state was written by an earlier sft version and cannot be "
                               "resumed by this one; its weights still load (model=hf model.name_or_path=...)")
-    if not STATE_KEYS <= state.keys():
+    if not state.keys() >= STATE_KEYS:
         raise CheckpointError(f"{path / ckpt.TRAIN_STATE} is damaged: it lacks {sorted(STATE_KEYS - state.keys())}")
     _check_config(e, json.loads(state["config"]), state, path)
     missing, unexpected = e.eval_model.load_state_dict(ckpt.load_weights(path), strict=False)
