@@ -132,9 +132,18 @@ def reference(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, forked) 
 
 
 # The generated bad-input tests (tests/test_generated_inputs.py): seeded, and bounded in the default suite;
-# --hypothesis-profile=large is the larger run (docs/reliability.md).
+# SFT_HYPOTHESIS_PROFILE=ci is CI's longer pass, =large the larger run (docs/reliability.md).
 from hypothesis import settings  # noqa: E402
 
-settings.register_profile("default", max_examples=20, derandomize=True, deadline=None)
-settings.register_profile("large", max_examples=300, derandomize=True, deadline=None)
+settings.register_profile("default", max_examples=12, derandomize=True, deadline=None)
+settings.register_profile("ci", max_examples=80, derandomize=True, deadline=None)  # .ci/run, after the suite
+settings.register_profile("large", max_examples=400, derandomize=True, deadline=None)
 settings.load_profile(os.environ.get("SFT_HYPOTHESIS_PROFILE", "default"))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest's hook signature
+    from generated import TALLY
+
+    if TALLY.cases:
+        for line in TALLY.lines():
+            terminalreporter.write_line(line)

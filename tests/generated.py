@@ -79,15 +79,24 @@ def snapshot(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
 
 
 @dataclass
-class Outcome:
-    """Counts over a generated run, for the closing summary."""
+class Tally:
+    """What every checked case ended in, printed at the end of the test session (conftest.py)."""
 
     cases: int = 0
-    by_code: dict[int, int] = field(default_factory=dict)
+    codes: dict[int, int] = field(default_factory=dict)
+    tracebacks: int = 0
+    changed: int = 0
+    left_behind: int = 0
+    unnamed: int = 0
 
-    def add(self, code: int) -> None:
-        self.cases += 1
-        self.by_code[code] = self.by_code.get(code, 0) + 1
+    def lines(self) -> list[str]:
+        codes = ", ".join(f"exit {c}: {n}" for c, n in sorted(self.codes.items()))
+        return [f"generated and reported bad inputs: {self.cases} cases ({codes}); tracebacks {self.tracebacks}, "
+                f"files lost or changed {self.changed}, folders or files left behind {self.left_behind}, "
+                f"exit-2 messages naming nothing given {self.unnamed}"]
+
+
+TALLY = Tally()
 
 
 def check_promise(result: Any, before: dict[str, str], after: dict[str, str], names: list[str],
@@ -96,6 +105,15 @@ def check_promise(result: Any, before: dict[str, str], after: dict[str, str], na
     new_ok: path prefixes a successful command may add (its run or output); case: what was done to the
     input, for the failure's message."""
     text = result.stdout + result.stderr
+    changed = sorted(k for k in before if after.get(k) != before[k])
+    added = sorted(k for k in after if k not in before)
+    named = result.returncode != 2 or any(n and n in result.stderr for n in names)
+    TALLY.cases += 1
+    TALLY.codes[result.returncode] = TALLY.codes.get(result.returncode, 0) + 1
+    TALLY.tracebacks += "Traceback" in text
+    TALLY.changed += bool(changed)
+    TALLY.left_behind += bool(added) and result.returncode != 0
+    TALLY.unnamed += not named
     where = f"{case}\nsft {' '.join(a[:80] for a in result.argv)}\nexit {result.returncode}\n{text[-3000:]}"
     assert not result.timed_out, f"did not finish in time (a bad value accepted?):\n{where}"
     assert "Traceback" not in text, f"traceback:\n{where}"
@@ -103,10 +121,8 @@ def check_promise(result: Any, before: dict[str, str], after: dict[str, str], na
     if result.returncode == 2:
         # sft's own message, or argparse's for Hydra's flags (--cfg without its argument).
         assert "error:" in result.stderr, f"no error message:\n{where}"
-        assert any(n and n in result.stderr for n in names), f"the message names none of {names}:\n{where}"
-    changed = sorted(k for k in before if after.get(k) != before[k])
+        assert named, f"the message names none of {names}:\n{where}"
     assert not changed, f"changed or removed: {changed}\n{where}"
-    added = sorted(k for k in after if k not in before)
     if result.returncode != 0:
         assert not added, f"left behind: {added[:10]}\n{where}"
     else:

@@ -121,6 +121,7 @@ def test_damaged_training_state_stops_resume_before_step_1(forked, tmp_path, ref
         check_promise(r, before, snapshot(root), names, codes=(2,), case=what)
 
 
+MIX = "+strategy=mix data.labels_per_class=3"
 BAD_VALUES = [
     ("seed=-1", "seed"), ("model.max_length=1e29", "model.max_length"), ("model=1", "model"), ("data=null", "data"),
     ("trainer.batch_size=4611686018427387904", "trainer.batch_size"), ("model.tiny_heads=1e29", "model.tiny_heads"),
@@ -128,9 +129,11 @@ BAD_VALUES = [
     ("run_name=${foo}", "run_name"), ("run_root=${oc.env:SFT_SURELY_UNSET}", "run_root"),
     ("cache_dir=${oc.env:SFT_SURELY_UNSET}", "cache_dir"), ("run_root=plain.txt", "run_root"),
     ("cache_dir=plain.txt", "cache_dir"),
-    *[(f"{key}=inf", key) for key in ("loss.supcon_weight", "loss.self_training_weight", "loss.consistency_weight",
-                                      "optim.lr", "optim.weight_decay", "loss.supcon_tau", "optim.eps")],
-    ("+strategy=mix lambda=inf", "lambda"), ("+strategy=mix tau=inf", "tau"), ("+strategy=mix lambda=nan", "lambda"),
+    *[(f"{key}=inf", key) for key in ("loss.supcon_weight", "optim.lr", "optim.weight_decay", "loss.supcon_tau",
+                                      "optim.eps")],
+    # With unlabeled texts, so that the terms that read them run (and would meet the inf at step 1).
+    *[(f"{key}=inf {MIX}", key) for key in ("loss.self_training_weight", "loss.consistency_weight")],
+    (f"lambda=inf {MIX}", "lambda"), (f"tau=inf {MIX}", "tau"), (f"lambda=nan {MIX}", "lambda"),
 ]
 
 
@@ -138,7 +141,8 @@ BAD_VALUES = [
 def test_a_bad_value_is_exit_2_at_validation(forked, tmp_path, data_dir, override, key) -> None:
     (tmp_path / "plain.txt").write_text("a file, not a folder")
     before = snapshot(tmp_path)
-    r = forked("train", *FAST, *data_args(data_dir), *override.split(" "), cwd=tmp_path, timeout=120)
+    args = [a for a in data_args(data_dir) if "labels_per_class" not in a or "labels_per_class" not in override]
+    r = forked("train", *FAST, *args, *override.split(" "), cwd=tmp_path, timeout=120)
     check_promise(r, before, snapshot(tmp_path), [key], codes=(2,), case=override)
     assert "step 1" not in r.stdout + r.stderr  # refused before training, not stopped at its first step
 
@@ -156,7 +160,8 @@ BAD_FILES = [
     ("latin1.jsonl", '{"text": "caf\u00e9", "label": "q"}\n'.encode("latin-1") * 4, "data.train", "latin1.jsonl"),
     ("nan.csv", b"text,label\nhello there,q\nno label here,\nbye,s\n", "data.train", "row 2"),
     ("NaN.csv", b"text,label\nhello there,q\nno label here,NaN\nbye,s\n", "data.train", "row 2"),
-    ("binary.txt", bytes(range(256)) * 16, "data.unlabeled", "binary.txt"),
+    # Valid UTF-8, but a binary file: NUL bytes between the readable parts.
+    ("binary.txt", b"\x00\x01\x02\x03 object \x00\x00\x10 data\x7f\n" * 50, "data.unlabeled", "binary.txt"),
 ]
 
 
