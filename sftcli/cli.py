@@ -211,8 +211,10 @@ def _run_hydra(command: str, args: list[str], debug: bool) -> int:
     _STATE.update(command=command, debug=debug, multirun=multirun, failures=[], exit_code=0)
     task = _train_task if command == "train" else _eval_task
     app = hydra.main(version_base=None, config_path=str(config_dir()), config_name=command)(task)
-    # The job name first: after a flag such as -m, argparse takes no more overrides.
-    sys.argv = [f"sft-{command}", f"hydra.job.name={command}", *args]
+    # -m first and the overrides together: argparse takes one run of overrides, not two split by a flag.
+    multirun_flags = [a for a in args if a in ("-m", "--multirun")]
+    args = [*multirun_flags, *(a for a in args if a not in multirun_flags)]
+    sys.argv = [f"sft-{command}", *args, f"hydra.job.name={command}"]
     if any(a in _HYDRA_FLAGS or a.startswith(("--cfg", "--info")) for a in args):
         sys.argv = [sys.argv[0], *args]  # Hydra's own flags: leave the job name alone
     try:

@@ -135,7 +135,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, forked) 
 # SFT_HYPOTHESIS_PROFILE=ci is CI's longer pass, =large the larger run (docs/reliability.md).
 from hypothesis import settings  # noqa: E402
 
-settings.register_profile("default", max_examples=12, derandomize=True, deadline=None)
+settings.register_profile("default", max_examples=6, derandomize=True, deadline=None)
 settings.register_profile("ci", max_examples=80, derandomize=True, deadline=None)  # .ci/run, after the suite
 settings.register_profile("large", max_examples=400, derandomize=True, deadline=None)
 settings.load_profile(os.environ.get("SFT_HYPOTHESIS_PROFILE", "default"))

@@ -2,8 +2,8 @@
 once, then forks a child per command line, which runs `sftcli.cli.main(argv)` exactly as the console
 script does, with its own working directory, environment, stdout and stderr. A fresh interpreter spends
 about 3 s importing torch and transformers; a forked child starts at once, so the generated tests can
-afford hundreds of command lines. tests/test_generated_inputs.py checks that a few cases end the same
-way here as in a fresh `python -m sftcli`.
+afford hundreds of command lines. The SFT_TEST_* fault hooks (sftcli/faults.py) are read once, at import:
+a test that needs one runs a fresh process (the `sft` fixture).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 from conftest import FAST, data_args
 from generated import (
     DAMAGE,
@@ -256,3 +257,14 @@ def test_damaged_checkpoints_and_model_dirs(base, forked, reference, data_dir, d
         check_promise(r, ws.before, ws.after(), names, new_ok=new_ok, codes=(0, 2), case=case)
     finally:
         ws.close()
+
+
+@pytest.mark.parametrize("args", [["seed=-1"], ["model=1"], ["data.train=/nonexistent.csv"], ["trainer.max_steps=1"]])
+def test_the_forked_cli_ends_as_a_fresh_process_does(sft, forked, tmp_path, args) -> None:
+    """The generated cases run in forked children (tests/forked_cli.py): the same exit code and message
+    as `python -m sftcli` in a fresh interpreter."""
+    fresh = sft("train", "model=tiny", "data=files", "data.train=/dev/null", *args, "run_root=fresh")
+    child = forked("train", "model=tiny", "data=files", "data.train=/dev/null", *args, "run_root=forked",
+                   cwd=tmp_path)
+    assert child.returncode == fresh.returncode
+    assert child.stderr.strip().splitlines()[-1] == fresh.stderr.strip().splitlines()[-1]

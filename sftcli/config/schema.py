@@ -117,8 +117,8 @@ class ModelConfig(Group):
                                                   "tokens) | cls")
     head_pooling: Literal["pooler", "mean"] = key(
         "pooler", "what the classifier reads: pooler (the model's own: BERT = CLS + dense + tanh) | mean")
-    max_length: int = key(128, "tokens per text (at most what the model's position embeddings reach)", ge=8,
-                          le=65536)
+    # At most what the model's position embeddings reach: checked when the model is loaded.
+    max_length: int = key(128, "tokens per text", ge=8, le=65536)
     dropout: float | None = key(None, "set every dropout probability of the encoder; null keeps the model's own",
                                 ge=0, lt=1)
     class_prior: Literal["labeled", "unlabeled"] = key(
