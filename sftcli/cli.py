@@ -12,43 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-COMMANDS = {
-    "train": "fine-tune an encoder (Hydra app): sft train [+strategy=mix|alternate] [key=value ...]",
-    "eval": "evaluate a checkpoint or a run's best checkpoint: sft eval checkpoint=PATH [split=validation]",
-    "predict": "label new texts: sft predict checkpoint=PATH input=FILE output=FILE",
-    "report": "tables and plots over run and sweep dirs: sft report PATH... [metric=test/accuracy]",
-}
-HYDRA_COMMANDS = ("train", "eval")
+from sftcli import jobs
+from sftcli.catalog import COMMANDS, HYDRA_COMMANDS, config_dir, config_groups
 
-
-def config_dir() -> Path:
-    """The Hydra config directory: the installed package data, or the repository's configs/. Its files
-    compose on the schema's base configs, which this registers with Hydra first."""
-    from sftcli.config import register
-
-    register()
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "configs", here.parent / "configs"):
-        if (candidate / "train.yaml").is_file():
-            return candidate
-    try:
-        import importlib.resources
-
-        path = Path(str(importlib.resources.files("sftcli.configs")))
-        if (path / "train.yaml").is_file():
-            return path
-    except ModuleNotFoundError:
-        pass
-    raise RuntimeError("sft's configs directory is missing from the installation")
-
-
-def config_groups() -> dict[str, list[str]]:
-    root = config_dir()
-    groups = {}
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__")):
-        groups[d.name] = sorted(f.stem for f in d.glob("*.yaml"))
-    return groups
-
+__all__ = ["COMMANDS", "config_dir", "config_groups", "main", "usage"]
 
 def usage() -> str:
     from sftcli.helptext import EXAMPLES, columns, read_yaml_doc
@@ -179,7 +146,8 @@ def _report_error(exc: BaseException, debug: bool) -> None:
 # Hydra commands
 
 
-_STATE: dict[str, Any] = {}
+# What the command's Hydra jobs ended in (sftcli/jobs.py), read for the exit code.
+_STATE = jobs.STATE
 
 
 def _run_hydra(command: str, args: list[str], debug: bool) -> int:
@@ -267,14 +235,6 @@ def _precheck(command: str, args: list[str]) -> None:
     _STATE["claim"] = claim(planned.directory, continues=planned.continues, what=what, keys=keys, hint=hint)
 
 
-def sweep_job_failed(overrides: list[str], message: str, code: int) -> float | None:
-    """A sweep job that ran in its own process (submitit) and failed or was preempted: counted with the
-    sweep's failures like an in-process job's; returns the value its sweeper gets."""
-    _STATE["failures"].append(f"[{' '.join(overrides)}] {message}")
-    _STATE["exit_code"] = _STATE["exit_code"] or code
-    return _missing_value()
-
-
 def _job_failed(exc: BaseException, code: int) -> None:
     from hydra.core.hydra_config import HydraConfig
 
@@ -334,7 +294,7 @@ def _handle(fn: Callable[[Any], Any], cfg: Any) -> Any:
             cluster.end_preempted_job()  # requeued by submitit, or exit 75: no result either way
         if _STATE["multirun"]:
             # The sweep goes on; the job's value is missing (NaN for sweepers that need a number).
-            return _missing_value()
+            return jobs.missing_value()
         sys.exit(int(code))
 
 
@@ -350,18 +310,6 @@ def _job_process_state() -> None:
     name = str(hydra_cfg.job.name)
     _STATE.update(command=name if name in HYDRA_COMMANDS else "train", multirun=hydra_cfg.mode == RunMode.MULTIRUN,
                   debug=_debug_requested([str(o) for o in hydra_cfg.overrides.task]), failures=[], exit_code=0)
-
-
-def _missing_value() -> float | None:
-    """A failed sweep job's value. The Optuna sweeper records None as a failed trial and goes on, while a
-    NaN makes its study.tell raise and ends the whole sweep; other sweepers get NaN."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        target = str(HydraConfig.get().sweeper.get("_target_", ""))
-    except ValueError:
-        target = ""
-    return None if "optuna" in target.lower() else float("nan")
 
 
 def _train_task(cfg: Any) -> Any:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftcli.cli import COMMANDS, config_dir, config_groups
+from sftcli.catalog import COMMANDS, config_dir, config_groups
 
 # Groups that a command adds with +GROUP=OPTION (they are not in its defaults list), and what their
 # absence means.
@@ -26,7 +26,7 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("sft train", "supervised baseline (embedded MiniLM + TREC-6)"),
         ("sft train +strategy=mix lambda=0.5", "semi-supervised"),
         ("sft train -m +strategy=alternate,mix lambda=0.1,0.5", "sweep (one run dir per job)"),
-        ("sft train +recipe=self_training", "self-training with fresh students (best measured)"),
+        ("sft train +recipe=best", "few labels + unlabeled texts: the recommended recipe"),
         ("sft train trainer.nproc=2", "2 processes (torch.distributed)"),
         ("sft train data=files data.train=train.csv --help", "the keys that an option brings, with its values"),
     ],

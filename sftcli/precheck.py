@@ -59,7 +59,7 @@ def check_config(command: str, overrides: list[str], multirun: bool = False) -> 
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from sftcli.cli import config_dir
+    from sftcli.catalog import config_dir
     from sftcli.config import parse_eval, parse_train
 
     if multirun:
@@ -125,7 +125,7 @@ def _first_job(overrides: list[str]) -> list[str]:
 
 def _group_value_message(command: str, overrides: list[str]) -> str | None:
     """`model=1`, `data=null`: a config group takes one of its options' names."""
-    from sftcli.cli import config_groups
+    from sftcli.catalog import config_groups
 
     groups = config_groups()
     for arg in overrides:
@@ -139,7 +139,7 @@ def composition_message(command: str, text: str, overrides: list[str]) -> str:
     """sft's message for a composition error of Hydra's (its text parsed: Hydra has no error codes)."""
     import re
 
-    from sftcli.cli import config_groups
+    from sftcli.catalog import config_groups
 
     first = text.strip().splitlines()[0] if text.strip() else text
     m = re.search(r"Could not override '([^']+)'", text)
@@ -169,7 +169,7 @@ def composition_message(command: str, text: str, overrides: list[str]) -> str:
 def added_group_message(command: str, key: str, overrides: list[str]) -> str | None:
     """`strategy=mix` or `strategy.name=mix` for a group that the command adds with a `+` and that was not
     added: name the `+GROUP=OPTION` that was meant, not a spelling guess."""
-    from sftcli.cli import config_groups
+    from sftcli.catalog import config_groups
     from sftcli.helptext import ADDED_GROUPS
 
     group, _, sub = key.partition(".")
@@ -194,7 +194,7 @@ def closest_key(command: str, key: str) -> str | None:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from sftcli.cli import config_dir
+    from sftcli.catalog import config_dir
     from sftcli.config.store import group_keys
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name=command):

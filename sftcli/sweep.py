@@ -80,7 +80,7 @@ class SweepSummary(Callback):
             print(f"sft: sweep summary ({len(rows)} job(s), {failed} not completed): {path}", file=sys.stderr)
 
 
-def _job_num(run_dir: Path, fallback: int) -> int:
+def job_num(run_dir: Path, fallback: int) -> int:
     from sftcli.report import read_yaml
 
     hydra_cfg = read_yaml(run_dir / ".hydra" / "hydra.yaml")
@@ -99,7 +99,7 @@ def sweep_rows(sweep_dir: Path, job_errors: dict[int, str] | None = None) -> lis
     rows = []
     for i, run_dir in enumerate(job_dirs):
         run = load_run(run_dir)
-        num = _job_num(run_dir, i)
+        num = job_num(run_dir, i)
         # One line per row: multi-line validation messages stay readable in spreadsheets and grep.
         status, error = run.status, " ".join((run.error or "").split())
         if num in job_errors and status != "completed":

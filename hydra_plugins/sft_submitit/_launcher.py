@@ -61,7 +61,7 @@ def _collect(job: Any, overrides: list[str], num: int, sweep_dir: Path) -> JobRe
     missing one) counted; else a stand-in holding the value sweepers expect for a failed job."""
     from submitit.core.utils import FailedJobError, UncompletedJobError
 
-    from sftcli.cli import sweep_job_failed
+    from sftcli.jobs import sweep_job_failed
 
     try:
         ret: JobReturn = job.results()[0]
@@ -79,10 +79,10 @@ def _collect(job: Any, overrides: list[str], num: int, sweep_dir: Path) -> JobRe
 
 
 def _job_dir(sweep_dir: Path, num: int) -> Path | None:
-    from sftcli.sweep import _job_num
+    from sftcli.sweep import job_num
 
     for path in sweep_dir.rglob(".hydra/hydra.yaml"):
-        if _job_num(path.parent.parent, -1) == num:
+        if job_num(path.parent.parent, -1) == num:
             return path.parent.parent
     return None
 

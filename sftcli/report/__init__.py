@@ -12,7 +12,8 @@ options and `run_report`). The package imports only the standard library at impo
 must stay instant, and the sweep callback (sftcli.sweep) reuses the run readers inside Hydra's process.
 """
 
-from sftcli.report.collect import Run, find_runs, flat_config, is_run_dir, load_run, read_yaml
+from sftcli.report.collect import Run, flat_config, is_run_dir, load_run, read_yaml
 from sftcli.report.command import run_report
+from sftcli.report.find import find_runs
 
 __all__ = ["Run", "find_runs", "flat_config", "is_run_dir", "load_run", "read_yaml", "run_report"]

@@ -4,15 +4,11 @@ read into a :class:`Run` with its flattened config, overrides and summary. Also 
 
 from __future__ import annotations
 
-import glob
 import json
-import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from sftcli.errors import UserError
 
 # loss.weight / loss.tau are `${lambda}` / `${tau}` in YAML: the same knob twice, shown once.
 ALIASES = {"loss.weight": "lambda", "loss.tau": "tau"}
@@ -107,51 +103,7 @@ def is_run_dir(path: Path) -> bool:
     return (path / "summary.json").is_file() and (path / ".hydra" / "overrides.yaml").is_file()
 
 
-def _expand(arg: str) -> list[Path]:
-    path = Path(arg).expanduser()
-    if path.exists():
-        return [path]
-    if glob.has_magic(arg):
-        matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(arg), recursive=True))
-        if matches:
-            return matches
-        raise UserError(f"{arg}: the pattern matches nothing")
-    raise UserError(f"{arg}: no such file or directory")
-
-
-def find_runs(args: Sequence[str]) -> list[Run]:
-    """Run dirs under the given paths (recursively), each once, in path order; a .csv path is an earlier
-    report's runs.csv, read back row by row."""
-    from sftcli.report.runs_csv import is_runs_csv, read_runs_csv
-
-    seen: set[Path] = set()
-    runs: list[Run] = []
-    for arg in args:
-        found = 0
-        for path in _expand(arg):
-            if is_runs_csv(path):
-                for run in read_runs_csv(path):
-                    found += 1
-                    if run.path not in seen:
-                        seen.add(run.path)
-                        runs.append(run)
-                continue
-            if path.is_file():
-                if path.name not in ("config.yaml", "summary.json"):
-                    continue  # another file a pattern matched (a log beside the run dirs): not a run
-                path = path.parent  # a run's config.yaml / summary.json names its run
-            for run_dir in _run_dirs_under(path):
-                key = run_dir.resolve()
-                found += 1
-                if key not in seen:
-                    seen.add(key)
-                    runs.append(load_run(run_dir))
-        if not found:
-            raise UserError(f"{arg}: no runs found (a run dir holds config.yaml and summary.json)")
-    return runs
-
-
-def _run_dirs_under(path: Path) -> Iterable[Path]:
+def run_dirs_under(path: Path) -> Iterable[Path]:
     if is_run_dir(path):
         yield path
         return

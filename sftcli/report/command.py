@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sftcli.errors import ConfigError
-from sftcli.report.collect import find_runs
+from sftcli.report.find import find_runs
 from sftcli.report.groups import finite_number, group_runs, label_efficiency, resolve_group_keys, varying_keys
 from sftcli.report.plots import make_plots
 from sftcli.report.tables import group_rows, print_tables, write_csv, write_markdown, write_runs_csv
