@@ -128,7 +128,7 @@ BAD_VALUES = [
     ("run_name=" + "n" * 300, "run_name"), ("run_root=" + "r" * 300, "run_root"), ("cache_dir=" + "c" * 300, "cache_dir"),
     ("run_name=${foo}", "run_name"), ("run_root=${oc.env:SFT_SURELY_UNSET}", "run_root"),
     ("cache_dir=${oc.env:SFT_SURELY_UNSET}", "cache_dir"), ("run_root=plain.txt", "run_root"),
-    ("cache_dir=plain.txt", "cache_dir"),
+    ("cache_dir=plain.txt", "cache_dir"), ("trainer.epochs=1e29", "trainer.epochs"),
     *[(f"{key}=inf", key) for key in ("loss.supcon_weight", "optim.lr", "optim.weight_decay", "loss.supcon_tau",
                                       "optim.eps")],
     # With unlabeled texts, so that the terms that read them run (and would meet the inf at step 1).

@@ -236,7 +236,7 @@ SELECT_METRICS = ("val/accuracy", "val/macro_f1", "val/weighted_f1", "val/roc_au
 class TrainerConfig(Group):
     max_steps: int = key(150, "optimizer steps", ge=1)
     epochs: float | None = key(None, "passes over the labeled set instead of max_steps: ceil(epochs x labeled texts / "
-                                     "batch_size) steps (fractions allowed); null = max_steps", gt=0)
+                                     "batch_size) steps (fractions allowed); null = max_steps", gt=0, le=1e6)
     batch_size: int = key(16, "labeled texts per step, GLOBAL (split across processes)", ge=1)
     unlabeled_batch_size: int = key(32, "unlabeled texts per step, GLOBAL (split across processes)", ge=1)
     eval_batch_size: int = key(128, "texts per evaluation batch (per process)", ge=1)

@@ -19,6 +19,7 @@ import torch
 from sftcli import checkpoint as ckpt
 from sftcli import dist, rundir, speedups
 from sftcli.config import OptimConfig, TrainConfig
+from sftcli.config.fields import INT_MAX
 from sftcli.data import Encoded, encode, load_data
 from sftcli.engine.averaging import WeightAverage
 from sftcli.engine.batches import StepBatches
@@ -174,6 +175,9 @@ def _steps(cfg: TrainConfig, n_labeled: int) -> int:
     # Exact arithmetic on the epochs as typed: in floats 0.1 x 30 / 3 is 1.0000000000000002, one step too many.
     labeled = math.ceil(Fraction(repr(tc.epochs)) * n_labeled / tc.batch_size)
     steps = steps_for_labeled(cfg.strategy, labeled)
+    if steps > INT_MAX:
+        raise ConfigError(f"trainer.epochs={tc.epochs:g} over {n_labeled} labeled texts makes {steps} steps; at most "
+                          f"{INT_MAX} (use fewer epochs)")
     log.info("trainer.epochs=%g: %d steps (%d labeled batches of %d over %d labeled texts)", tc.epochs, steps,
              labeled, tc.batch_size, n_labeled)
     return steps
