@@ -17,8 +17,14 @@ estimates collapse to 0 for a class).
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
+
+log = logging.getLogger("sft")
 
 # A class the classifier never predicts would get log(0): its estimated share is kept at least this.
 MIN_SHARE = 1e-4
@@ -76,3 +82,31 @@ def trained_prior(labeled: np.ndarray, pseudo: np.ndarray | None, pseudo_weight:
     if pseudo is None or pseudo_weight == 0:
         return labeled
     return (labeled + pseudo_weight * pseudo) / (1.0 + pseudo_weight)
+
+
+def fold_unlabeled_prior(model: torch.nn.Module, unlabeled: Any, trained: np.ndarray, names: list[str], seed: int,
+                         probabilities: Callable[[Any], np.ndarray]) -> dict[str, Any]:
+    """model.class_prior=unlabeled, at the end of a run: estimate the unlabeled texts' class prior with the
+    best model (`probabilities` of a text set's token ids; a seeded sample of ESTIMATE_TEXTS at most) and
+    fold it into its head. trained: the prior the best checkpoint was trained under (a self-training
+    student's includes its pseudo-labels). Returns what the run's summary records."""
+    if unlabeled is None or len(unlabeled) == 0:
+        log.info("class prior: no unlabeled texts to estimate it from; the labeled texts' prior stays")
+        return {"folded": False, "reason": "no unlabeled texts"}
+    if len(unlabeled) > ESTIMATE_TEXTS:
+        index = np.sort(np.random.default_rng(seed).choice(len(unlabeled), ESTIMATE_TEXTS, replace=False))
+        unlabeled = unlabeled.subset(index)
+    estimated = estimate_prior(probabilities(unlabeled))
+    trained = np.asarray(trained, dtype=np.float64)
+    shift = logit_shift(estimated, trained)
+    fold_into_head(model, shift)
+    log.info("class prior: estimated from %d unlabeled texts %s (trained under %s), folded into the head",
+             len(unlabeled), _shares(names, estimated), _shares(names, trained))
+    return {"folded": True, "texts": len(unlabeled), "estimated": dict(zip(names, map(float, estimated), strict=True)),
+            "trained": dict(zip(names, map(float, trained), strict=True)),
+            # `sft eval` / `sft predict` of the run add it to the best checkpoint's head, as the export has it.
+            "shift": [float(x) for x in shift]}
+
+
+def _shares(names: list[str], p: np.ndarray) -> str:
+    return " ".join(f"{n}={v:.3f}" for n, v in zip(names, p, strict=True))

@@ -10,26 +10,25 @@ from __future__ import annotations
 import logging
 import math
 import re
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from sftcli import checkpoint as ckpt
 from sftcli import dist, rundir, speedups
-from sftcli.config import OptimConfig, TrainConfig
+from sftcli.config import OptimConfig, TrainConfig, TrainerConfig
 from sftcli.config.fields import INT_MAX
-from sftcli.data import Encoded, encode, load_data
+from sftcli.data import DataBundle, Encoded, encode, load_data
 from sftcli.engine.averaging import WeightAverage
-from sftcli.engine.batches import StepBatches
-from sftcli.engine.state import seed_everything
 from sftcli.errors import ConfigError, DataError
-from sftcli.evaluate import resolve_precision
 from sftcli.model import build_model, load_tokenizer, tokenizer_fingerprint
 from sftcli.objectives import Objective, build_objectives
 from sftcli.objectives.supervised import class_weights
-from sftcli.prior import head_layer, labeled_prior
+from sftcli.prior import head_layer
 from sftcli.strategy import steps_for_labeled
 
 log = logging.getLogger("sft")
@@ -39,31 +38,39 @@ def cache_root(cfg: TrainConfig) -> Path:
     return rundir.cache_root(cfg.cache_dir)
 
 
-def build(engine: Any) -> None:
-    """Fill `engine` (an :class:`~sftcli.engine.loop.Engine`) with everything its loop reads."""
-    cfg, env, tc = engine.cfg, engine.env, engine.tc
-    from transformers.utils import logging as hf_logging
+@dataclass
+class TokenIds:
+    """The tokenizer and the token ids of every text set the run reads (cached on disk by content)."""
 
-    hf_logging.disable_progress_bar()  # sft shows its own progress; no per-save bars from transformers
-    engine.precision = resolve_precision(tc.precision, env.device)
-    seed_everything(cfg.seed)
-    engine.data = data = load_data(cfg.data, cfg.seed)
+    tokenizer: Any
+    pad_id: int
+    labeled: Encoded
+    validation: Encoded | None
+    test: Encoded | None
+    unlabeled: Encoded | None  # with a strategy or model.class_prior=unlabeled, else None
+    fingerprint: str  # the tokenizer's, part of every cache key
+
+
+def setup_data(cfg: TrainConfig) -> tuple[DataBundle, int, np.ndarray | None]:
+    """The data, the run's steps and the class weights: what the data decides, checked before the model
+    loads (the steps of trainer.epochs, the class weights, a metric that needs two classes)."""
+    data = load_data(cfg.data, cfg.seed)
     for note in data.notes:
         log.info("data: %s", note)
-    # What the data decides, checked before the model loads: the steps of trainer.epochs, the class
-    # weights, a metric that needs two classes.
-    engine.max_steps = training_steps(cfg, len(data.labeled))
+    max_steps = training_steps(cfg, len(data.labeled))
     weights = class_weights(cfg.loss.class_weights, data.label_names, data.labeled.labels)
     if weights is not None:
         log.info("loss: class weights (%s): %s", "balanced" if cfg.loss.class_weights == "balanced" else "given",
                  ", ".join(f"{name}={w:.6g}" for name, w in zip(data.label_names, weights, strict=True)))
-    engine.class_weights = weights
-    if tc.select_metric == "val/roc_auc" and len(data.label_names) != 2:
+    if cfg.trainer.select_metric == "val/roc_auc" and len(data.label_names) != 2:
         raise ConfigError(f"trainer.select_metric=val/roc_auc needs two classes; the data has "
                           f"{len(data.label_names)} ({', '.join(data.label_names)}): choose val/accuracy, "
                           "val/macro_f1 or val/weighted_f1")
-    engine.tokenizer = tokenizer = load_tokenizer(cfg.model)
-    engine.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return data, max_steps, weights
+
+
+def setup_tokens(cfg: TrainConfig, data: DataBundle) -> TokenIds:
+    tokenizer = load_tokenizer(cfg.model)
     cache, tok_fp = cache_root(cfg), tokenizer_fingerprint(tokenizer)
 
     def enc(ts: Any, name: str) -> Encoded | None:
@@ -76,56 +83,73 @@ def build(engine: Any) -> None:
         return out
 
     labeled = enc(data.labeled, "labeled")
-    engine.enc_val, engine.enc_test = enc(data.validation, "validation"), enc(data.test, "test")
+    assert labeled is not None
+    validation, test = enc(data.validation, "validation"), enc(data.test, "test")
     wants_unlabeled = cfg.strategy is not None or cfg.model.class_prior == "unlabeled"
-    engine.enc_unlabeled = enc(data.unlabeled, "unlabeled") if wants_unlabeled else None
-    unlabeled = engine.enc_unlabeled if cfg.strategy is not None else None
-    # The class prior the model is trained under (sftcli/prior.py): the labeled texts' until a
-    # self-training round adds pseudo-labeled ones; each checkpoint records it.
-    engine.labeled_prior = engine.train_prior = labeled_prior(data.labeled.labels, len(data.label_names))
+    unlabeled = enc(data.unlabeled, "unlabeled") if wants_unlabeled else None
     if cfg.strategy is not None and (unlabeled is None or len(unlabeled) == 0):
         raise DataError("a strategy needs unlabeled texts: set data.labels_per_class (the rest of train becomes "
                         "unlabeled) or data.unlabeled=FILE")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return TokenIds(tokenizer, pad_id, labeled, validation, test, unlabeled, tok_fp)
 
-    engine.model = model = build_model(cfg.model, data.label_names, cfg.seed)
+
+def setup_model(cfg: TrainConfig, data: DataBundle) -> torch.nn.Module:
+    model = build_model(cfg.model, data.label_names, cfg.seed)
     if cfg.model.class_prior == "unlabeled":
         # Checked now, not after training: the end of the run folds the prior into this layer's bias.
         try:
             head_layer(model, len(data.label_names))
         except ValueError as exc:
             raise ConfigError(f"model.class_prior=unlabeled: {exc}; use model.class_prior=labeled") from exc
+    return model
+
+
+def setup_objectives(cfg: TrainConfig, model: torch.nn.Module, data: DataBundle, tokens: TokenIds,
+                     env: dist.DistEnv, weights: np.ndarray | None) -> list[Objective]:
+    unlabeled = tokens.unlabeled if cfg.strategy is not None else None
     hidden = data.unlabeled.hidden_labels if data.unlabeled is not None else None
-    engine.objectives = objectives = build_objectives(
-        cfg, model, unlabeled, hidden, engine.pad_id, env, cache,
-        teacher_key=(tok_fp, str(cfg.model.max_length), cfg.model.pooling, data.fingerprint()),
-        class_weights=weights)
-    for note in speedups.apply_to_model(model, tc, env.device, engine.precision):
+    return build_objectives(cfg, model, unlabeled, hidden, tokens.pad_id, env, cache_root(cfg),
+                            teacher_key=(tokens.fingerprint, str(cfg.model.max_length), cfg.model.pooling,
+                                         data.fingerprint()),
+                            class_weights=weights)
+
+
+def setup_device(model: torch.nn.Module, objectives: list[Objective], tc: TrainerConfig, env: dist.DistEnv,
+                 precision: str) -> tuple[torch.nn.Module, WeightAverage | None]:
+    """The model (and the objectives' own modules) on the device, wrapped for DDP; the training forward
+    (compiled with trainer.compile) and the weight average (trainer.ema_decay)."""
+    for note in speedups.apply_to_model(model, tc, env.device, precision):
         log.debug("model: %s", note)
     model.to(env.device)
-    engine.ddp_model = dist.wrap_model(env, model)
+    ddp_model = dist.wrap_model(env, model)
     # After the wrap, which gives every rank rank 0's weights: the average starts from those.
-    engine.average = WeightAverage(model, tc.ema_decay) if tc.ema_decay is not None else None
+    average = WeightAverage(model, tc.ema_decay) if tc.ema_decay is not None else None
     for objective in objectives:
-        objective.to_train(engine)
+        objective.to_train()
     if tc.compile:
         # The training forward only (evaluation and checkpoints use the plain module). dynamic=True:
         # dynamically padded batches change shape every step, and one graph serves them all.
-        engine.ddp_model = torch.compile(engine.ddp_model, dynamic=True)
+        ddp_model = torch.compile(ddp_model, dynamic=True)
         log.info("model: the training forward is compiled (torch.compile); the first steps compile it")
-    engine.optimizer = build_optimizer(cfg.optim, engine.named_parameters())
-    engine.scheduler = build_scheduler(engine.optimizer, engine.max_steps, cfg.optim.warmup_ratio,
-                                       _period(objectives))
-    engine.scaler = torch.amp.GradScaler("cuda") if engine.precision == "fp16" else None
-    # A full disk found now, not at the first save: a checkpoint holds the weights and AdamW's two
-    # moments of every trained parameter (and a save writes the new one before pruning old ones).
-    trained = sum(p.numel() * 4 for _, p in engine.named_parameters() if p.requires_grad)
+    return ddp_model, average
+
+
+def setup_optimizer(cfg: TrainConfig, named: list[tuple[str, torch.nn.Parameter]], max_steps: int,
+                    objectives: list[Objective]) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    optimizer = build_optimizer(cfg.optim, named)
+    return optimizer, build_scheduler(optimizer, max_steps, cfg.optim.warmup_ratio, _period(objectives))
+
+
+def check_disk_space(run_dir: Path, model: torch.nn.Module, named: list[tuple[str, torch.nn.Parameter]],
+                     averaged: bool) -> None:
+    """A full disk found now, not at the first save: a checkpoint holds the weights and AdamW's two
+    moments of every trained parameter (and a save writes the new one before pruning old ones)."""
+    trained = sum(p.numel() * 4 for _, p in named if p.requires_grad)
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    if engine.average is not None:
+    if averaged:
         weights *= 2  # the raw weights go into the training state beside the averaged ones
-    ckpt.check_free_space(engine.run_dir, int(1.1 * (weights + 2 * trained)))
-    engine.batches = StepBatches(cfg, data, labeled, unlabeled, tokenizer, engine.pad_id, env)
-    if env.is_main:
-        ckpt.clean_temporary(engine.ckpt_dir)
+    ckpt.check_free_space(run_dir, int(1.1 * (weights + 2 * trained)))
 
 
 def training_steps(cfg: TrainConfig, n_labeled: int) -> int:

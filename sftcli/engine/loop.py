@@ -19,21 +19,23 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers.utils import logging as hf_logging
 
 from sftcli import checkpoint as ckpt
 from sftcli import cluster, dist, faults, prior, speedups
 from sftcli.config import TrainConfig
-from sftcli.engine import state
+from sftcli.data import DataBundle, Encoded
+from sftcli.engine import build, state
 from sftcli.engine.averaging import WeightAverage
-from sftcli.engine.build import build
+from sftcli.engine.batches import StepBatches
 from sftcli.engine.early_stopping import EarlyStopping
 from sftcli.engine.metrics import MetricWindow
 from sftcli.engine.progress import Progress
 from sftcli.errors import ConfigError, NonFiniteError, Preempted
-from sftcli.evaluate import autocast, evaluate, predict_logits, scalar_metrics
+from sftcli.evaluate import autocast, evaluate, predict_logits, resolve_precision, scalar_metrics
 from sftcli.export import MODEL_DIR, export_model, model_card
 from sftcli.losses import softmax
-from sftcli.objectives import StepView, Term
+from sftcli.objectives import Objective, StepView, Term
 from sftcli.objectives.base import ALL_UNLABELED, UnlabeledRows
 from sftcli.runlog import MetricsWriter, format_metrics, format_value, record_in_config
 from sftcli.trackers import Trackers, build_trackers
@@ -56,22 +58,56 @@ class Engine:
         self.best_step: int | None = None
         self.val_metric: float | None = None  # select_metric of the last evaluation
         self.early_stopping = EarlyStopping(self.tc.early_stopping_patience, self.tc.early_stopping_threshold)
-        self.class_weights: Any = None  # the cross-entropy's weight per class, when loss.class_weights is set
         self.nonfinite_skips = 0
         self.resumed_from: Path | None = None
         self.stop_requested = 0
         self.trackers: Trackers | None = None  # rank 0's experiment trackers (trainer.report_to)
-        self.average: WeightAverage | None = None  # trainer.ema_decay: the averaged weights (build sets it)
         # A host copy of the best model so far, when an objective relabels with it (else None).
         self.best_weights: dict[str, torch.Tensor] | None = None
-        # Set by build: the unlabeled texts' token ids (None without a strategy or model.class_prior), the
-        # labeled texts' class prior, and the prior the model trains under now (sftcli/prior.py).
-        self.enc_unlabeled: Any = None
+        # What setup() builds (sftcli/engine/build.py), each assigned there and only there.
+        self.precision: str = "fp32"
+        self.data: DataBundle  # the text sets, labels and label names
+        self.class_weights: np.ndarray | None = None  # the cross-entropy's weight per class (loss.class_weights)
+        self.tokenizer: Any = None
+        self.pad_id = 0
+        self.enc_val: Encoded | None = None  # token ids of the validation and test sets
+        self.enc_test: Encoded | None = None
+        self.enc_unlabeled: Encoded | None = None  # the unlabeled texts' (with a strategy or model.class_prior)
+        # The labeled texts' class prior, and the prior the model trains under now (sftcli/prior.py).
         self.labeled_prior: np.ndarray | None = None
         self.train_prior: np.ndarray | None = None
+        self.model: torch.nn.Module  # the classifier as built (evaluation and checkpoints read it)
+        self.objectives: list[Objective] = []
+        self.ddp_model: torch.nn.Module  # the training forward: the model wrapped for DDP (and compiled)
+        self.average: WeightAverage | None = None  # trainer.ema_decay: the averaged weights
+        self.optimizer: torch.optim.Optimizer
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR
+        self.scaler: torch.amp.GradScaler | None = None  # fp16 only
+        self.batches: StepBatches  # both data streams, positioned (their state goes into checkpoints)
 
     def setup(self) -> None:
-        build(self)  # data, tokenizer, model, objectives, optimizer, scheduler, batches
+        """Build what the loop reads, in a fixed order (sftcli/engine/build.py), then resume and start the
+        trackers."""
+        cfg, tc, env = self.cfg, self.tc, self.env
+        hf_logging.disable_progress_bar()  # sft shows its own progress; no per-save bars from transformers
+        self.precision = resolve_precision(tc.precision, env.device)
+        state.seed_everything(cfg.seed)
+        self.data, self.max_steps, self.class_weights = build.setup_data(cfg)
+        tokens = build.setup_tokens(cfg, self.data)
+        self.tokenizer, self.pad_id = tokens.tokenizer, tokens.pad_id
+        self.enc_val, self.enc_test, self.enc_unlabeled = tokens.validation, tokens.test, tokens.unlabeled
+        self.labeled_prior = self.train_prior = prior.labeled_prior(self.data.labeled.labels, len(self.data.label_names))
+        self.model = build.setup_model(cfg, self.data)
+        self.objectives = build.setup_objectives(cfg, self.model, self.data, tokens, env, self.class_weights)
+        self.ddp_model, self.average = build.setup_device(self.model, self.objectives, tc, env, self.precision)
+        self.optimizer, self.scheduler = build.setup_optimizer(cfg, self.named_parameters(), self.max_steps,
+                                                               self.objectives)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        build.check_disk_space(self.run_dir, self.model, self.named_parameters(), self.average is not None)
+        unlabeled = tokens.unlabeled if cfg.strategy is not None else None
+        self.batches = StepBatches(cfg, self.data, tokens.labeled, unlabeled, self.tokenizer, self.pad_id, env)
+        if env.is_main:
+            ckpt.clean_temporary(self.ckpt_dir)
         if self.env.is_main and (self.tc.epochs is not None or self.cfg.loss.self_training_rounds is not None):
             # config.yaml records the run as resolved; the steps of trainer.epochs and the length of a
             # self-training round are known only now that the labeled set is loaded.
@@ -424,30 +460,13 @@ class Engine:
         return summary
 
     def _fold_class_prior(self, best: Path) -> dict[str, Any]:
-        """model.class_prior=unlabeled: estimate the unlabeled texts' class prior with the best model and
-        fold it into its head (sftcli/prior.py). Returns what the summary records."""
-        enc = self.enc_unlabeled
-        if enc is None or len(enc) == 0:
-            log.info("class prior: no unlabeled texts to estimate it from; the labeled texts' prior stays")
-            return {"folded": False, "reason": "no unlabeled texts"}
-        if len(enc) > prior.ESTIMATE_TEXTS:
-            index = np.sort(np.random.default_rng(self.cfg.seed).choice(len(enc), prior.ESTIMATE_TEXTS, replace=False))
-            enc = enc.subset(index)
-        probs = softmax(predict_logits(self.model, enc, self.tc.eval_batch_size, self.pad_id, self.env.device,
-                                       self.precision, self.env))
-        estimated = prior.estimate_prior(probs)
-        # The prior the best checkpoint was trained under (a self-training student's includes its
-        # pseudo-labels); checkpoints written before it was recorded were trained under the labeled one.
-        trained = np.asarray(ckpt.read_sft_state(best).get("train_prior", self.labeled_prior), dtype=np.float64)
-        shift = prior.logit_shift(estimated, trained)
-        prior.fold_into_head(self.model, shift)
-        names = self.data.label_names
-        log.info("class prior: estimated from %d unlabeled texts %s (trained under %s), folded into the head",
-                 len(enc), _shares(names, estimated), _shares(names, trained))
-        return {"folded": True, "texts": len(enc), "estimated": dict(zip(names, map(float, estimated), strict=True)),
-                "trained": dict(zip(names, map(float, trained), strict=True)),
-                # `sft eval` / `sft predict` of the run add it to the best checkpoint's head, as the export has it.
-                "shift": [float(x) for x in shift]}
+        """model.class_prior=unlabeled: the unlabeled texts' prior, estimated by the best model (trained under
+        the prior its checkpoint records), folded into its head; what the summary records."""
+        trained = np.asarray(ckpt.read_sft_state(best).get("train_prior", self.labeled_prior))
+        return prior.fold_unlabeled_prior(
+            self.model, self.enc_unlabeled, trained, self.data.label_names, self.cfg.seed,
+            lambda enc: softmax(predict_logits(self.model, enc, self.tc.eval_batch_size, self.pad_id, self.env.device,
+                                               self.precision, self.env)))
 
     # ------------------------------------------------------------------------------------------------
     # signals
@@ -474,6 +493,3 @@ class Engine:
         for sig, old in getattr(self, "_old_handlers", {}).items():
             signal.signal(sig, old)
 
-
-def _shares(names: list[str], p: np.ndarray) -> str:
-    return " ".join(f"{n}={v:.3f}" for n, v in zip(names, p, strict=True))

@@ -131,7 +131,7 @@ class Objective:
         """Parameters this objective trains besides the model's (optimized with them)."""
         return []
 
-    def to_train(self, engine: Engine) -> None:
+    def to_train(self) -> None:
         """Move own modules to the device and wrap them for DDP (after the model is wrapped)."""
 
     def reset(self) -> None:

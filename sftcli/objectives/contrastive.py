@@ -172,7 +172,7 @@ class Contrastive(Objective):
             return []
         return [(f"{PROJECTION}.{n}", p) for n, p in self.projection.named_parameters()]
 
-    def to_train(self, engine: Engine) -> None:
+    def to_train(self) -> None:
         if self.projection is not None:
             self.projection.to(self.env.device)
             self.ddp_projection = dist.wrap_model(self.env, self.projection)
