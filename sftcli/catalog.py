@@ -42,3 +42,36 @@ def config_groups() -> dict[str, list[str]]:
     for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__")):
         groups[d.name] = sorted(f.stem for f in d.glob("*.yaml"))
     return groups
+
+
+# Examples of each command, with what each does: the one list that `sft --help`, `sft COMMAND --help` and
+# the README's command list show (tests/test_readme.py holds the README to it).
+EXAMPLES: dict[str, list[tuple[str, str]]] = {
+    "train": [
+        ("sft train", "supervised baseline on the embedded default"),
+        ("sft train +strategy=mix lambda=0.5", "semi-supervised, both losses every step"),
+        ("sft train +strategy=alternate lambda=0.5", "labeled step, unlabeled step, ..."),
+        ("sft train +recipe=best", "few labels + unlabeled texts: the recommended recipe"),
+        ("sft train +recipe=self_training", "the earlier self-training recipe (fresh students)"),
+        ("sft train -m +strategy=alternate,mix lambda=0.1,0.5", "Hydra multirun: 4 jobs, one run dir each"),
+        ("sft train trainer.nproc=2", "2 worker processes (torch.distributed, DDP)"),
+        ("sft train resume=auto", "continue the same command's newest run exactly"),
+        ("sft train data=files data.train=train.csv --help", "the keys that an option brings, with its values"),
+    ],
+    "eval": [
+        ("sft eval checkpoint=runs/RUN", "a run dir means its best checkpoint, on the run's own test split"),
+        ("sft eval checkpoint=runs/RUN/checkpoints/step-000100 split=validation", "one checkpoint, validation split"),
+        ("sft eval checkpoint=runs/RUN data=files data.test=test.csv", "other labeled data (the run's label names)"),
+    ],
+    "predict": [
+        ("sft predict checkpoint=runs/RUN input=texts.csv output=pred.jsonl", "the best checkpoint of a run"),
+        ("sft predict checkpoint=runs/RUN input=texts.txt output=pred.csv", "one text per line"),
+        ("sft predict checkpoint=runs/RUN input=pairs.csv output=pred.csv text_column=q text_pair_column=a",
+         "sentence pairs"),
+    ],
+    "report": [
+        ("sft report runs/sweeps/SWEEP", "tables and plots over runs and sweeps"),
+    ],
+}
+# The examples `sft --help` shows (the rest are on each command's own help page).
+USAGE_EXAMPLES = (("train", 0), ("train", 1), ("train", 3), ("train", 5), ("train", 6), ("eval", 0))

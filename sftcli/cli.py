@@ -18,7 +18,8 @@ from sftcli.catalog import COMMANDS, HYDRA_COMMANDS, config_dir, config_groups
 __all__ = ["COMMANDS", "config_dir", "config_groups", "main", "usage"]
 
 def usage() -> str:
-    from sftcli.helptext import EXAMPLES, columns, read_yaml_doc
+    from sftcli.catalog import EXAMPLES, USAGE_EXAMPLES
+    from sftcli.helptext import columns, read_yaml_doc
 
     lines = ["usage: sft COMMAND [key=value ...]", "", "Semi-supervised fine-tuning of text encoders:",
              "  L = L_sup (cross-entropy on labels) + lambda * L_con (InfoNCE towards the frozen encoder)", "",
@@ -30,7 +31,7 @@ def usage() -> str:
         default = defaults.get(group, ("",))[0]
         shown = ", ".join(f"{o} (default)" if o == default else o for o in options)
         lines.append(f"  {group + ':':<10} {shown}")
-    examples = [*EXAMPLES["train"][:5], EXAMPLES["eval"][0]]
+    examples = [EXAMPLES[command][i] for command, i in USAGE_EXAMPLES]
     lines += ["", "examples:", *columns(examples, cap=46),
               "", "sft COMMAND --help shows a command's options. SFT_DEBUG=1 (or debug=true) shows tracebacks."]
     return "\n".join(lines)

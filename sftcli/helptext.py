@@ -13,34 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftcli.catalog import COMMANDS, config_dir, config_groups
+from sftcli.catalog import COMMANDS, EXAMPLES, config_dir, config_groups
 
 # Groups that a command adds with +GROUP=OPTION (they are not in its defaults list), and what their
 # absence means.
 ADDED_GROUPS: dict[str, dict[str, str]] = {
     "train": {"strategy": "none, the supervised baseline", "recipe": "none"},
     "eval": {},
-}
-EXAMPLES: dict[str, list[tuple[str, str]]] = {
-    "train": [
-        ("sft train", "supervised baseline (embedded MiniLM + TREC-6)"),
-        ("sft train +strategy=mix lambda=0.5", "semi-supervised"),
-        ("sft train -m +strategy=alternate,mix lambda=0.1,0.5", "sweep (one run dir per job)"),
-        ("sft train +recipe=best", "few labels + unlabeled texts: the recommended recipe"),
-        ("sft train trainer.nproc=2", "2 processes (torch.distributed)"),
-        ("sft train data=files data.train=train.csv --help", "the keys that an option brings, with its values"),
-    ],
-    "eval": [
-        ("sft eval checkpoint=runs/RUN", "a run's best checkpoint on the run's own test split"),
-        ("sft eval checkpoint=runs/RUN/checkpoints/step-000100 split=validation", "one checkpoint, validation split"),
-        ("sft eval checkpoint=runs/RUN data=files data.test=test.csv", "other labeled data (the run's label names)"),
-    ],
-    "predict": [
-        ("sft predict checkpoint=runs/RUN input=texts.csv output=pred.jsonl", "the best checkpoint of a run"),
-        ("sft predict checkpoint=runs/RUN input=texts.txt output=pred.csv", "one text per line"),
-        ("sft predict checkpoint=runs/RUN input=pairs.csv output=pred.csv text_column=q text_pair_column=a",
-         "sentence pairs"),
-    ],
 }
 HYDRA_FLAGS_HELP = ("Hydra's flags: --cfg job (print the composed config), --info, --hydra-help, "
                     "-m/--multirun (sweeps), --shell-completion")

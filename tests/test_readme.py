@@ -77,3 +77,16 @@ def test_the_readme_links_every_docs_page() -> None:
     linked = {(REPO / link.partition("#")[0]).resolve() for link in links}
     pages = [*(REPO / "docs").glob("*.md"), REPO / "docs" / "results" / "README.md"]
     assert [p for p in pages if p.resolve() not in linked] == []
+
+
+def test_the_command_list_is_the_catalogs_examples() -> None:
+    """The README's command list, `sft --help` and each command's help show one list of examples
+    (sftcli/catalog.py): none can drift from the others."""
+    from sftcli.catalog import COMMANDS, EXAMPLES
+
+    text = README.read_text()
+    block = text[text.index("## Commands\n\n") + len("## Commands\n\n"):text.index("\n\n- `python -m sftcli")]
+    shown = [tuple(part.strip() for part in line.split("  # ", 1)) for line in block.splitlines()]
+    listed = [example for command in COMMANDS for example in EXAMPLES[command]]
+    assert shown == listed
+    assert all(any(c.startswith(f"sft {command}") for c, _ in EXAMPLES[command]) for command in COMMANDS)
