@@ -195,6 +195,7 @@ def _run_hydra(command: str, args: list[str], debug: bool) -> int:
     if multirun and _STATE["failures"]:
         print(f"sft: {len(_STATE['failures'])} job(s) of the sweep failed: " + "; ".join(_STATE["failures"]),
               file=sys.stderr)
+        _release_refused_sweep()
         return _STATE["exit_code"] or 1
     return _STATE["exit_code"]
 
@@ -236,6 +237,16 @@ def _precheck(command: str, args: list[str]) -> None:
     _STATE["claim"] = claim(planned.directory, continues=planned.continues, what=what, keys=keys, hint=hint)
 
 
+def _release_refused_sweep() -> None:
+    """A sweep whose every job was refused before training (all ran in this process) made nothing worth
+    keeping: its directory goes, as a refused single run's does. A sweep with one job that trained keeps
+    every job's directory and sweep.csv."""
+    claim, sweep_dir = _STATE.get("claim"), jobs.STATE.get("sweep_dir")
+    refused_all = _STATE.get("jobs_run", 0) == len(_STATE["failures"]) and not _STATE.get("jobs_started")
+    if claim is not None and sweep_dir is not None and refused_all and not _STATE.get("remote_jobs"):
+        claim.release(Path(sweep_dir))
+
+
 def _job_failed(exc: BaseException, code: int) -> None:
     from hydra.core.hydra_config import HydraConfig
 
@@ -250,6 +261,7 @@ def _job_failed(exc: BaseException, code: int) -> None:
         return
     claim = _STATE.get("claim")
     started = any((run_dir / name).exists() for name in ("checkpoints", "metrics.jsonl", "summary.json"))
+    _STATE["jobs_started"] = _STATE.get("jobs_started", 0) + started
     if not _STATE["multirun"] and (_STATE["command"] == "eval" or not started):
         # A single command refused before it trained (or an evaluation, which writes eval.json last):
         # remove what it made, so a mistyped command leaves nothing behind and touches nothing it found.
@@ -275,8 +287,11 @@ def _handle(fn: Callable[[Any], Any], cfg: Any) -> Any:
     from sftcli.errors import UserError
 
     _job_process_state()
+    _STATE["jobs_run"] = _STATE.get("jobs_run", 0) + 1
     try:
-        return fn(cfg)
+        result = fn(cfg)
+        _STATE["jobs_started"] = _STATE.get("jobs_started", 0) + 1
+        return result
     except (UserError, Exception) as exc:
         exc = _path_error(exc)
         code = getattr(exc, "exit_code", None)

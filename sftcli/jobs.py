@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-# command, debug, multirun, failures, exit_code (set by the CLI before Hydra runs); claim (sftcli/rundir.py)
+# command, debug, multirun, failures, exit_code (set by the CLI before Hydra runs); claim (sftcli/rundir.py);
+# sweep_dir (sftcli/sweep.py, as Hydra resolved it); jobs_run and jobs_started (in this process)
 STATE: dict[str, Any] = {}
 
 
@@ -14,6 +15,7 @@ def sweep_job_failed(overrides: list[str], message: str, code: int) -> float | N
     sweep's failures like an in-process job's; returns the value its sweeper gets."""
     STATE["failures"].append(f"[{' '.join(overrides)}] {message}")
     STATE["exit_code"] = STATE["exit_code"] or code
+    STATE["remote_jobs"] = True  # jobs ran elsewhere: this process cannot tell what they left
     return missing_value()
 
 

@@ -93,7 +93,7 @@ def test_a_head_without_a_bias_is_refused_before_training(tmp_path, cache_dir, m
 
 
 def test_pseudo_labels_are_chosen_under_the_estimated_prior(tmp_path, cache_dir, monkeypatch) -> None:
-    import sftcli.objectives.self_training as st
+    import sftcli.engine.loop as st  # the engine runs the labeling model for the objective that asks
 
     engine = _engine(tmp_path, cache_dir, monkeypatch, [*FRESH, "loss.self_training_prior=unlabeled"])
     n = len(engine.enc_unlabeled)
@@ -103,7 +103,7 @@ def test_pseudo_labels_are_chosen_under_the_estimated_prior(tmp_path, cache_dir,
     monkeypatch.setattr(st, "predict_logits", lambda *a, **k: logits)
     trained_before = engine.train_prior.copy()
     engine.step = engine.cfg.loss.self_training_every
-    objective(engine, "st").before_step(engine)
+    engine.before_step()
 
     probs = softmax(logits)
     expected = prior.reweight(probs, prior.logit_shift(prior.estimate_prior(probs), trained_before))

@@ -112,9 +112,9 @@ def _self_training_value(weights, pseudo, index, logits, rank=0, world=1) -> tor
     st = SelfTraining(LossConfig(self_training_weight=1.0), None, None, None, weights)
     st.pseudo_labels = pseudo
     batch = SimpleNamespace(has_unlabeled=True, unlabeled_index=index)
-    view = SimpleNamespace(batch=batch, unlabeled_logits=logits)
-    engine = SimpleNamespace(env=SimpleNamespace(device=torch.device("cpu"), rank=rank, world_size=world))
-    (term,) = st.contribute(view, engine).terms
+    env = SimpleNamespace(device=torch.device("cpu"), rank=rank, world_size=world)
+    view = SimpleNamespace(batch=batch, unlabeled_logits=logits, env=env)
+    (term,) = st.contribute(view).terms
     return term.value
 
 

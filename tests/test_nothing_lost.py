@@ -131,3 +131,10 @@ def test_a_run_root_that_cannot_hold_folders_is_exit_2(forked, tmp_path, bad) ->
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and ("run_root" in proc.stderr or "run_name" in proc.stderr)
     assert snapshot(tmp_path) == before
+
+
+def test_a_sweep_whose_every_job_is_refused_leaves_nothing(forked, tmp_path) -> None:
+    before = snapshot(tmp_path)
+    proc = forked("train", "-m", "model=tiny", "optim.lr=-1,-2", "run_root=R", cwd=tmp_path)
+    assert proc.returncode == 2 and "optim.lr" in proc.stderr
+    assert snapshot(tmp_path) == before  # R/, R/sweeps/ and the sweep dir were made by it: all gone again

@@ -59,7 +59,7 @@ def test_a_fresh_student_restarts_from_the_initial_weights_and_optimizer(trainer
     assert not torch.equal(objective(trainer, "con").projection.up.weight, initial_head["up.weight"])  # weight decay moved it
     teacher_head = trainer.model.classifier.weight.detach().clone()
 
-    objective(trainer, "st").before_step(trainer)  # step 3 = self_training_every: the teacher labels, the student starts over
+    trainer.before_step()  # step 3 = self_training_every: the teacher labels, the student starts over
 
     assert objective(trainer, "st").pseudo_labels is not None and (objective(trainer, "st").pseudo_labels >= 0).any()
     for key, value in trainer.model.state_dict().items():
@@ -134,7 +134,7 @@ def test_soft_targets_keep_the_teachers_probabilities(trainer) -> None:
 
     trainer.cfg.loss.self_training_targets = "soft"
     trainer.step = 3
-    objective(trainer, "st").before_step(trainer)
+    trainer.before_step()
     probs, labels = objective(trainer, "st").pseudo_probs, objective(trainer, "st").pseudo_labels
     assert probs is not None and probs.shape == (len(labels), len(trainer.data.label_names))
     assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
@@ -161,7 +161,7 @@ def test_an_ensemble_labels_with_the_mean_of_every_teacher_so_far(tmp_path, cach
     trainer.cfg.loss.self_training_ensemble = True
     trainer.step = 3
     first = teacher_probs()
-    objective(trainer, "st").before_step(trainer)
+    trainer.before_step()
     assert np.allclose(objective(trainer, "st").ensemble_probs, first)
     # A second teacher that disagrees: a different classifier.
     with torch.no_grad():
@@ -169,7 +169,7 @@ def test_an_ensemble_labels_with_the_mean_of_every_teacher_so_far(tmp_path, cach
     second = teacher_probs()
     assert (first.argmax(1) != second.argmax(1)).any()
     trainer.step = 6
-    objective(trainer, "st").before_step(trainer)
+    trainer.before_step()
     mean = (first + second) / 2
     assert np.allclose(objective(trainer, "st").ensemble_probs, mean, atol=1e-6)
     kept = objective(trainer, "st").pseudo_labels >= 0
@@ -233,7 +233,7 @@ def test_unlabeled_rows_are_drawn_only_when_a_term_reads_them(trainer) -> None:
     assert (stream.epoch, stream.offset) == (0, 0)
 
     trainer.step = 3
-    st.before_step(trainer)
+    trainer.before_step()
     kept = st.pseudo_labels >= 0
     assert 0 < kept.sum() < len(kept)
     # all (the default): the whole set, pseudo-labeled or not.
@@ -288,7 +288,7 @@ def test_drawing_only_kept_texts_resumes_to_the_bit(sft, tmp_path) -> None:
 
 
 def test_the_best_model_so_far_labels_when_asked(tmp_path, cache_dir, monkeypatch) -> None:
-    import sftcli.objectives.self_training as st
+    import sftcli.engine.loop as st  # the engine runs the labeling model for the objective that asks
 
     engine = _engine(tmp_path, cache_dir, monkeypatch, [*FRESH, "loss.self_training_labeler=best"])
     assert engine._validate()  # the first evaluation is a new best: the engine keeps its weights
@@ -304,7 +304,7 @@ def test_the_best_model_so_far_labels_when_asked(tmp_path, cache_dir, monkeypatc
     real = st.predict_logits
     monkeypatch.setattr(st, "predict_logits", lambda model, *a, **k: labelers.append(
         {n: v.clone() for n, v in model.state_dict().items()}) or real(model, *a, **k))
-    objective(engine, "st").before_step(engine)
+    engine.before_step()
     assert len(labelers) == 1 and all(torch.equal(labelers[0][k], best[k]) for k in best)
     initial = objective(engine, "st").initial_state
     assert all(torch.equal(v, initial[k]) for k, v in engine.model.state_dict().items())  # the student starts over

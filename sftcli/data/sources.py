@@ -102,8 +102,12 @@ _BUILDERS: dict[str, tuple[str, dict[str, Any]]] = {
 def _read_table(path_str: str, key: str, allowed: tuple[str, ...]) -> Any:
     """A local file as a datasets.Dataset, with errors that name the key and file (and line for json)."""
     path = Path(path_str).expanduser()
-    if not path.exists():
-        raise DataError(f"{key}: file not found: {path}")
+    try:
+        path.stat()
+    except FileNotFoundError:
+        raise DataError(f"{key}: file not found: {path}") from None
+    except OSError as exc:  # a name longer than the filesystem allows, a path through a file, ...
+        raise DataError(f"{key}: {str(path)[:80]}: {exc.strerror or exc}") from None
     if path.is_dir():
         raise DataError(f"{key}: {path} is a directory, expected a file ({', '.join(allowed)})")
     ext = path.suffix.lower()

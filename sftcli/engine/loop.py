@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from sftcli import checkpoint as ckpt
-from sftcli import cluster, dist, faults, prior, speedups
+from sftcli import dist, faults, prior, speedups
 from sftcli.config import TrainConfig
 from sftcli.data import DataBundle, Encoded
 from sftcli.engine import build, state
@@ -31,12 +29,13 @@ from sftcli.engine.batches import StepBatches
 from sftcli.engine.early_stopping import EarlyStopping
 from sftcli.engine.metrics import MetricWindow
 from sftcli.engine.progress import Progress
+from sftcli.engine.signals import StopSignals
 from sftcli.errors import ConfigError, NonFiniteError, Preempted
 from sftcli.evaluate import autocast, evaluate, predict_logits, resolve_precision, scalar_metrics
 from sftcli.export import MODEL_DIR, export_model, model_card
 from sftcli.losses import softmax
 from sftcli.objectives import Objective, StepView, Term
-from sftcli.objectives.base import ALL_UNLABELED, UnlabeledRows
+from sftcli.objectives.base import ALL_UNLABELED, Restart, RunView, SetTrainPrior, UnlabeledRows
 from sftcli.runlog import MetricsWriter, format_metrics, format_value, record_in_config
 from sftcli.trackers import Trackers, build_trackers
 
@@ -60,7 +59,7 @@ class Engine:
         self.early_stopping = EarlyStopping(self.tc.early_stopping_patience, self.tc.early_stopping_threshold)
         self.nonfinite_skips = 0
         self.resumed_from: Path | None = None
-        self.stop_requested = 0
+        self.signals = StopSignals(lambda: self.step)  # stop signals received while training
         self.trackers: Trackers | None = None  # rank 0's experiment trackers (trainer.report_to)
         # A host copy of the best model so far, when an objective relabels with it (else None).
         self.best_weights: dict[str, torch.Tensor] | None = None
@@ -128,7 +127,7 @@ class Engine:
 
     def train(self) -> dict[str, Any]:
         tc, env = self.tc, self.env
-        self._install_signal_handlers()
+        self.signals.install()
         progress = Progress(tc.progress, self.max_steps, self.step, enabled=env.is_main)
         self.model.train()  # from_pretrained returns a model in eval mode; evaluation switches back
         log.info("training: steps %d -> %d, strategy %s, objectives %s", self.step, self.max_steps,
@@ -147,7 +146,7 @@ class Engine:
             raise
         finally:
             progress.close()
-            self._restore_signal_handlers()
+            self.signals.restore()
             if self.trackers is not None:
                 self.trackers.finish(summary, status)
             self.metrics.close()
@@ -160,8 +159,7 @@ class Engine:
         while self.step < self.max_steps and not self.early_stopping.stopped:
             faults.at_step_start(self.step + 1, env.rank)
             t0 = time.perf_counter()
-            for objective in self.objectives:
-                objective.before_step(self)  # e.g. self-training re-labels every N steps
+            self.before_step()  # the objectives' hooks: e.g. self-training re-labels every N steps
             loss, terms, ratios = self._step()
             grad_norm = self._clip_gradients()
             bad_local = ~torch.isfinite(loss)
@@ -171,7 +169,7 @@ class Engine:
                 bad_local = bad_local | ~torch.isfinite(grad_norm)
             # The step's one host sync: no update when any rank saw a non-finite value, and a stop
             # signal on any rank stops all; one collective decides both.
-            bad, stop = dist.any_flag(env, bad_local, self.stop_requested > 0)
+            bad, stop = dist.any_flag(env, bad_local, self.signals.received > 0)
             if bad:
                 self._handle_nonfinite(terms, grad_norm)
             else:
@@ -212,14 +210,14 @@ class Engine:
         with autocast(self.env.device, self.precision), \
                 speedups.attention_context(self.env.device, self.precision, length, self.tc):
             out = self.ddp_model(**batch.inputs, output_hidden_states=wants_hidden)
-        view = StepView(batch, out)
+        view = StepView(batch, out, self.env, self.precision, self.model)
         if batch.has_unlabeled and any(o.uses_weak_view for o in self.objectives):
             view.weak_logits = self._weak_logits(batch.clean_unlabeled)
         loss = torch.zeros((), device=self.env.device)
         terms: list[Term] = []
         ratios: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for objective in self.objectives:
-            contribution = objective.contribute(view, self)
+            contribution = objective.contribute(view)
             for term in contribution.terms:
                 loss = loss + term.weight * term.value
             terms += contribution.terms
@@ -317,6 +315,31 @@ class Engine:
             named += objective.named_parameters()
         return named
 
+    def before_step(self) -> None:
+        """Every objective's hook before a step, with a read-only view of the run; what they ask for is
+        carried out here, in order: a restart from weights, the prior trained under, metrics to report."""
+        for objective in self.objectives:
+            run = RunView(self.step, self.env, self.labeled_prior, self.train_prior, self.data.label_names,
+                          self.best_step, self.best_weights is not None, self._predict)
+            for request in objective.before_step(run):
+                if isinstance(request, Restart):
+                    self.restart_from(request.weights)
+                elif isinstance(request, SetTrainPrior):
+                    self.train_prior = request.prior
+                elif self.env.is_main:
+                    self.metrics.write(self.step, request.values)
+                    log.info("%s: step %d: %s", request.what, self.step,
+                             format_metrics(request.values, sorted(request.values)))
+
+    def _predict(self, texts: Encoded, best: bool) -> np.ndarray:
+        """Logits of `texts` by the model as it is, or by the best model so far (loaded into the evaluated
+        model's slot: only an objective that restarts the model right after asks for it)."""
+        if best:
+            assert self.best_weights is not None
+            self.eval_model.load_state_dict(self.best_weights, strict=False)
+        return predict_logits(self.eval_model, texts, self.tc.eval_batch_size, self.pad_id, self.env.device,
+                              self.precision, self.env)
+
     def restart_from(self, weights: dict[str, torch.Tensor]) -> None:
         """A fresh start of the trained model (self-training students): these weights, every objective's
         own parameters reset, and a new optimizer state (AdamW builds its moments again on the next step)."""
@@ -348,7 +371,7 @@ class Engine:
         values: dict[str, Any] = window.reduce()
         for objective in self.objectives:
             if f"train/loss_{objective.name}" in values:
-                values.update(objective.window_values(self))
+                values.update(objective.window_values(self.step))
         values["train/lr"] = window.lr
         values["train/epoch_labeled"] = self.batches.epoch_labeled()
         self.metrics.write(self.step, values)
@@ -467,29 +490,3 @@ class Engine:
             self.model, self.enc_unlabeled, trained, self.data.label_names, self.cfg.seed,
             lambda enc: softmax(predict_logits(self.model, enc, self.tc.eval_batch_size, self.pad_id, self.env.device,
                                                self.precision, self.env)))
-
-    # ------------------------------------------------------------------------------------------------
-    # signals
-
-    def _install_signal_handlers(self) -> None:
-        self._old_handlers: dict[int, Any] = {}
-
-        def handler(signum: int, frame: Any) -> None:
-            self.stop_requested += 1
-            name = signal.Signals(signum).name
-            if self.stop_requested == 1:
-                cluster.note_stop_signal(signum)
-                log.warning("received %s: finishing step %d, saving a checkpoint, then exiting", name, self.step + 1)
-            else:
-                log.warning("received %s again: already stopping (the checkpoint save is not interrupted)", name)
-
-        if threading.current_thread() is not threading.main_thread():
-            return
-        # SIGTERM and SIGINT, and in a submitit job submitit's own preemption signal (sftcli/cluster.py).
-        for sig in cluster.stop_signals():
-            self._old_handlers[sig] = signal.signal(sig, handler)
-
-    def _restore_signal_handlers(self) -> None:
-        for sig, old in getattr(self, "_old_handlers", {}).items():
-            signal.signal(sig, old)
-

@@ -12,14 +12,15 @@ ranks yields the single-process gradient of the global mean (see each objective)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from sftcli.engine.loop import Engine
+from sftcli.data import Encoded
+from sftcli.dist import DistEnv
 
 
 @dataclass
@@ -58,10 +59,14 @@ ALL_UNLABELED = UnlabeledRows()
 
 @dataclass
 class StepView:
-    """The forward's outputs of one step, shared by the objectives (each slices what it reads)."""
+    """The forward's outputs of one step, shared by the objectives (each slices what it reads), and what
+    a term needs of the run to compute itself."""
 
     batch: StepBatch
     output: Any  # the model's output: logits, and hidden_states when an objective asked for them
+    env: DistEnv  # this process's rank, the world size and the device
+    precision: str  # the forward's number format (a term's own forward runs under it too)
+    model: torch.nn.Module  # the trained classifier (a term may run it again: SimCSE's second dropout view)
     weak_logits: torch.Tensor | None = None  # no-dropout logits of the unlabeled rows, when a term uses them
     cache: dict[str, Any] = field(default_factory=dict)
 
@@ -80,6 +85,49 @@ class StepView:
         """The classifier's predicted class of each unlabeled row (from the weak view when there is one)."""
         logits = self.weak_logits if self.weak_logits is not None else self.unlabeled_logits
         return logits.detach().argmax(-1)
+
+
+@dataclass(frozen=True)
+class RunView:
+    """What an objective reads of the run between steps (before_step): facts, and the one action it may
+    take itself, asking the engine for the logits of a text set."""
+
+    step: int  # optimizer steps done
+    env: DistEnv
+    labeled_prior: np.ndarray  # the labeled texts' class prior
+    train_prior: np.ndarray  # the prior the model trains under now (sftcli/prior.py)
+    label_names: list[str]
+    best_step: int | None  # the step of the best checkpoint so far
+    has_best_weights: bool  # the engine holds the best model's weights (an objective's wants_best_weights)
+    # predict(texts, best): the logits of the model as it is, or (best=True) of the best model so far
+    predict: Callable[[Encoded, bool], np.ndarray]
+
+
+# What an objective asks the engine to do between steps (before_step returns them; the engine carries
+# them out in order).
+@dataclass(frozen=True)
+class Restart:
+    """Start the trained model over from these weights: objectives reset, a new optimizer state."""
+
+    weights: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SetTrainPrior:
+    """The class prior the model trains under from now on (recorded in checkpoints)."""
+
+    prior: np.ndarray
+
+
+@dataclass(frozen=True)
+class Report:
+    """Metrics to write at the current step (rank 0), and to the log under `what`."""
+
+    what: str
+    values: dict[str, float]
+
+
+Request = Restart | SetTrainPrior | Report
 
 
 @dataclass
@@ -117,14 +165,16 @@ class Objective:
         off, or not on yet, costs nothing."""
         return None
 
-    def contribute(self, view: StepView, engine: Engine) -> Contribution:
+    def contribute(self, view: StepView) -> Contribution:
         raise NotImplementedError
 
-    def before_step(self, engine: Engine) -> None:
-        """Called at the start of every step, before its batches are drawn (engine.step = steps done)."""
+    def before_step(self, run: RunView) -> list[Request]:
+        """Called at the start of every step, before its batches are drawn (run.step = steps done); returns
+        what the engine should do (self-training: restart the student, change the prior, report)."""
+        return []
 
-    def window_values(self, engine: Engine) -> dict[str, float]:
-        """Extra values for the logging window that just ended (e.g. the weight its last step used)."""
+    def window_values(self, step: int) -> dict[str, float]:
+        """Extra values for the logging window that just ended at `step` (e.g. the weight it used)."""
         return {}
 
     def named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:

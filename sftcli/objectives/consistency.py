@@ -7,14 +7,9 @@ with loss.unlabeled_mask_prob, masked tokens. Weight: loss.consistency_weight.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from sftcli.config import LossConfig
 from sftcli.losses import consistency_loss
 from sftcli.objectives.base import ALL_UNLABELED, Contribution, Objective, StepView, Term, UnlabeledRows
-
-if TYPE_CHECKING:
-    from sftcli.engine.loop import Engine
 
 
 class Consistency(Objective):
@@ -27,13 +22,13 @@ class Consistency(Objective):
     def unlabeled_rows(self) -> UnlabeledRows:
         return ALL_UNLABELED
 
-    def contribute(self, view: StepView, engine: Engine) -> Contribution:
+    def contribute(self, view: StepView) -> Contribution:
         batch = view.batch
         if not batch.has_unlabeled or view.weak_logits is None:
             return Contribution()
         total, confident = consistency_loss(view.unlabeled_logits, view.weak_logits, self.threshold)
         # Sum over local rows / global batch, times world size: the global mean after DDP averaging.
-        value = total * engine.env.world_size / len(batch.unlabeled_index)
+        value = total * view.env.world_size / len(batch.unlabeled_index)
         rows = view.unlabeled_logits.new_tensor(float(view.unlabeled_logits.shape[0]))
         return Contribution(terms=[Term("cons", value, self.weight)],
                             ratios={"pseudo_label_rate": (confident, rows)})

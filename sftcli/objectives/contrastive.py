@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,9 +37,6 @@ from sftcli.objectives.base import (
     UnlabeledRows,
 )
 from sftcli.teacher import teacher_representations
-
-if TYPE_CHECKING:
-    from sftcli.engine.loop import Engine
 
 # Name prefix of the projection head's parameters among the trained ones (optimizer groups).
 PROJECTION = "contrastive_projection"
@@ -91,25 +88,25 @@ class Contrastive(Objective):
     def wants_hidden_states(self, batch: StepBatch) -> bool:
         return batch.has_unlabeled
 
-    def contribute(self, view: StepView, engine: Engine) -> Contribution:
+    def contribute(self, view: StepView) -> Contribution:
         batch = view.batch
         if not batch.has_unlabeled:
             return Contribution()
         n_lab = batch.n_labeled
         hidden = view.output.hidden_states[-1][n_lab:]
         rows = {k: v[n_lab:] for k, v in batch.inputs.items()}
-        second = self._dropout_view(rows, engine) if self.lc.positive == "dropout" else None
+        second = self._dropout_view(rows, view) if self.lc.positive == "dropout" else None
         con, ratios = self._info_nce(hidden, rows["attention_mask"], batch.unlabeled_index,
                                      view.unlabeled_predictions(), second)
         con = faults.poison("con", con, batch.step)
         return Contribution(terms=[Term("con", con, self.weight(batch.step))], ratios=ratios)
 
     @torch.no_grad()
-    def _dropout_view(self, rows: dict[str, torch.Tensor], engine: Engine) -> torch.Tensor:
+    def _dropout_view(self, rows: dict[str, torch.Tensor], view: StepView) -> torch.Tensor:
         """SimCSE's positive: the pooled states of the same rows through the model in training mode, so
         under a second dropout draw (the run's RNG: exact resume draws it again), without gradient."""
-        with autocast(self.env.device, engine.precision):
-            out = engine.model.base_model(**rows)
+        with autocast(self.env.device, view.precision):
+            out = view.model.base_model(**rows)
         return pool(out.last_hidden_state.float(), rows["attention_mask"], self.pooling)
 
     def _frozen(self, local_idx: np.ndarray, global_idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -164,8 +161,8 @@ class Contrastive(Objective):
             ratios["con_drift"] = (drift, count)
         return con, ratios
 
-    def window_values(self, engine: Engine) -> dict[str, float]:
-        return {"train/lambda": self.weight(engine.step)}  # the window's last step, just taken
+    def window_values(self, step: int) -> dict[str, float]:
+        return {"train/lambda": self.weight(step)}  # the window's last step, just taken
 
     def named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         if self.projection is None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,13 +27,20 @@ import torch
 from sftcli import prior
 from sftcli.config import LossConfig
 from sftcli.data import Encoded, rank_slice
-from sftcli.evaluate import predict_logits
 from sftcli.losses import select_pseudo_labels, softmax
-from sftcli.objectives.base import ALL_UNLABELED, Contribution, Objective, StepView, Term, UnlabeledRows
-from sftcli.runlog import format_metrics
-
-if TYPE_CHECKING:
-    from sftcli.engine.loop import Engine
+from sftcli.objectives.base import (
+    ALL_UNLABELED,
+    Contribution,
+    Objective,
+    Report,
+    Request,
+    Restart,
+    RunView,
+    SetTrainPrior,
+    StepView,
+    Term,
+    UnlabeledRows,
+)
 
 log = logging.getLogger("sft")
 
@@ -72,21 +79,20 @@ class SelfTraining(Objective):
         kept = None if self.pseudo_labels is None else np.flatnonzero(self.pseudo_labels >= 0)
         self.kept_rows = UnlabeledRows(kept, key=self.labeled_at or 0) if kept is not None and len(kept) else None
 
-    def before_step(self, engine: Engine) -> None:
+    def before_step(self, run: RunView) -> list[Request]:
         lc = self.lc
-        if engine.step == 0 or engine.step % lc.self_training_every:
-            return
+        if run.step == 0 or run.step % lc.self_training_every:
+            return []
         t0 = time.perf_counter()
-        labeler_step = engine.step
-        if self.wants_best_weights and engine.best_weights is not None:
-            # The best model on validation so far labels. Its slot is free: a fresh student replaces the
-            # weights right after this (the config requires fresh students with this labeler).
-            engine.eval_model.load_state_dict(engine.best_weights, strict=False)
-            labeler_step = engine.best_step
-        logits = predict_logits(engine.eval_model, self.unlabeled, engine.tc.eval_batch_size, engine.pad_id,
-                                engine.env.device, engine.precision, engine.env)
+        labeler_step = run.step
+        # The best model on validation so far labels, when asked for (the config requires fresh students
+        # with this labeler, so the weights it is loaded into are replaced right after).
+        best = self.wants_best_weights and run.has_best_weights
+        if best:
+            labeler_step = run.best_step
+        logits = run.predict(self.unlabeled, best)
         probs = softmax(logits)
-        done, teachers = engine.step // lc.self_training_every, lc.self_training_teachers  # models trained so far
+        done, teachers = run.step // lc.self_training_every, lc.self_training_teachers  # models trained so far
         if teachers > 1 and done <= teachers:
             # A teacher is done: its probabilities join the running mean of the teachers so far, which
             # labels the first student once the last teacher is done.
@@ -94,8 +100,7 @@ class SelfTraining(Objective):
                 probs = (self.teacher_probs * (done - 1) + probs) / done
             self.teacher_probs = probs
             if done < teachers:
-                self._next_teacher(engine, done, t0, logits)
-                return
+                return self._next_teacher(done, t0, logits)
         relabel = done - teachers + 1  # 1 at the re-label that labels the first student
         if lc.self_training_ensemble:
             # Running mean over the labeling models of all rounds (an ensemble across rounds), in place
@@ -108,21 +113,21 @@ class SelfTraining(Objective):
             # The labeling model's probabilities under the unlabeled texts' prior, not the prior it was
             # trained under (sftcli/prior.py), so the kept texts follow the pile's class balance.
             estimated = prior.estimate_prior(probs)
-            probs = prior.reweight(probs, prior.logit_shift(estimated, engine.train_prior))
+            probs = prior.reweight(probs, prior.logit_shift(estimated, run.train_prior))
             values.update({f"self_training/prior_{name}": float(p)
-                           for name, p in zip(engine.data.label_names, estimated, strict=True)})
+                           for name, p in zip(run.label_names, estimated, strict=True)})
         # Curriculum: each later re-label keeps a larger share (top, top + step, ...; at most all).
         share = min(1.0, lc.self_training_top + (relabel - 1) * lc.self_training_top_step)
         self.pseudo_labels, conf = select_pseudo_labels(probs, share, per_class=lc.self_training_select == "per_class")
         if lc.self_training_targets == "soft":
             self.pseudo_probs = probs
-        self._set_train_prior(engine)
-        self.labeled_at = engine.step
+        requests: list[Request] = [SetTrainPrior(self._train_prior(run.labeled_prior))]
+        self.labeled_at = run.step
         self._set_kept_rows()
         if self.initial_state is not None:
             # The labeling model was the teacher; the student starts over from the initial weights with
             # a new optimizer state (AdamW builds its moments again on the next step).
-            engine.restart_from(self.initial_state)
+            requests.append(Restart(self.initial_state))
         kept = self.pseudo_labels >= 0
         values.update({"self_training/kept": float(kept.mean()), "self_training/min_confidence":
                        float(conf[kept].min()) if kept.any() else float("nan"),
@@ -131,39 +136,31 @@ class SelfTraining(Objective):
             # Only possible when the unlabeled texts came from labeled train (data.labels_per_class).
             values["self_training/pseudo_label_accuracy"] = float((self.pseudo_labels[kept]
                                                                    == self.hidden_labels[kept]).mean())
-        self._report(engine, values)
+        return [*requests, Report("self-training", values)]
 
-    def _set_train_prior(self, engine: Engine) -> None:
+    def _train_prior(self, labeled_prior: np.ndarray) -> np.ndarray:
         """The prior the model trains under from now on: the labeled texts' and the kept pseudo-labels'."""
         assert self.pseudo_labels is not None
         kept = self.pseudo_labels >= 0
         pseudo = None
         if kept.any():
-            n_classes = len(engine.labeled_prior)
             pseudo = (self.pseudo_probs[kept].mean(0) if self.pseudo_probs is not None
-                      else np.bincount(self.pseudo_labels[kept], minlength=n_classes) / kept.sum())
-        engine.train_prior = prior.trained_prior(engine.labeled_prior, pseudo, self.lc.self_training_weight)
+                      else np.bincount(self.pseudo_labels[kept], minlength=len(labeled_prior)) / kept.sum())
+        return prior.trained_prior(labeled_prior, pseudo, self.lc.self_training_weight)
 
-    def _next_teacher(self, engine: Engine, done: int, t0: float, logits: np.ndarray) -> None:
+    def _next_teacher(self, done: int, t0: float, logits: np.ndarray) -> list[Request]:
         """Teacher `done` (not the last) is done: the next starts from the initial weights, no text has a
         pseudo-label yet."""
         assert self.initial_state is not None  # the config requires fresh students with several teachers
-        engine.restart_from(self.initial_state)
         values = {"self_training/teacher": float(done), "self_training/seconds": time.perf_counter() - t0}
         if self.hidden_labels is not None:
             values["self_training/teacher_accuracy"] = float((logits.argmax(1) == self.hidden_labels).mean())
             values["self_training/teachers_accuracy"] = float((self.teacher_probs.argmax(1)
                                                                == self.hidden_labels).mean())
-        self._report(engine, values)
+        return [Restart(self.initial_state), Report("self-training", values)]
 
-    @staticmethod
-    def _report(engine: Engine, values: dict[str, float]) -> None:
-        if engine.env.is_main:
-            engine.metrics.write(engine.step, values)
-            log.info("self-training: step %d: %s", engine.step, format_metrics(values, sorted(values)))
-
-    def contribute(self, view: StepView, engine: Engine) -> Contribution:
-        batch, env = view.batch, engine.env
+    def contribute(self, view: StepView) -> Contribution:
+        batch, env = view.batch, view.env
         if not batch.has_unlabeled or self.pseudo_labels is None:
             return Contribution()
         dev = env.device

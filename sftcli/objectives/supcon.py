@@ -27,7 +27,6 @@ from sftcli.model import pool
 from sftcli.objectives.base import Contribution, Objective, StepBatch, StepView, Term
 
 if TYPE_CHECKING:
-    from sftcli.engine.loop import Engine
     from sftcli.objectives.self_training import SelfTraining
 
 # Masked similarities: a finite value, so a row with no valid column still has a finite log-sum-exp (its
@@ -70,8 +69,8 @@ class SupCon(Objective):
     def wants_hidden_states(self, batch: StepBatch) -> bool:
         return batch.has_labeled or self._with_unlabeled(batch)
 
-    def contribute(self, view: StepView, engine: Engine) -> Contribution:
-        batch, env = view.batch, engine.env
+    def contribute(self, view: StepView) -> Contribution:
+        batch, env = view.batch, view.env
         parts = [batch.labels] if batch.has_labeled else []
         if self._with_unlabeled(batch):
             assert self.pseudo is not None and self.pseudo.pseudo_labels is not None

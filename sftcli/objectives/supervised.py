@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 
@@ -12,9 +10,6 @@ from sftcli import faults
 from sftcli.errors import ConfigError, DataError
 from sftcli.losses import supervised_loss
 from sftcli.objectives.base import Contribution, Objective, StepView, Term
-
-if TYPE_CHECKING:
-    from sftcli.engine.loop import Engine
 
 
 def class_weights(spec: str | dict[str, float] | None, label_names: list[str], labels: np.ndarray
@@ -50,7 +45,7 @@ class Supervised(Objective):
         self.smoothing = smoothing  # loss.label_smoothing
         self._weights_on: torch.Tensor | None = None
 
-    def contribute(self, view: StepView, engine: Engine) -> Contribution:
+    def contribute(self, view: StepView) -> Contribution:
         batch = view.batch
         if not batch.has_labeled:
             return Contribution()
@@ -66,6 +61,6 @@ class Supervised(Objective):
             # The weighted mean over the global batch: each rank's share of the weighted sum, scaled by the
             # world size because DDP averages the ranks' gradients.
             value = supervised_loss(logits, batch.labels, self._weights_on, total,
-                                    self.smoothing) * engine.env.world_size
+                                    self.smoothing) * view.env.world_size
         value = faults.poison("sup", value, batch.step)
         return Contribution(terms=[Term("sup", value)])
