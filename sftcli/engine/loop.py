@@ -205,6 +205,7 @@ class Engine:
         """One step's forward and backward: the batches, one forward over them, every objective's terms.
         Returns the local loss, its terms and the diagnostics (detached)."""
         batch = self.batches.next(self.step, self._unlabeled_rows())
+        batch.pseudo_labels = next((p for o in self.objectives if (p := o.labels_for_unlabeled()) is not None), None)
         wants_hidden = any(o.wants_hidden_states(batch) for o in self.objectives)
         length = batch.inputs["input_ids"].shape[1]
         with autocast(self.env.device, self.precision), \

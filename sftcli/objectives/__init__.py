@@ -38,8 +38,8 @@ def build_objectives(cfg: TrainConfig, model: torch.nn.Module, unlabeled: Encode
         self_training = SelfTraining(lc, unlabeled, hidden_labels, model, class_weights)
     objectives: list[Objective] = [Supervised(class_weights, lc.label_smoothing)]
     if lc.supcon_weight > 0:
-        pseudo = self_training if lc.supcon_unlabeled else None
-        objectives.append(SupCon(lc.supcon_weight, lc.supcon_tau, cfg.model.pooling, pseudo))
+        objectives.append(SupCon(lc.supcon_weight, lc.supcon_tau, cfg.model.pooling,
+                                 with_unlabeled=lc.supcon_unlabeled and self_training is not None))
     if cfg.strategy is None or unlabeled is None:
         return objectives
     if lc.weight:

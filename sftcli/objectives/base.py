@@ -34,6 +34,8 @@ class StepBatch:
     unlabeled_index: np.ndarray | None  # GLOBAL indices of the step's unlabeled batch (None: no unlabeled rows)
     clean_unlabeled: dict[str, torch.Tensor] | None = None  # the unlabeled rows as read (host), before noise
     global_labels: np.ndarray | None = None  # the labels of the step's whole GLOBAL labeled batch (host)
+    # The unlabeled set's pseudo-labels (-1: none) as the objective that keeps them has them now (host)
+    pseudo_labels: np.ndarray | None = None
 
     @property
     def has_labeled(self) -> bool:
@@ -158,6 +160,11 @@ class Objective:
     def wants_hidden_states(self, batch: StepBatch) -> bool:
         """Whether this step's forward must return hidden states for this term (the contrastive terms)."""
         return False
+
+    def labels_for_unlabeled(self) -> np.ndarray | None:
+        """The pseudo-labels this objective keeps for the unlabeled set (-1: none), for other terms to read
+        through the step's batch; None: it keeps none."""
+        return None
 
     def unlabeled_rows(self) -> UnlabeledRows | None:
         """The unlabeled texts this term reads at the coming step; None: none. A mix step draws unlabeled

@@ -69,6 +69,9 @@ class SelfTraining(Objective):
         # of their round), as a separate run would.
         return self.lc.self_training_every if self.initial_state is not None else None
 
+    def labels_for_unlabeled(self) -> np.ndarray | None:
+        return self.pseudo_labels
+
     def unlabeled_rows(self) -> UnlabeledRows | None:
         if self.pseudo_labels is None:
             return None  # no targets before the first re-label

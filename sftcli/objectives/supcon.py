@@ -16,8 +16,6 @@ pseudo-label are left out of the term entirely (neither anchors nor negatives).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
@@ -25,9 +23,6 @@ from sftcli import dist
 from sftcli.data import rank_slice
 from sftcli.model import pool
 from sftcli.objectives.base import Contribution, Objective, StepBatch, StepView, Term
-
-if TYPE_CHECKING:
-    from sftcli.objectives.self_training import SelfTraining
 
 # Masked similarities: a finite value, so a row with no valid column still has a finite log-sum-exp (its
 # exp is exactly 0 next to any valid column, as -inf's is).
@@ -59,12 +54,14 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, z_all: torch.Tensor, labe
 class SupCon(Objective):
     name = "supcon"
 
-    def __init__(self, weight: float, tau: float, pooling: str, pseudo: SelfTraining | None = None):
+    def __init__(self, weight: float, tau: float, pooling: str, with_unlabeled: bool = False):
         self.weight, self.tau, self.pooling = weight, tau, pooling
-        self.pseudo = pseudo  # with loss.supcon_unlabeled: where the unlabeled rows' classes come from
+        # loss.supcon_unlabeled: the unlabeled rows take part with their pseudo-labels (the step's batch
+        # carries them, from the objective that keeps them: self-training)
+        self.with_unlabeled = with_unlabeled
 
     def _with_unlabeled(self, batch: StepBatch) -> bool:
-        return self.pseudo is not None and self.pseudo.pseudo_labels is not None and batch.has_unlabeled
+        return self.with_unlabeled and batch.pseudo_labels is not None and batch.has_unlabeled
 
     def wants_hidden_states(self, batch: StepBatch) -> bool:
         return batch.has_labeled or self._with_unlabeled(batch)
@@ -73,9 +70,9 @@ class SupCon(Objective):
         batch, env = view.batch, view.env
         parts = [batch.labels] if batch.has_labeled else []
         if self._with_unlabeled(batch):
-            assert self.pseudo is not None and self.pseudo.pseudo_labels is not None
+            assert batch.pseudo_labels is not None
             local = rank_slice(batch.unlabeled_index, env.rank, env.world_size)
-            parts.append(torch.from_numpy(self.pseudo.pseudo_labels[local]).to(env.device))
+            parts.append(torch.from_numpy(batch.pseudo_labels[local]).to(env.device))
         if not parts:
             return Contribution()
         labels = torch.cat(parts)
