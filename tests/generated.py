@@ -100,9 +100,11 @@ TALLY = Tally()
 
 
 def check_promise(result: Any, before: dict[str, str], after: dict[str, str], names: list[str],
-                  new_ok: tuple[str, ...] = (), codes: tuple[int, ...] = (0, 2, 3), case: str = "") -> None:
+                  new_ok: tuple[str, ...] = (), codes: tuple[int, ...] = (0, 2, 3), case: str = "",
+                  kept_ok: tuple[str, ...] = ()) -> None:
     """The promise for one command line. names: what an exit-2 message may name (a key, a file, a path);
-    new_ok: path prefixes a successful command may add (its run or output); case: what was done to the
+    new_ok: path prefixes a successful command may add (its run or output); kept_ok: prefixes a failed one
+    may leave (a sweep in which some job trained keeps every job's record); case: what was done to the
     input, for the failure's message."""
     text = result.stdout + result.stderr
     changed = sorted(k for k in before if after.get(k) != before[k])
@@ -112,7 +114,8 @@ def check_promise(result: Any, before: dict[str, str], after: dict[str, str], na
     TALLY.codes[result.returncode] = TALLY.codes.get(result.returncode, 0) + 1
     TALLY.tracebacks += "Traceback" in text
     TALLY.changed += bool(changed)
-    TALLY.left_behind += bool(added) and result.returncode != 0
+    left = [k for k in added if not k.startswith(kept_ok)] if kept_ok else added
+    TALLY.left_behind += bool(left) and result.returncode != 0
     TALLY.unnamed += not named
     where = f"{case}\nsft {' '.join(a[:80] for a in result.argv)}\nexit {result.returncode}\n{text[-3000:]}"
     assert not result.timed_out, f"did not finish in time (a bad value accepted?):\n{where}"
@@ -124,7 +127,7 @@ def check_promise(result: Any, before: dict[str, str], after: dict[str, str], na
         assert named, f"the message names none of {names}:\n{where}"
     assert not changed, f"changed or removed: {changed}\n{where}"
     if result.returncode != 0:
-        assert not added, f"left behind: {added[:10]}\n{where}"
+        assert not left, f"left behind: {left[:10]}\n{where}"
     else:
         stray = [k for k in added if not any(k.startswith(p) or k == p.rstrip("/") or p.startswith(k + "/")
                                              for p in new_ok)]
