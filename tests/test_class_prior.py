@@ -163,6 +163,7 @@ def test_the_export_predicts_under_the_estimated_prior_and_sft_answers_as_it_doe
             assert abs(t[name] - mine[f"prob_{name}"]) < 1e-4, (name, t, mine)
 
 
+@pytest.mark.slow  # about 20 s: CI runs it after the default suite
 def test_a_resumed_run_folds_the_same_prior(sft, tmp_path) -> None:
     from safetensors.torch import load_file
 

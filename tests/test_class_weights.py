@@ -86,6 +86,7 @@ def test_label_names_must_be_the_datas(sft, tmp_path, weights, named) -> None:
     assert "Traceback" not in proc.stderr and not list(tmp_path.rglob("metrics.jsonl"))
 
 
+@pytest.mark.slow  # about 20 s: CI runs it after the default suite
 def test_two_processes_weigh_and_stop_as_one(sft, tmp_path) -> None:
     """nproc=2: the class-weighted loss is the global batch's weighted mean, and early stopping stops both
     ranks at the step one process stops at."""

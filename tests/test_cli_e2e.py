@@ -77,6 +77,7 @@ def test_train_writes_the_run_directory(sft, tmp_path, strategy) -> None:
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # about 20 s: CI runs it after the default suite
 def test_same_seed_same_weights_different_seed_different(sft, tmp_path) -> None:
     args = [*TINY, "+strategy=mix", "lambda=0.5"]
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):

@@ -295,6 +295,7 @@ def test_cli_files_no_validation_no_test_then_cache_hit(sft, tmp_path: Path) -> 
     assert [Path(c).stat().st_mtime_ns for c in cached] == mtimes
 
 
+@pytest.mark.slow  # about 20 s: CI runs it after the default suite
 def test_cli_hub_saved_dataset_names_end_to_end_with_eval(sft, tmp_path: Path) -> None:
     path = saved_dataset(tmp_path / "ds", ["sports", "tech"])
     sft("train", "data=hub", f"data.name={path}", "data.text_column=sentence", "data.labels_per_class=4",

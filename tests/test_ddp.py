@@ -79,6 +79,7 @@ def test_two_processes_match_one_process(pair) -> None:
     assert s2["world_size"] == 2 and s1["test/accuracy"] == s2["test/accuracy"]
 
 
+@pytest.mark.slow  # about 20 s: CI runs it after the default suite
 def test_students_drawing_only_pseudo_labeled_texts_match_one_process(sft, tmp_path) -> None:
     # The recipe's draw: no unlabeled rows before the re-label at step 2, then only pseudo-labeled ones
     # (from a stream over that subset), each rank its slice; SupCon over them gathered across ranks.

@@ -53,6 +53,7 @@ def _best_by(events: list[dict], key: str) -> int:
     return max(evals, key=lambda s: (s[1], -s[0]))[0]
 
 
+@pytest.mark.slow  # about 20 s: CI runs it after the default suite
 def test_binary_roc_auc_equals_sklearns_on_the_saved_predictions(sft, tmp_path) -> None:
     data = spam_files(tmp_path / "spam")
     sft("train", *SPAM_RUN, *data, "trainer.max_steps=20", "trainer.select_metric=val/roc_auc", "run_name=r",

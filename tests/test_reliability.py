@@ -349,6 +349,7 @@ def test_resume_with_a_changed_config_shows_a_diff(sft, tmp_path) -> None:
     assert allowed.returncode == 0, allowed.stderr
 
 
+@pytest.mark.slow  # about 20 s: CI runs it after the default suite
 def test_a_checkpoint_written_before_new_keys_existed_resumes(sft, tmp_path) -> None:
     """A checkpoint of an earlier sft version lacks the keys added since: they count as their defaults,
     so it resumes while they are left alone, and a changed one is still named."""
@@ -396,6 +397,7 @@ def test_a_disk_too_full_for_a_checkpoint_fails_before_training(sft, tmp_path) -
     assert not list(tmp_path.rglob("step-*"))
 
 
+@pytest.mark.slow  # about 20 s: CI runs it after the default suite
 def test_a_disk_that_fills_during_a_save_loses_nothing(sft, tmp_path) -> None:
     proc = sft("train", *TINY, "run_name=r", env={"SFT_TEST_DISK_FULL_AT_SAVE": "4"})
     assert proc.returncode == 2, proc.stderr

@@ -261,6 +261,7 @@ def test_unlabeled_rows_are_drawn_only_when_a_term_reads_them(trainer) -> None:
     assert trainer._unlabeled_rows() is ALL_UNLABELED
 
 
+@pytest.mark.slow  # about 20 s: CI runs it after the default suite
 def test_drawing_only_kept_texts_resumes_to_the_bit(sft, tmp_path) -> None:
     from safetensors.torch import load_file
 
@@ -355,6 +356,7 @@ def test_the_lr_schedule_starts_over_every_period() -> None:
     assert [factor(s) for s in range(10)] == pytest.approx([1, 0.75, 0.5, 0.25, 1, 0.75, 0.5, 0.25, 1, 0.5])
 
 
+@pytest.mark.slow  # about 20 s: CI runs it after the default suite
 def test_several_teachers_label_the_first_student_with_their_mean(sft, tmp_path) -> None:
     # Rounds of 2 steps: teachers in the first two, students from step 4.
     args = [*FRESH, "loss.self_training_every=2", "loss.self_training_teachers=2", "trainer.max_steps=8",

@@ -139,6 +139,7 @@ def test_a_sweep_is_one_mlflow_experiment_with_a_run_per_job(sft, tmp_path, offl
     assert seeds[0] != seeds[1]  # two jobs, two runs: not one run logged twice
 
 
+@pytest.mark.slow  # about 20 s: CI runs it after the default suite
 @needs("mlflow")
 def test_resume_continues_the_mlflow_run_without_duplicate_points(sft, tmp_path, offline, mlflow_store) -> None:
     # Killed as step 4 starts: steps 1-3 are logged, the checkpoint is step 2's, so the resumed attempt
