@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sftcli import faults
-from sftcli.errors import CheckpointError
+from sftcli.errors import CheckpointError, first_line
 
 log = logging.getLogger("sft")
 
@@ -100,9 +100,8 @@ def save(root: Path, step: int, write: Callable[[Path], None], meta: dict[str, A
         # message naming the checkpoint; anything else is a bug and keeps its traceback.
         if not isinstance(exc, OSError | RuntimeError) and type(exc).__name__ != "SafetensorError":
             raise
-        text = str(exc).strip()
         reason = (f"the disk is full ({_megabytes(faults.disk_free(root))} free)" if _disk_full(exc)
-                  else text.splitlines()[0] if text else type(exc).__name__)
+                  else first_line(exc))
         raise CheckpointError(f"cannot save checkpoint {final}: {reason}; the checkpoints already in {root} are "
                               "intact: fix that (free space, or keep fewer with trainer.keep_last), then continue "
                               "with resume=auto") from exc
@@ -140,13 +139,12 @@ def check_free_space(directory: Path, needed: int) -> None:
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
-    from sftcli.runfiles import Manifest, read_record
+    from sftcli.runfiles import Manifest, read_checked
 
     mpath = path / MANIFEST
     if not mpath.is_file():
         raise CheckpointError(f"{path} is not a valid checkpoint: {MANIFEST} is missing (incomplete save?)")
-    read_record(mpath, Manifest)  # the shape: every entry a size and a sha256
-    return json.loads(mpath.read_text())
+    return read_checked(mpath, Manifest)  # the shape: every entry a size and a sha256
 
 
 def verify(path: Path, full: bool = True) -> dict[str, Any]:
@@ -289,12 +287,11 @@ def newest_resumable(root: Path) -> Path | None:
 
 def read_sft_state(path: Path) -> dict[str, Any]:
     """A checkpoint's step, training config (plain dict) and best-so-far, for `sft eval` / `sft predict`."""
-    from sftcli.runfiles import SftState, read_record
+    from sftcli.runfiles import SftState, read_checked
 
     file = path / SFT_STATE
     if file.is_file():
-        read_record(file, SftState)
-        return json.loads(file.read_text())
+        return read_checked(file, SftState)
     if (path / TRAIN_STATE).is_file():  # checkpoints written before sft_state.json existed
         state = load_state(path / TRAIN_STATE)
         try:
@@ -351,15 +348,11 @@ def load_weights(path: Path) -> dict[str, Any]:
         try:
             weights.update(load_file(str(f)))
         except Exception as exc:  # safetensors' own error type, or an OSError: the file is not loadable
-            raise CheckpointError(f"{f} is damaged: not a loadable safetensors file ({_first_line(exc)})") from None
+            raise CheckpointError(f"{f} is damaged: not a loadable safetensors file ({first_line(exc)})") from None
     if not weights:
         raise CheckpointError(f"{path} holds no weights (no *.safetensors file)")
     return weights
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_state(file: Path) -> Any:
@@ -375,7 +368,7 @@ def load_state(file: Path) -> Any:
         raise CheckpointError(f"{file} is missing") from None
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"refusing to load {file}: it is not a plain training-state file "
-                              f"(loaded with weights_only=True): {_first_line(exc)}") from exc
+                              f"(loaded with weights_only=True): {first_line(exc)}") from exc
     except Exception as exc:  # torch's loader fails on damaged bytes with whatever error it meets first
         raise CheckpointError(f"{file} is damaged: it does not load as a training-state file "
-                              f"({type(exc).__name__}: {_first_line(exc)})") from exc
+                              f"({type(exc).__name__}: {first_line(exc)})") from exc

@@ -211,7 +211,7 @@ def _precheck(command: str, args: list[str]) -> None:
     will make (sftcli/rundir.py): a new run never goes into a directory that holds anything. Sweeps are
     composed and validated per job by Hydra (one bad job does not stop the others)."""
     from sftcli.precheck import check_config, check_plugins
-    from sftcli.rundir import claim
+    from sftcli.rundir import cache_root, check_path, claim
 
     check_plugins(args)
     multirun = any(a in ("-m", "--multirun") for a in args)
@@ -219,8 +219,6 @@ def _precheck(command: str, args: list[str]) -> None:
         return  # Hydra's own flags (--cfg, --info, ...): Hydra handles them, and they write nothing
     planned = check_config(command, [a for a in args if not a.startswith("-")], multirun)
     if planned.config is not None:
-        from sftcli.rundir import cache_root, check_path
-
         check_path(cache_root(planned.config.cache_dir), "cache_dir (or $SFT_CACHE_DIR)")
     if planned.directory is None:
         return
@@ -241,7 +239,7 @@ def _release_refused_sweep() -> None:
     """A sweep whose every job was refused before training (all ran in this process) made nothing worth
     keeping: its directory goes, as a refused single run's does. A sweep with one job that trained keeps
     every job's directory and sweep.csv."""
-    claim, sweep_dir = _STATE.get("claim"), jobs.STATE.get("sweep_dir")
+    claim, sweep_dir = _STATE.get("claim"), _STATE.get("sweep_dir")
     refused_all = _STATE.get("jobs_run", 0) == len(_STATE["failures"]) and not _STATE.get("jobs_started")
     if claim is not None and sweep_dir is not None and refused_all and not _STATE.get("remote_jobs"):
         claim.release(Path(sweep_dir))

@@ -13,6 +13,12 @@ EXIT_PREEMPTED = 75
 EXIT_NONFINITE = 3
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): one line for a user."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class UserError(Exception):
     """An error the user can fix; reported as one message with exit code 2."""
 

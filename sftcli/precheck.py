@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sftcli.errors import ConfigError
+from sftcli.errors import ConfigError, first_line
 
 # hydra/GROUP=OPTION choices that come from optional packages: (group, options) -> (module, what, extra).
 PLUGINS = {
@@ -96,8 +96,7 @@ def _resolved(cfg: Any, key: str | None) -> Any:
         return OmegaConf.to_container(cfg, resolve=True) if key is None else OmegaConf.select(cfg, key)
     except OmegaConfBaseException as exc:
         where = getattr(exc, "full_key", None) or key or "config"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{where}: cannot be resolved: {first}") from None
+        raise ConfigError(f"{where}: cannot be resolved: {first_line(exc)}") from None
 
 
 def _first_job(overrides: list[str]) -> list[str]:
@@ -109,7 +108,7 @@ def _first_job(overrides: list[str]) -> list[str]:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as exc:
-        raise ConfigError(f"invalid overrides: {str(exc).strip().splitlines()[0]}") from None
+        raise ConfigError(f"invalid overrides: {first_line(exc)}") from None
     out = []
     for o in parsed:
         if not o.is_sweep_override():

@@ -69,7 +69,17 @@ def read_json(path: Path, error: type[UserError] = CheckpointError) -> Any:
 
 def read_record(path: Path, record: type[R], error: type[UserError] = CheckpointError) -> R:
     """`path` read as `record`: the JSON and the fields sft reads checked; `error` names the file and field."""
+    return _validated(read_json(path, error), path, record, error)
+
+
+def read_checked(path: Path, record: type[BaseModel], error: type[UserError] = CheckpointError) -> Any:
+    """`path`'s JSON as it is (every field, as written), once its shape is checked against `record`."""
     data = read_json(path, error)
+    _validated(data, path, record, error)
+    return data
+
+
+def _validated(data: Any, path: Path, record: type[R], error: type[UserError]) -> R:
     try:
         return record.model_validate(data)
     except ValidationError as exc:

@@ -14,7 +14,7 @@ from typing import Any
 from sftcli.commands.checkpoints import label_names, load_checkpoint
 from sftcli.config import parse_predict
 from sftcli.errors import ConfigError, DataError
-from sftcli.rundir import check_path, claim
+from sftcli.rundir import claim
 
 
 def _read_rows(path: Path, columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
@@ -114,7 +114,6 @@ def _predict_paths(pc: Any) -> tuple[Path, Path]:
             raise ConfigError(f"output: {outp} is a directory; name the file to write, e.g. {outp / 'pred.csv'}")
         if outp.resolve() == inp.resolve():
             raise ConfigError("output: must differ from input")
-        check_path(outp.parent, "output")
     except OSError as exc:  # a name longer than the filesystem allows, a path through a file, ...
         raise ConfigError(f"{'input' if exc.filename == str(inp) else 'output'}: {exc.filename}: "
                           f"{exc.strerror or exc}") from None
@@ -133,7 +132,8 @@ def run_predict(args: list[str]) -> int:
         raise ConfigError(f"sft predict: {exc}") from exc
     pc = parse_predict(raw)  # type: ignore[arg-type]
     inp, outp = _predict_paths(pc)
-    # The output's folder is made now and, when this command made it, removed again if it fails.
+    # The output's folder (its path checked first) is made now and, when this command made it, removed
+    # again if the command fails.
     folder = claim(outp.parent, continues=True, what="the output folder", keys="output", hint="")
     try:
         try:

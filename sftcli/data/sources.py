@@ -19,7 +19,7 @@ from typing import Any
 
 from sftcli.config import DataConfig
 from sftcli.data.textsets import RawTexts, Row, TextSet, clean_rows, rows_to_set
-from sftcli.errors import DataError
+from sftcli.errors import DataError, first_line
 
 log = logging.getLogger("sft")
 
@@ -162,7 +162,7 @@ def _load_file(path: Path, ext: str, key: str) -> Any:
             raise DataError(f"{key}: {path} has no data rows (empty dataset)") from exc
         cause = _root_cause(exc)
         hint = " (files must be UTF-8 encoded)" if isinstance(cause, UnicodeError) else ""
-        raise DataError(f"{key}: could not read {path}: {_first_line(cause)}{hint}") from exc
+        raise DataError(f"{key}: could not read {path}: {first_line(cause)}{hint}") from exc
 
 
 def _check_json_lines(path: Path, key: str) -> None:
@@ -311,7 +311,7 @@ def _load_hub(cfg: DataConfig) -> Any:
             else:
                 ds = datasets.load_dataset(cfg.name, cfg.config)
     except Exception as exc:  # hub, network, builder and file errors
-        raise DataError(f"data.name: could not load dataset {cfg.name!r}: {_first_line(_root_cause(exc))}") from exc
+        raise DataError(f"data.name: could not load dataset {cfg.name!r}: {first_line(_root_cause(exc))}") from exc
     if isinstance(ds, datasets.Dataset):
         ds = datasets.DatasetDict({"train": ds})
     if not isinstance(ds, datasets.DatasetDict):
@@ -368,10 +368,6 @@ def read_labeled_file(cfg: DataConfig, split: str, label_names: list[str],
         log.info("data: %s", note)
     return rows_to_set(rows, {n: i for i, n in enumerate(label_names)}, where, names_from)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _root_cause(exc: BaseException) -> BaseException:
