@@ -51,3 +51,23 @@ class Preempted(Exception):
     """Training was stopped by a signal after saving a checkpoint."""
 
     exit_code = EXIT_PREEMPTED
+
+
+def user_error(exc: BaseException) -> BaseException:
+    """An OSError about a path the command was given (a name too long, a folder that is a file, no
+    permission) is the user's to fix: one message naming the path, exit 2. Other errors stay as they are."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        error = UserError(f"{exc.filename}: {exc.strerror or exc}")
+        error.__cause__ = exc
+        return error
+    return exc
+
+
+def report_error(exc: BaseException, debug: bool) -> None:
+    """One line on stderr for an error that ends a command (with its traceback first when debugging)."""
+    import sys
+    import traceback
+
+    if debug:
+        traceback.print_exception(exc)
+    print(f"sft: error: {exc}", file=sys.stderr, flush=True)

@@ -1,5 +1,5 @@
-"""After Hydra, in the parent process: make the run dir, then run 1 worker in-process or N through
-torch.distributed's elastic launcher. Hydra never runs inside a worker: workers read config.yaml."""
+"""After Hydra, in the parent process: the typed config of a job, then 1 worker in-process or N through
+torch.distributed's elastic launcher. Hydra never runs inside a worker: workers get the typed config."""
 
 from __future__ import annotations
 
@@ -39,31 +39,28 @@ class WorkersFailed(Exception):
         self.exit_code = exit_code
 
 
-def write_run_config(cfg: Any, run_dir: Path) -> None:
-    """config.yaml: the resolved config (without Hydra's own section), written before training starts."""
-    from omegaconf import OmegaConf
+def prepare_train(cfg: Any, run_dir: Path, overrides: list[str]) -> TrainConfig:
+    """The typed config of a composed `sft train` job, validated once (before any model or data loads):
+    what the launch environment decides goes in first (the world size of an external torchrun, resume=auto
+    for a job that submitit requeued). overrides: the job's command line (a key given there is a choice)."""
+    from omegaconf import open_dict
 
-    data = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(data, dict)
-    data.pop("hydra", None)
-    tmp = run_dir / "config.yaml.tmp"
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(data)))
-    tmp.replace(run_dir / "config.yaml")
+    with open_dict(cfg):
+        if dist.launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # Under an external torchrun the world size is torchrun's; record it so checks and resume see it.
+            cfg.trainer.nproc = int(os.environ.get("WORLD_SIZE", "1"))
+        if cfg.get("resume") is None and cluster.continues_requeued_job(run_dir):
+            log.warning("submitit requeued this job: continuing from the newest checkpoint in %s", run_dir)
+            cfg.resume = "auto"
+    return parse_train(cfg, overrides)
 
 
-def train_in_run_dir(cfg: Any, run_dir: Path) -> dict[str, Any]:
-    """Validate, write config.yaml, launch the workers; returns the run's summary."""
+def train_in_run_dir(tc: TrainConfig, run_dir: Path) -> dict[str, Any]:
+    """Launch the workers of a validated config in its run dir; returns the run's summary. The workers
+    write config.yaml (sftcli/engine) once the data has resolved what the config leaves open."""
     external = dist.launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if external:
-        # Under an external torchrun the world size is torchrun's; record it so checks and resume see it.
-        cfg.trainer.nproc = int(os.environ.get("WORLD_SIZE", "1"))
-    if cfg.get("resume") is None and cluster.continues_requeued_job(run_dir):
-        log.warning("submitit requeued this job: continuing from the newest checkpoint in %s", run_dir)
-        cfg.resume = "auto"
-    tc: TrainConfig = parse_train(cfg, _job_overrides())  # before any model or data loading
     check_installed(tc.trainer)  # the trackers' packages, before the run dir is written to
     probe_writable(run_dir)
-    write_run_config(cfg, run_dir)
     setup_logging(run_dir, is_main=True)
     for note in tc.notes:
         log.info("config: %s", note)
@@ -92,16 +89,6 @@ def train_in_run_dir(cfg: Any, run_dir: Path) -> dict[str, Any]:
         except Exception as exc:
             raise _launch_failure(exc, run_dir, received) from None
     return results[0]
-
-
-def _job_overrides() -> list[str]:
-    """The overrides of this Hydra job (in a sweep, the job's own); [] outside a Hydra job."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:  # not inside a Hydra job
-        return []
 
 
 def _launch_failure(exc: Exception, run_dir: Path, received: list[int]) -> Exception:

@@ -1,10 +1,12 @@
-"""Before Hydra runs: compose and validate a command line once, turn Hydra's error texts into sft's
-messages (a did-you-mean, the forgotten +), and check that an optional Hydra plugin a command names is
-installed. Every problem here is a ConfigError: exit 2, before a run dir exists."""
+"""Before Hydra makes a directory: validate a composed command line once, give Hydra's composition errors
+sft's messages (a did-you-mean, the forgotten +), and check that an optional Hydra plugin a command names
+is installed. Every problem here is a ConfigError: exit 2, before a run dir exists."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,35 +44,18 @@ def check_plugins(args: list[str]) -> None:
 
 @dataclass
 class Planned:
-    """A command line as checked before Hydra runs: its typed config (None when only the running job can
-    resolve it, and in a sweep, whose jobs are validated one by one) and the directory Hydra will make."""
+    """A composed command line as checked before Hydra makes a directory: its typed config (None in a
+    sweep, whose jobs are validated one by one as they run) and the directory Hydra will make."""
 
     config: Any
-    directory: Path | None  # the run dir (single run) or the sweep dir (-m); None when not resolvable yet
+    directory: Path  # the run dir (single run) or the sweep dir (-m)
     continues: bool  # resume= is set: the run continues in a directory that may hold a run already
 
 
-def check_config(command: str, overrides: list[str], multirun: bool = False) -> Planned:
-    """The typed config of one `sft train` / `sft eval` command line, through the same composition and
-    parse functions as the run itself, and the directory it will write; raises ConfigError listing the
-    problems. A sweep is composed as its first job, to find its directory and the mistakes all its jobs
-    share; each job is validated when it runs (one bad job does not stop the others)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from sftcli.catalog import config_dir
-    from sftcli.config import parse_eval, parse_train
-
-    if multirun:
-        overrides = _first_job(overrides)
-    try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name=command):
-            cfg = compose(config_name=command, overrides=overrides, return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(composition_message(command, str(exc), overrides)) from None
-    except ValueError as exc:  # Hydra's own check of a group's value (model=1, data=null)
-        raise ConfigError(_group_value_message(command, overrides) or f"invalid overrides: {exc}") from None
+def check_composed(command: str, cfg: Any, multirun: bool, prepare: Any = None) -> Planned:
+    """The typed config of a composed `sft train` / `sft eval` config and the directory it will write;
+    raises ConfigError listing the problems. prepare(job, run_dir): what turns the composed config into the
+    typed one (sftcli/launch.py: prepare_train for train); a sweep's jobs are validated as they run."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
@@ -82,8 +67,11 @@ def check_config(command: str, overrides: list[str], multirun: bool = False) -> 
     continues = command == "train" and job.get("resume") is not None
     if multirun:
         return Planned(None, directory, continues)
-    typed = parse_train(job, overrides) if command == "train" else parse_eval(job)
-    return Planned(typed, directory, continues)
+    if prepare is None:
+        from sftcli.config import parse_eval
+
+        return Planned(parse_eval(job), directory, continues)
+    return Planned(prepare(job, directory), directory, continues)
 
 
 def _resolved(cfg: Any, key: str | None) -> Any:
@@ -99,30 +87,21 @@ def _resolved(cfg: Any, key: str | None) -> Any:
         raise ConfigError(f"{where}: cannot be resolved: {first_line(exc)}") from None
 
 
-def _first_job(overrides: list[str]) -> list[str]:
-    """A multirun's overrides as its first job gets them: each sweep (a,b / range() / choice()) at its
-    first value; a sweep without one (an Optuna interval) left at its default."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+@contextlib.contextmanager
+def composing(command: str, overrides: list[str]) -> Iterator[None]:
+    """Around a composition of the command's config: Hydra's errors become a ConfigError (exit 2)."""
     from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException as exc:
-        raise ConfigError(f"invalid overrides: {first_line(exc)}") from None
-    out = []
-    for o in parsed:
-        if not o.is_sweep_override():
-            out.append(o.input_line)
-            continue
-        try:
-            first = next(iter(o.sweep_string_iterator()))
-        except (HydraException, StopIteration, TypeError, ValueError):
-            continue
-        out.append(f"{o.get_key_element()}={first}")
-    return out
+        yield
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(composition_message(command, exc, overrides)) from None
+    except ValueError as exc:  # Hydra's own check of a group's value (model=1, data=null)
+        raise ConfigError(_group_value_message(overrides) or f"invalid overrides: {exc}") from None
 
 
-def _group_value_message(command: str, overrides: list[str]) -> str | None:
+def _group_value_message(overrides: list[str]) -> str | None:
     """`model=1`, `data=null`: a config group takes one of its options' names."""
     from sftcli.catalog import config_groups
 
@@ -134,35 +113,67 @@ def _group_value_message(command: str, overrides: list[str]) -> str | None:
     return None
 
 
-def composition_message(command: str, text: str, overrides: list[str]) -> str:
-    """sft's message for a composition error of Hydra's (its text parsed: Hydra has no error codes)."""
-    import re
-
+def check_group_options(overrides: list[str]) -> None:
+    """A config group given an option it does not have (model=nope): the ConfigError a composition would
+    end in, found without composing (a sweep's jobs, sftcli's sweeper in hydra_plugins/sft_sweeper)."""
     from sftcli.catalog import config_groups
 
-    first = text.strip().splitlines()[0] if text.strip() else text
-    m = re.search(r"Could not override '([^']+)'", text)
-    if m:
-        from sftcli.config import RENAMED_KEYS, unknown_key_message
+    for arg in overrides:
+        key, sep, option = arg.lstrip("+~").partition("=")
+        options = config_groups().get(key)
+        if sep and options is not None and option not in options:
+            raise ConfigError(_missing_option_message(key, option))
 
-        key = m.group(1)
+
+def _missing_option_message(group: str, option: str) -> str:
+    from sftcli.catalog import config_groups
+
+    options = config_groups().get(group, [])
+    hint = difflib.get_close_matches(option, options, n=1)
+    extra = f" (did you mean {group}={hint[0]}?)" if hint else ""
+    return f"{group}={option}: no such option{extra}; options: {', '.join(options)}"
+
+
+def composition_message(command: str, exc: BaseException, overrides: list[str]) -> str:
+    """sft's message for a composition error of Hydra's, found from what the exception carries (the missing
+    option, the key OmegaConf could not set) and from the overrides themselves; where neither tells, Hydra's
+    own first line stands."""
+    from hydra.errors import MissingConfigException
+
+
+    missing = getattr(exc, "missing_cfg_file", None) if isinstance(exc, MissingConfigException) else None
+    if missing and "/" in missing:
+        return _missing_option_message(*missing.rsplit("/", 1))
+    keys = [a.lstrip("~").partition("=")[0] for a in overrides if not a.startswith("+")]
+    for key in keys:
         added = added_group_message(command, key, overrides)
         if added:
             return added
+    twice = _group_chosen_twice(command, overrides)
+    if twice:
+        return (f"+{twice}=...: {twice} is already chosen (by +recipe=... or the defaults); "
+                f"to pick another option write {twice}=OPTION, without the +")
+    cause = exc.__cause__
+    key = getattr(cause, "full_key", None) or None
+    if key:
+        from sftcli.config import RENAMED_KEYS, unknown_key_message
+
         return f"{key}: {unknown_key_message(key, None if key in RENAMED_KEYS else closest_key(command, key))}"
-    m = re.search(r"Multiple values for (\w+)", text)
-    if m:
-        group = m.group(1)
-        return (f"+{group}=...: {group} is already chosen (by +recipe=... or the defaults); "
-                f"to pick another option write {group}=OPTION, without the +")
-    m = re.search(r"Could not find '([^/']+)/([^']+)'", text)
-    if m:
-        group, option = m.groups()
-        options = config_groups().get(group, [])
-        hint = difflib.get_close_matches(option, options, n=1)
-        extra = f" (did you mean {group}={hint[0]}?)" if hint else ""
-        return f"{group}={option}: no such option{extra}; options: {', '.join(options)}"
-    return f"invalid overrides: {first}"
+    return f"invalid overrides: {first_line(exc)}"
+
+
+def _group_chosen_twice(command: str, overrides: list[str]) -> str | None:
+    """The group that a `+group=option` adds although the command's defaults, or another `+group=`, already
+    chose it."""
+    from sftcli.catalog import config_dir, config_groups
+    from sftcli.helptext import read_yaml_doc
+
+    defaults = read_yaml_doc(config_dir() / f"{command}.yaml").defaults
+    added = [a[1:].partition("=")[0] for a in overrides if a.startswith("+") and not a.startswith("++")]
+    for group in added:
+        if group in config_groups() and (group in defaults or added.count(group) > 1):
+            return group
+    return None
 
 
 def added_group_message(command: str, key: str, overrides: list[str]) -> str | None:
@@ -189,25 +200,11 @@ def added_group_message(command: str, key: str, overrides: list[str]) -> str | N
 
 
 def closest_key(command: str, key: str) -> str | None:
-    """The known key most like `key` (for "did you mean"), over the composed config and the added groups."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    """The known key most like `key` (for "did you mean"): every key of the command's schema, its groups'
+    keys (strategy's too, chosen or not) and the aliases (lambda, tau)."""
+    from sftcli.config.schema import COMMAND_SCHEMAS
+    from sftcli.config.store import key_descriptions
 
-    from sftcli.catalog import config_dir
-    from sftcli.config.store import group_keys
-
-    with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name=command):
-        base = OmegaConf.to_container(compose(config_name=command), resolve=False)
-
-    def flat(d: Any, prefix: str = "") -> list[str]:
-        out = []
-        for k, v in d.items():
-            full = f"{prefix}{k}"
-            out.append(full)
-            if isinstance(v, dict):
-                out.extend(flat(v, full + "."))
-        return out
-
-    keys = flat(base) + [f"strategy.{k}" for k in group_keys(command, "strategy")]
+    keys = list(key_descriptions(COMMAND_SCHEMAS[command]))
     hint = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
     return hint[0] if hint else None

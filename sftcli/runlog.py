@@ -65,18 +65,24 @@ class MetricsWriter:
         return dropped
 
 
-def record_in_config(path: Path, key: str, value: Any) -> None:
-    """Set dotted `key` of the run's config.yaml to a value only the run itself resolves (the steps of
-    trainer.epochs); a missing config.yaml (an engine built by code) is left alone."""
-    if not path.is_file():
-        return
-    from omegaconf import OmegaConf
+def write_run_config(run_dir: Path, cfg: Any, resolved: dict[str, Any]) -> None:
+    """config.yaml, the run's record, written once by rank 0 before training: the validated config as the
+    command line composes it (sftcli/config: to_record), with `resolved` (dotted key -> value) set to what
+    only the run resolves (the steps of trainer.epochs)."""
+    import yaml
 
-    recorded = OmegaConf.load(path)
-    OmegaConf.update(recorded, key, value)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(OmegaConf.to_yaml(recorded))
-    tmp.replace(path)
+    from sftcli.config import to_record
+
+    record = to_record(cfg)
+    for key, value in resolved.items():
+        section, _, name = key.rpartition(".")
+        node = record
+        for part in section.split(".") if section else []:
+            node = node[part]
+        node[name] = value
+    tmp = run_dir / "config.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
+    tmp.replace(run_dir / "config.yaml")
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

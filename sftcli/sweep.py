@@ -17,8 +17,6 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from sftcli import jobs
-
 log = logging.getLogger("sft")
 
 SWEEP_FILE = "sweep.csv"
@@ -48,7 +46,6 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         # Resolve ${now:...} here, once: Hydra caches it on this config, so the jobs agree with it.
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
-        jobs.STATE["sweep_dir"] = self.sweep_dir  # a sweep whose every job is refused removes it again
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus

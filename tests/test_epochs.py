@@ -10,7 +10,7 @@ import yaml
 from conftest import TINY, read_jsonl
 
 from sftcli.config import LossConfig, StrategyConfig, TrainConfig, TrainerConfig
-from sftcli.engine.build import training_steps
+from sftcli.engine.build import training_plan
 
 NO_STEPS = [o for o in TINY if not o.startswith("trainer.max_steps")]  # TINY: batch 8, 96 labeled texts
 
@@ -28,8 +28,8 @@ NO_STEPS = [o for o in TINY if not o.startswith("trainer.max_steps")]  # TINY: b
 def test_epochs_resolve_to_the_labeled_batches_they_take(epochs, n, batch, strategy, steps) -> None:
     loss = LossConfig(weight=0.5, tau=0.1) if strategy else LossConfig()
     cfg = TrainConfig(trainer=TrainerConfig(epochs=epochs, batch_size=batch), strategy=strategy, loss=loss)
-    assert training_steps(cfg, n) == steps
-    assert training_steps(TrainConfig(trainer=TrainerConfig(max_steps=7)), n) == 7  # without epochs
+    assert training_plan(cfg, n).max_steps == steps
+    assert training_plan(TrainConfig(trainer=TrainerConfig(max_steps=7)), n).max_steps == 7  # without epochs
 
 
 def test_epochs_set_the_steps_and_the_lr_schedule(sft, tmp_path) -> None:

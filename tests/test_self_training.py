@@ -393,7 +393,7 @@ def test_teachers_that_leave_no_student_round_are_refused(sft) -> None:
 
 def test_each_teacher_is_a_round_of_its_own() -> None:
     from sftcli.config import TrainConfig, parse_train
-    from sftcli.engine.build import training_steps
+    from sftcli.engine.build import training_plan
 
     raw = TrainConfig().model_dump()
     raw["strategy"] = {"name": "mix"}
@@ -402,4 +402,5 @@ def test_each_teacher_is_a_round_of_its_own() -> None:
     raw["trainer"].update(epochs=75, batch_size=16)
     cfg = parse_train(raw)
     # 96 labeled texts: 450 steps in three rounds of 150, and a second teacher's round on top.
-    assert training_steps(cfg, 96) == 600 and cfg.loss.self_training_every == 150
+    plan = training_plan(cfg, 96)
+    assert plan.max_steps == 600 and plan.round_steps == 150

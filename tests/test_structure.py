@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("sftcli", "hydra_plugins/sft_submitit")
+PACKAGES = ("sftcli", "hydra_plugins/sft_submitit", "hydra_plugins/sft_sweeper")
 MAX_LINES = 500
 
 

@@ -26,6 +26,8 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher as plugin
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
 
+from sftcli.jobs import Jobs, missing_value, the_jobs
+
 log = logging.getLogger(__name__)
 
 
@@ -53,15 +55,18 @@ class _CollectingLauncher(plugin.BaseSubmititLauncher):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
             params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
         jobs = executor.map_array(self, *zip(*params, strict=True))
-        return [_collect(job, list(p[0]), p[2], sweep_dir) for job, p in zip(jobs, params, strict=True)]
+        record = the_jobs(self.task_function)
+        return [_collect(job, list(p[0]), p[2], sweep_dir, record) for job, p in zip(jobs, params, strict=True)]
 
 
-def _collect(job: Any, overrides: list[str], num: int, sweep_dir: Path) -> JobReturn:
+def _collect(job: Any, overrides: list[str], num: int, sweep_dir: Path, record: Jobs | None) -> JobReturn:
     """Wait for one job. Its JobReturn when it left one, with a failed run (whose value is already the
-    missing one) counted; else a stand-in holding the value sweepers expect for a failed job."""
+    missing one) counted in `record` (the command's jobs); else a stand-in holding the value sweepers
+    expect for a failed job."""
     from submitit.core.utils import FailedJobError, UncompletedJobError
 
-    from sftcli.jobs import sweep_job_failed
+    def sweep_job_failed(overrides: list[str], message: str, code: int) -> float | None:
+        return record.remote_job_failed(overrides, message, code) if record is not None else missing_value()
 
     try:
         ret: JobReturn = job.results()[0]

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from sftcli.commands.checkpoints import label_names, load_checkpoint
-from sftcli.config import DataConfig, from_plain, parse_eval
+from sftcli.config import DataConfig, EvalConfig, from_plain
 from sftcli.errors import ConfigError, DataError, ModelError
 
 
-def run_eval(cfg: Any, out_dir: Path) -> dict[str, Any]:
+def run_eval(ec: EvalConfig, out_dir: Path) -> dict[str, Any]:
+    """`sft eval` with its validated config: score a checkpoint, write eval.json into out_dir."""
     import torch
 
     from sftcli.data import load_data
@@ -21,7 +22,6 @@ def run_eval(cfg: Any, out_dir: Path) -> dict[str, Any]:
     from sftcli.rundir import cache_root
     from sftcli.runlog import setup_logging
 
-    ec = parse_eval(cfg)
     setup_logging(None, True)
     path, model, tokenizer, saved = load_checkpoint(ec.checkpoint)
     train_cfg = from_plain(saved)

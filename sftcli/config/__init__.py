@@ -10,6 +10,7 @@ from sftcli.config.parse import (
     parse_predict,
     parse_train,
     to_plain,
+    to_record,
     type_text,
     unknown_key_message,
 )
@@ -32,4 +33,4 @@ register()
 
 __all__ = ["ALIASES", "REMOVED_KEYS", "RENAMED_KEYS", "DataConfig", "EvalConfig", "LossConfig", "ModelConfig", "OptimConfig",
            "PredictConfig", "StrategyConfig", "TrainConfig", "TrainerConfig", "from_plain", "parse_eval",
-           "parse_predict", "parse_train", "register", "to_plain", "type_text", "unknown_key_message"]
+           "parse_predict", "parse_train", "register", "to_plain", "to_record", "type_text", "unknown_key_message"]

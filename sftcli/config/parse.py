@@ -233,6 +233,18 @@ def to_plain(obj: BaseModel) -> dict[str, Any]:
     return obj.model_dump()
 
 
+def to_record(cfg: TrainConfig) -> dict[str, Any]:
+    """A run's config.yaml: the typed config as the command line composes it, with `lambda` and `tau` at
+    the top level (ALIASES) and no `strategy` when there is none."""
+    record = to_plain(cfg)
+    if record.get("strategy") is None:
+        record.pop("strategy", None)
+    for alias, path in ALIASES.items():
+        section, name = path.split(".")
+        record[alias] = record[section][name]
+    return record
+
+
 def from_plain(data: dict[str, Any]) -> TrainConfig:
     """Rebuild a TrainConfig from :func:`to_plain` output (worker processes, checkpoints)."""
     data = {**data}

@@ -51,13 +51,26 @@ class TokenIds:
     fingerprint: str  # the tokenizer's, part of every cache key
 
 
-def setup_data(cfg: TrainConfig) -> tuple[DataBundle, int, np.ndarray | None]:
-    """The data, the run's steps and the class weights: what the data decides, checked before the model
+@dataclass(frozen=True)
+class Plan:
+    """What the config leaves to the data, computed once from the labeled set's size: the run's optimizer
+    steps (trainer.epochs in steps) and the length of a self-training round (loss.self_training_rounds in
+    steps). config.yaml records them as trainer.max_steps and loss.self_training_every."""
+
+    max_steps: int
+    round_steps: int  # steps between re-labels: loss.self_training_every, or the steps / rounds
+
+    def record(self) -> dict[str, int]:
+        return {"trainer.max_steps": self.max_steps, "loss.self_training_every": self.round_steps}
+
+
+def setup_data(cfg: TrainConfig) -> tuple[DataBundle, Plan, np.ndarray | None]:
+    """The data, the run's plan and the class weights: what the data decides, checked before the model
     loads (the steps of trainer.epochs, the class weights, a metric that needs two classes)."""
     data = load_data(cfg.data, cfg.seed)
     for note in data.notes:
         log.info("data: %s", note)
-    max_steps = training_steps(cfg, len(data.labeled))
+    plan = training_plan(cfg, len(data.labeled))
     weights = class_weights(cfg.loss.class_weights, data.label_names, data.labeled.labels)
     if weights is not None:
         log.info("loss: class weights (%s): %s", "balanced" if cfg.loss.class_weights == "balanced" else "given",
@@ -66,7 +79,7 @@ def setup_data(cfg: TrainConfig) -> tuple[DataBundle, int, np.ndarray | None]:
         raise ConfigError(f"trainer.select_metric=val/roc_auc needs two classes; the data has "
                           f"{len(data.label_names)} ({', '.join(data.label_names)}): choose val/accuracy, "
                           "val/macro_f1 or val/weighted_f1")
-    return data, max_steps, weights
+    return data, plan, weights
 
 
 def setup_tokens(cfg: TrainConfig, data: DataBundle) -> TokenIds:
@@ -105,11 +118,11 @@ def setup_model(cfg: TrainConfig, data: DataBundle) -> torch.nn.Module:
     return model
 
 
-def setup_objectives(cfg: TrainConfig, model: torch.nn.Module, data: DataBundle, tokens: TokenIds,
+def setup_objectives(cfg: TrainConfig, plan: Plan, model: torch.nn.Module, data: DataBundle, tokens: TokenIds,
                      env: dist.DistEnv, weights: np.ndarray | None) -> list[Objective]:
     unlabeled = tokens.unlabeled if cfg.strategy is not None else None
     hidden = data.unlabeled.hidden_labels if data.unlabeled is not None else None
-    return build_objectives(cfg, model, unlabeled, hidden, tokens.pad_id, env, cache_root(cfg),
+    return build_objectives(cfg, plan.round_steps, model, unlabeled, hidden, tokens.pad_id, env, cache_root(cfg),
                             teacher_key=(tokens.fingerprint, str(cfg.model.max_length), cfg.model.pooling,
                                          data.fingerprint()),
                             class_weights=weights)
@@ -152,44 +165,43 @@ def check_disk_space(run_dir: Path, model: torch.nn.Module, named: list[tuple[st
     ckpt.check_free_space(run_dir, int(1.1 * (weights + 2 * trained)))
 
 
-def training_steps(cfg: TrainConfig, n_labeled: int) -> int:
+def training_plan(cfg: TrainConfig, n_labeled: int) -> Plan:
     """The run's optimizer steps: trainer.max_steps, or with trainer.epochs as many as it takes the labeled
     stream to pass over the `n_labeled` texts that often, ceil(epochs x n_labeled / batch_size) labeled
     batches (a fractional epoch ends on the batch that completes it; the stream runs on across epochs, so
     no batch is cut short), plus the unlabeled steps between them under +strategy=alternate. With
-    loss.self_training_rounds the steps are cut to whole rounds and loss.self_training_every is set to a
-    round's length (before the objectives are built)."""
+    loss.self_training_rounds the steps are cut to whole rounds, and a round is steps // rounds long."""
     steps = _steps(cfg, n_labeled)
     lc = cfg.loss
+    every = lc.self_training_every
     if cfg.strategy is None or lc.self_training_weight <= 0:
-        return steps
+        return Plan(steps, every)
     if lc.self_training_rounds is not None:
         # Whole rounds: the steps become rounds x (steps // rounds), and the rounds re-label that often.
         every = steps // lc.self_training_rounds
         if every < 1:
             raise ConfigError(f"loss.self_training_rounds: {lc.self_training_rounds} rounds in {steps} steps leave "
                               "no step per round; lower it or train longer")
-        lc.self_training_every = every
         # Several teachers: each is a round of its own, before the students' rounds.
         steps = every * (lc.self_training_rounds + lc.self_training_teachers - 1)
         log.info("loss.self_training_rounds=%d: a round is %d steps; %d steps in all", lc.self_training_rounds,
                  every, steps)
-    elif lc.self_training_every >= steps:
+    elif every >= steps:
         # Without trainer.epochs the config check refused this already; a config built in code may not be.
         given = (f"trainer.epochs={cfg.trainer.epochs:g}" if cfg.trainer.epochs is not None
                  else "trainer.max_steps")
-        raise ConfigError(f"loss.self_training_every: {lc.self_training_every} >= the {steps} steps of "
-                          f"{given}: self-training re-labels first after step {lc.self_training_every}, so no "
+        raise ConfigError(f"loss.self_training_every: {every} >= the {steps} steps of "
+                          f"{given}: self-training re-labels first after step {every}, so no "
                           "round would happen; lower loss.self_training_every or raise "
                           f"{given.split('=')[0]}")
     teachers = lc.self_training_teachers
-    if teachers * lc.self_training_every >= steps:
+    if teachers * every >= steps:
         # Reachable without loss.self_training_rounds only: with it, the students' rounds come on top.
-        raise ConfigError(f"loss.self_training_teachers: {teachers} teachers of {lc.self_training_every} steps "
+        raise ConfigError(f"loss.self_training_teachers: {teachers} teachers of {every} steps "
                           f"leave no student round in {steps} steps; lower it or train longer")
     if teachers > 1:
         log.info("loss.self_training_teachers=%d: the first %d rounds are teachers", teachers, teachers)
-    return steps
+    return Plan(steps, every)
 
 
 def _steps(cfg: TrainConfig, n_labeled: int) -> int:

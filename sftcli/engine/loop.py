@@ -36,7 +36,7 @@ from sftcli.export import MODEL_DIR, export_model, model_card
 from sftcli.losses import softmax
 from sftcli.objectives import Objective, StepView, Term
 from sftcli.objectives.base import ALL_UNLABELED, Restart, RunView, SetTrainPrior, UnlabeledRows
-from sftcli.runlog import MetricsWriter, format_metrics, format_value, record_in_config
+from sftcli.runlog import MetricsWriter, format_metrics, format_value, write_run_config
 from sftcli.trackers import Trackers, build_trackers
 
 log = logging.getLogger("sft")
@@ -91,13 +91,14 @@ class Engine:
         hf_logging.disable_progress_bar()  # sft shows its own progress; no per-save bars from transformers
         self.precision = resolve_precision(tc.precision, env.device)
         state.seed_everything(cfg.seed)
-        self.data, self.max_steps, self.class_weights = build.setup_data(cfg)
+        self.data, self.plan, self.class_weights = build.setup_data(cfg)
+        self.max_steps = self.plan.max_steps
         tokens = build.setup_tokens(cfg, self.data)
         self.tokenizer, self.pad_id = tokens.tokenizer, tokens.pad_id
         self.enc_val, self.enc_test, self.enc_unlabeled = tokens.validation, tokens.test, tokens.unlabeled
         self.labeled_prior = self.train_prior = prior.labeled_prior(self.data.labeled.labels, len(self.data.label_names))
         self.model = build.setup_model(cfg, self.data)
-        self.objectives = build.setup_objectives(cfg, self.model, self.data, tokens, env, self.class_weights)
+        self.objectives = build.setup_objectives(cfg, self.plan, self.model, self.data, tokens, env, self.class_weights)
         self.ddp_model, self.average = build.setup_device(self.model, self.objectives, tc, env, self.precision)
         self.optimizer, self.scheduler = build.setup_optimizer(cfg, self.named_parameters(), self.max_steps,
                                                                self.objectives)
@@ -107,11 +108,10 @@ class Engine:
         self.batches = StepBatches(cfg, self.data, tokens.labeled, unlabeled, self.tokenizer, self.pad_id, env)
         if env.is_main:
             ckpt.clean_temporary(self.ckpt_dir)
-        if self.env.is_main and (self.tc.epochs is not None or self.cfg.loss.self_training_rounds is not None):
-            # config.yaml records the run as resolved; the steps of trainer.epochs and the length of a
-            # self-training round are known only now that the labeled set is loaded.
-            record_in_config(self.run_dir / "config.yaml", "trainer.max_steps", self.max_steps)
-            record_in_config(self.run_dir / "config.yaml", "loss.self_training_every", self.cfg.loss.self_training_every)
+        if env.is_main:
+            # config.yaml records the run as it runs: the validated config, with the steps of trainer.epochs
+            # and the length of a self-training round, known only now that the labeled set is loaded.
+            write_run_config(self.run_dir, cfg, self.plan.record())
         if self.cfg.resume is not None:
             state.resume(self)
         if self.env.is_main:

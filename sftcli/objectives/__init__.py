@@ -25,7 +25,7 @@ from sftcli.objectives.supervised import Supervised
 __all__ = ["Contribution", "Objective", "StepBatch", "StepView", "Term", "build_objectives"]
 
 
-def build_objectives(cfg: TrainConfig, model: torch.nn.Module, unlabeled: Encoded | None,
+def build_objectives(cfg: TrainConfig, round_steps: int, model: torch.nn.Module, unlabeled: Encoded | None,
                      hidden_labels: np.ndarray | None, pad_id: int, env: dist.DistEnv, cache: Path,
                      teacher_key: tuple[str, ...], class_weights: np.ndarray | None = None) -> list[Objective]:
     """The run's objectives, in the order their terms are summed. A term whose weight is 0 is left out,
@@ -35,7 +35,7 @@ def build_objectives(cfg: TrainConfig, model: torch.nn.Module, unlabeled: Encode
     lc = cfg.loss
     self_training = None
     if cfg.strategy is not None and unlabeled is not None and lc.self_training_weight > 0:
-        self_training = SelfTraining(lc, unlabeled, hidden_labels, model, class_weights)
+        self_training = SelfTraining(lc, unlabeled, hidden_labels, model, class_weights, every=round_steps)
     objectives: list[Objective] = [Supervised(class_weights, lc.label_smoothing)]
     if lc.supcon_weight > 0:
         objectives.append(SupCon(lc.supcon_weight, lc.supcon_tau, cfg.model.pooling,

@@ -49,8 +49,10 @@ class SelfTraining(Objective):
     name = "st"
 
     def __init__(self, lc: LossConfig, unlabeled: Encoded, hidden_labels: np.ndarray | None,
-                 model: torch.nn.Module, class_weights: np.ndarray | None = None):
+                 model: torch.nn.Module, class_weights: np.ndarray | None = None, every: int | None = None):
         self.lc, self.unlabeled, self.hidden_labels = lc, unlabeled, hidden_labels
+        # Steps between re-labels: the run's plan (a round's length with loss.self_training_rounds).
+        self.every = lc.self_training_every if every is None else every
         self.class_weights = class_weights  # loss.class_weights, per class; None: unweighted
         self.wants_best_weights = lc.self_training_labeler == "best"
         self.pseudo_labels: np.ndarray | None = None  # [n_unlabeled], -1: not used
@@ -67,7 +69,7 @@ class SelfTraining(Objective):
     def schedule_period(self) -> int | None:
         # Fresh teachers and students each get the whole schedule (warmup, then decay to zero at the end
         # of their round), as a separate run would.
-        return self.lc.self_training_every if self.initial_state is not None else None
+        return self.every if self.initial_state is not None else None
 
     def labels_for_unlabeled(self) -> np.ndarray | None:
         return self.pseudo_labels
@@ -84,7 +86,7 @@ class SelfTraining(Objective):
 
     def before_step(self, run: RunView) -> list[Request]:
         lc = self.lc
-        if run.step == 0 or run.step % lc.self_training_every:
+        if run.step == 0 or run.step % self.every:
             return []
         t0 = time.perf_counter()
         labeler_step = run.step
@@ -95,7 +97,7 @@ class SelfTraining(Objective):
             labeler_step = run.best_step
         logits = run.predict(self.unlabeled, best)
         probs = softmax(logits)
-        done, teachers = run.step // lc.self_training_every, lc.self_training_teachers  # models trained so far
+        done, teachers = run.step // self.every, lc.self_training_teachers  # models trained so far
         if teachers > 1 and done <= teachers:
             # A teacher is done: its probabilities join the running mean of the teachers so far, which
             # labels the first student once the last teacher is done.
