@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sftcli import cluster, dist
+from sftcli import cluster, dist, rundir
 from sftcli.checkpoint import probe_writable
 from sftcli.config import TrainConfig, parse_train
 from sftcli.errors import EXIT_USER_ERROR, NonFiniteError, Preempted, UserError
@@ -72,7 +72,7 @@ def train_in_run_dir(tc: TrainConfig, run_dir: Path) -> dict[str, Any]:
         _share_run_dir(env, run_dir.resolve(), _cache_root(tc), tc)
         return worker_main(str(run_dir), "cli", tc)
     if tc.trainer.nproc == 1:
-        from sftcli.engine import run_worker
+        from sftcli.engine.worker import run_worker
 
         return run_worker(str(run_dir), tc)
     log.info("launching %d worker processes (torch.distributed elastic launch)", tc.trainer.nproc)
@@ -163,9 +163,7 @@ def _relay_stop_signals() -> Iterator[list[int]]:
 
 
 def _cache_root(tc: TrainConfig) -> Path:
-    from sftcli.engine import cache_root
-
-    return cache_root(tc).resolve()
+    return rundir.cache_root(tc.cache_dir).resolve()
 
 
 def _share_run_dir(env: dist.DistEnv, run_dir: Path, cache: Path, cfg: TrainConfig) -> None:
@@ -252,7 +250,7 @@ def worker_main(run_dir: str, launched_by: str, cfg: TrainConfig) -> dict[str, A
     once (all ranks stop after the same step); "torchrun" for the other ranks of the user's torchrun,
     where each node's first worker reports it.
     """
-    from sftcli.engine import run_worker
+    from sftcli.engine.worker import run_worker
 
     if launched_by == "sft":
         dist.stop_with_parent()

@@ -21,7 +21,7 @@ def engine(request, tmp_path, cache_dir, monkeypatch):
     from sftcli import dist
     from sftcli.cli import config_dir
     from sftcli.config import parse_train
-    from sftcli.engine import Engine
+    from sftcli.engine.loop import Engine
 
     monkeypatch.setenv("SFT_CACHE_DIR", str(cache_dir))
     monkeypatch.chdir(tmp_path)

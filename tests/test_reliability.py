@@ -225,7 +225,7 @@ def test_a_nonfinite_validation_metric_is_never_the_best() -> None:
     result = metrics(np.array([0, 1]), np.array([0, 1]), ["a", "b"])
     assert result["accuracy"] == 1.0
     import sftcli.engine.loop as loop
-    from sftcli.engine import Engine
+    from sftcli.engine.loop import Engine
 
     t = Engine.__new__(Engine)
     t.best_metric, t.best_step, t.step = 0.5, 2, 4

@@ -22,7 +22,7 @@ def _engine(tmp_path, cache_dir, monkeypatch, overrides: list[str]):
     from sftcli import dist
     from sftcli.cli import config_dir
     from sftcli.config import parse_train
-    from sftcli.engine import Engine
+    from sftcli.engine.loop import Engine
 
     monkeypatch.setenv("SFT_CACHE_DIR", str(cache_dir))
     monkeypatch.chdir(tmp_path)
@@ -248,8 +248,8 @@ def test_unlabeled_rows_are_drawn_only_when_a_term_reads_them(trainer) -> None:
     assert set(index) == set(np.flatnonzero(kept))  # 160 draws cross every kept text's epoch
     assert (stream.epoch, stream.offset) == (0, 0)  # the whole set's stream did not move
     # A term that reads every unlabeled text (the seed's InfoNCE) draws from all of them again.
-    from sftcli.objectives import Objective
-    from sftcli.objectives.base import ALL_UNLABELED
+    from sftcli.engine.steps import ALL_UNLABELED
+    from sftcli.objectives.base import Objective
 
     class ReadsAll(Objective):
         name = "reads_all"

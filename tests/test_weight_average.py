@@ -53,7 +53,7 @@ def test_the_average_is_what_is_evaluated_labels_and_is_saved(tmp_path, cache_di
     from sftcli import dist
     from sftcli.cli import config_dir
     from sftcli.config import parse_train
-    from sftcli.engine import Engine
+    from sftcli.engine.loop import Engine
 
     monkeypatch.setenv("SFT_CACHE_DIR", str(cache_dir))
     monkeypatch.chdir(tmp_path)

@@ -10,12 +10,11 @@ float and a number given to a text key is taken as text (YAML reads run_name=123
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 from pydantic import PrivateAttr, ValidationInfo, model_validator
 
-from sftcli.config.fields import (
+from sftcli.fields import (
     TRACKERS,
     Checks,
     Group,
@@ -29,6 +28,7 @@ from sftcli.config.fields import (
     required,
     saved_config,
 )
+from sftcli.objectives.registry import OBJECTIVES, loss_config
 
 
 class ModelConfig(Group):
@@ -121,96 +121,8 @@ class StrategyConfig(Group):
                     "the run trains its first round on the labels alone)")
 
 
-class LossConfig(Group):
-    weight: float | None = key(None, "lambda: weight of L_con in L = L_sup + lambda * L_con; set by "
-                                     "+strategy=..., an error without a strategy", ge=0)
-    tau: float | None = key(None, "InfoNCE temperature of the cosine similarities; set by +strategy=..., an error "
-                                  "without a strategy", gt=0)
-    positive: Literal["pretrained", "dropout"] = key(
-        "pretrained", "the positive of each text: its frozen pretrained representation (the seed's term) | dropout "
-                      "(SimCSE: the same text through the trained model under a second dropout draw, no gradient)")
-    negatives: Literal["finetuned", "pretrained", "none"] = key(
-        "finetuned", "other texts' fine-tuned reps (finetuned), their frozen reps (pretrained), or none "
-                     "(stay-close: (1 - cos(q, p)) / tau)")
-    teacher_cache: bool = key(True, "compute the frozen encoder's reps of the unlabeled set once (disk cache) "
-                                    "instead of every step")
-    projection: Literal["none", "mlp"] = key(
-        "none", "none (the term reads the pooled states) | mlp (a residual MLP head between them and the term, "
-                "identity at the start)")
-    mask_same_class: bool = key(False, "drop negatives that the classifier assigns to the query's class")
-    rampup_steps: int = key(0, "ramp lambda linearly from 0 over this many steps (0 = full weight from the start)",
-                            ge=0)
-    consistency_weight: float = key(0.0, "weight of a pseudo-label term on unlabeled texts: confident no-dropout "
-                                         "predictions as targets for the dropout view", ge=0)
-    consistency_threshold: float = key(0.9, "minimum confidence of a pseudo-label", ge=0, lt=1)
-    self_training_weight: float = key(0.0, "weight of self-training: cross-entropy of unlabeled texts against "
-                                           "pseudo-labels of the classifier", ge=0)
-    self_training_every: int = key(50, "re-label the whole unlabeled set with the current classifier every N "
-                                       "steps (first at step N)", ge=1)
-    self_training_rounds: int | None = key(
-        None, "split the run's steps into this many rounds (re-label every steps / rounds, so with trainer.epochs "
-              "the rounds follow the labeled set's size); null = every loss.self_training_every steps", ge=2)
-    self_training_top: float = key(0.5, "keep this share of the texts as pseudo-labels, most confident first (of "
-                                        "each predicted class, or overall: see select)", gt=0, le=1)
-    self_training_student: Literal["continue", "fresh"] = key(
-        "continue", "continue (the labeling model keeps training) | fresh (each re-label restarts from the initial "
-                    "weights, optimizer and lr schedule: teacher -> student rounds)")
-    self_training_select: Literal["per_class", "global"] = key(
-        "per_class", "per_class (top share of each predicted class) | global (top share of all texts, whatever "
-                     "their class)")
-    self_training_top_step: float = key(0.0, "curriculum: each later re-label keeps this much more (top, top + "
-                                             "step, ...; at most 1)", ge=0, le=1)
-    self_training_targets: Literal["hard", "soft"] = key(
-        "hard", "hard (the predicted class) | soft (the labeling model's probabilities: distillation) for the "
-                "kept texts")
-    self_training_draw: Literal["all", "kept"] = key(
-        "all", "which unlabeled texts a step draws once there are pseudo-labels: all (those without one add "
-               "nothing) | kept (only the pseudo-labeled ones, so each unlabeled row carries a target; a term "
-               "that reads every unlabeled text, such as the seed's InfoNCE, still draws from all)")
-    self_training_labeler: Literal["last", "best"] = key(
-        "last", "which model re-labels: last (the model as it is at the re-label) | best (the best on validation "
-                "so far, of any round; needs loss.self_training_student=fresh)")
-    self_training_prior: Literal["labeled", "unlabeled"] = key(
-        "labeled", "the class balance pseudo-labels are chosen under: labeled (the labeling model's own) | "
-                   "unlabeled (its probabilities reweighted to the unlabeled texts' prior, estimated from them)")
-    self_training_ensemble: bool = key(False, "label with the mean probabilities of every labeling model so far "
-                                              "(this re-label's and the earlier ones')")
-    self_training_teachers: int = key(
-        1, "this many teachers, a round each from the initial weights on the labels alone, before the students' "
-           "rounds (with loss.self_training_rounds the run is longer by the extra teachers' rounds); the mean of "
-           "their probabilities labels the first student (an ensemble); needs loss.self_training_student=fresh",
-        ge=1)
-    unlabeled_mask_prob: float = key(0.0, "input noise: replace each token of the unlabeled texts by [MASK] with "
-                                          "this probability in the training forward", ge=0, lt=1)
-    labeled_mask_prob: float = key(0.0, "the same input noise on the labeled texts (an augmentation of the few "
-                                        "labels: each step sees them with other tokens masked)", ge=0, lt=1)
-    supcon_weight: float = key(0.0, "weight of a supervised contrastive term on the labeled texts (same class = "
-                                    "positives; needs no strategy)", ge=0)
-    supcon_tau: float = key(0.1, "temperature of that term's cosine similarities", gt=0)
-    supcon_unlabeled: bool = key(False, "the supervised contrastive term also takes the unlabeled texts that "
-                                        "self-training gave a pseudo-label (their class)")
-    label_smoothing: float = key(0.0, "label smoothing of the cross-entropy on the labeled texts: this much of "
-                                      "each target spread evenly over all classes (HF Trainer's "
-                                      "label_smoothing_factor); 0 = one-hot targets", ge=0, lt=1)
-    class_weights: Literal["balanced"] | dict[Text, float] | None = key(
-        None, "weights of the classes in the cross-entropy and self-training's term (by pseudo-label): null (all 1) | balanced (scikit-learn's: labeled texts / "
-              "(classes x texts of the class)) | a weight for every label: loss.class_weights={spam:3,ham:1}")
-
-    @model_validator(mode="after")
-    def _check(self) -> LossConfig:
-        checks = Checks()
-        checks.require(self.self_training_labeler == "last" or self.self_training_student == "fresh",
-                       "self_training_labeler", "best needs loss.self_training_student=fresh (a continuing "
-                       "model cannot be swapped for the best one)")
-        checks.require(self.self_training_teachers == 1 or self.self_training_student == "fresh",
-                       "self_training_teachers", f"{self.self_training_teachers} teachers need "
-                       "loss.self_training_student=fresh (each teacher starts from the initial weights)")
-        if isinstance(self.class_weights, dict):
-            for name, weight in self.class_weights.items():
-                checks.require(math.isfinite(weight) and weight > 0, "class_weights",
-                               f"the weight of label {name!r} is {weight}; a weight must be a number > 0")
-        checks.raise_if_any()
-        return self
+# The loss group: each objective's keys, declared beside it and assembled by the registry.
+LossConfig = loss_config()
 
 
 class OptimConfig(Group):
@@ -346,21 +258,10 @@ class TrainConfig(Group):
             return self
         self._drop_optional_strategy()
         checks = Checks()
-        loss, data, tr = self.loss, self.data, self.trainer
-        if self.strategy is None:
-            if loss.weight is not None:
-                checks.require(False, "lambda", "has no effect without a strategy: add +strategy=mix or "
-                               "+strategy=alternate (or drop lambda for the supervised baseline)")
-            if loss.tau is not None:
-                checks.require(False, "tau", "has no effect without a strategy: add +strategy=mix or "
-                                             "+strategy=alternate")
-        else:
-            checks.require(loss.weight is not None, "lambda", "is required with a strategy")
-            checks.require(loss.tau is not None, "tau", "is required with a strategy")
+        data, tr = self.data, self.trainer
+        for entry in OBJECTIVES:  # each objective checks its keys against the rest of the run
+            entry.keys.check_run(self.loss, self, checks)
         self._check_unlabeled(checks)
-        if loss.self_training_weight > 0 and loss.self_training_labeler == "best":
-            checks.require(tr.eval_every > 0, "loss.self_training_labeler",
-                           "best needs evaluations during training (trainer.eval_every > 0)")
         check_run_name(checks, self.run_name)
         for name in ("batch_size", "unlabeled_batch_size"):
             value = getattr(tr, name)
@@ -387,45 +288,22 @@ class TrainConfig(Group):
         run is the recipe's purely supervised part."""
         if self.strategy is None or self.strategy.unlabeled != "optional" or self._has_unlabeled_source():
             return
-        loss, tr = self.loss, self.trainer
         self._notes.append(f"no unlabeled texts: +strategy={self.strategy.name} and the terms on unlabeled texts "
                            "are off; training on the labels alone")
         self.strategy = None
-        loss.weight = loss.tau = None
-        loss.consistency_weight = 0.0
-        if loss.self_training_weight > 0 and loss.self_training_student == "fresh":
-            # The first round (the teacher) alone.
-            if loss.self_training_rounds is not None and tr.epochs is not None:
-                tr.epochs = tr.epochs / loss.self_training_rounds
-                self._notes.append(f"trainer.epochs={tr.epochs:g}: the first self-training round (the teacher)")
-            else:
-                round_steps = (tr.max_steps // loss.self_training_rounds if loss.self_training_rounds
-                               else loss.self_training_every)
-                tr.max_steps = max(1, min(tr.max_steps, round_steps))
-                self._notes.append(f"trainer.max_steps={tr.max_steps}: the first self-training round (the teacher)")
-        loss.self_training_weight = 0.0
-        loss.self_training_rounds = None
-        loss.self_training_teachers = 1  # nothing to label: one teacher, the round as a whole
-        loss.supcon_unlabeled = False
+        for entry in OBJECTIVES:
+            entry.keys.drop_unlabeled(self.loss, self, self._notes)
 
     def _check_unlabeled(self, checks: Checks) -> None:
         """What needs the unlabeled stream, checked from the config alone before any data or model loads:
         terms that only a strategy feeds, a strategy with no unlabeled source, self-training rounds that
         would all fall after the last step (each would otherwise run as a silent no-op or fail late)."""
-        loss, data, tr = self.loss, self.data, self.trainer
-        if loss.supcon_unlabeled:
-            for name in ("supcon_weight", "self_training_weight"):
-                checks.require(getattr(loss, name) > 0, f"loss.{name}",
-                               "must be > 0 with loss.supcon_unlabeled=true (the term's classes for unlabeled "
-                               "texts are self-training's pseudo-labels)")
-        if loss.self_training_rounds is not None:
-            checks.require(loss.self_training_weight > 0, "loss.self_training_rounds",
-                           "has no effect without self-training (loss.self_training_weight > 0)")
+        data = self.data
         if self.strategy is None:
-            for name in ("self_training_weight", "consistency_weight"):
-                checks.require(getattr(loss, name) <= 0, f"loss.{name}",
-                               "has no effect without a strategy (it trains on the unlabeled stream): "
-                               "add +strategy=mix or +strategy=alternate")
+            for entry in OBJECTIVES:
+                for name in entry.keys.unlabeled_keys(self.loss):
+                    checks.require(False, f"loss.{name}", "has no effect without a strategy (it trains on the "
+                                   "unlabeled stream): add +strategy=mix or +strategy=alternate")
             return
         source = {"files": "data.unlabeled", "hub": "data.unlabeled_split"}.get(data.source)
         if not self._has_unlabeled_source():
@@ -438,12 +316,6 @@ class TrainConfig(Group):
                                "texts, but with data.labels_per_class=null all of train stays labeled and no "
                                "unlabeled source is given: set data.labels_per_class=K (the rest of train becomes "
                                f"unlabeled){how}")
-        # With trainer.epochs the steps are known once the data is (sftcli/engine/build.py checks then).
-        if loss.self_training_rounds is None and loss.self_training_weight > 0 and tr.epochs is None and loss.self_training_every >= tr.max_steps:
-            checks.require(False, "loss.self_training_every",
-                           f"{loss.self_training_every} >= trainer.max_steps={tr.max_steps}: self-training "
-                           f"re-labels first after step {loss.self_training_every}, so no round would happen; "
-                           "lower loss.self_training_every or raise trainer.max_steps")
 
 
 class _ScoringConfig(Group):

@@ -1,31 +1,4 @@
-"""The training engine: the builder (build.py), the loop (loop.py), checkpoints (state.py), batches,
-named metrics and the progress display."""
-
-from __future__ import annotations
-
-from pathlib import Path
-from typing import Any
-
-from sftcli import dist
-from sftcli.config import TrainConfig
-from sftcli.engine.build import cache_root
-from sftcli.engine.loop import Engine
-from sftcli.engine.state import seed_everything
-
-__all__ = ["Engine", "cache_root", "run_worker", "seed_everything"]
-
-
-def run_worker(run_dir: str, cfg: TrainConfig) -> dict[str, Any]:
-    """Entry point of every worker process: train with the typed config the parent validated (the CLI
-    composes and validates once; config.yaml in the run dir is the record, not re-read here)."""
-    from sftcli.runlog import setup_logging
-
-    path = Path(run_dir)
-    env = dist.init(cfg.trainer.device, cfg.trainer.dist_timeout_s)
-    setup_logging(path, env.is_main, env.rank)
-    try:
-        engine = Engine(cfg, path, env)
-        engine.setup()
-        return engine.train()
-    finally:
-        dist.close()
+"""The training engine: the builder (build.py), the loop (loop.py), the step types the objectives see
+(steps.py), checkpoints (state.py), batches, named metrics, the progress display, and the worker's entry
+point (worker.py). Import the module you need: this package re-exports nothing, so the objectives can
+import steps.py without loading the loop."""

@@ -21,12 +21,13 @@ import torch
 from sftcli import checkpoint as ckpt
 from sftcli import dist, rundir, speedups
 from sftcli.config import OptimConfig, TrainConfig, TrainerConfig
-from sftcli.config.fields import INT_MAX
 from sftcli.data import DataBundle, Encoded, encode, load_data
 from sftcli.engine.averaging import WeightAverage
 from sftcli.errors import ConfigError, DataError
+from sftcli.fields import INT_MAX
 from sftcli.model import build_model, load_tokenizer, tokenizer_fingerprint
-from sftcli.objectives import Objective, build_objectives
+from sftcli.objectives.base import BuildContext, Objective
+from sftcli.objectives.build import build_objectives
 from sftcli.objectives.supervised import class_weights
 from sftcli.prior import head_layer
 from sftcli.strategy import steps_for_labeled
@@ -122,10 +123,10 @@ def setup_objectives(cfg: TrainConfig, plan: Plan, model: torch.nn.Module, data:
                      env: dist.DistEnv, weights: np.ndarray | None) -> list[Objective]:
     unlabeled = tokens.unlabeled if cfg.strategy is not None else None
     hidden = data.unlabeled.hidden_labels if data.unlabeled is not None else None
-    return build_objectives(cfg, plan.round_steps, model, unlabeled, hidden, tokens.pad_id, env, cache_root(cfg),
-                            teacher_key=(tokens.fingerprint, str(cfg.model.max_length), cfg.model.pooling,
-                                         data.fingerprint()),
-                            class_weights=weights)
+    return build_objectives(BuildContext(
+        cfg, plan.round_steps, model, unlabeled, hidden, tokens.pad_id, env, cache_root(cfg),
+        teacher_key=(tokens.fingerprint, str(cfg.model.max_length), cfg.model.pooling, data.fingerprint()),
+        class_weights=weights))
 
 
 def setup_device(model: torch.nn.Module, objectives: list[Objective], tc: TrainerConfig, env: dist.DistEnv,

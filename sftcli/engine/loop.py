@@ -30,21 +30,17 @@ from sftcli.engine.early_stopping import EarlyStopping
 from sftcli.engine.metrics import MetricWindow
 from sftcli.engine.progress import Progress
 from sftcli.engine.signals import StopSignals
+from sftcli.engine.steps import ALL_UNLABELED, Restart, RunView, SetTrainPrior, StepView, Term, UnlabeledRows
 from sftcli.errors import ConfigError, NonFiniteError, Preempted
 from sftcli.evaluate import autocast, evaluate, predict_logits, resolve_precision, scalar_metrics
 from sftcli.export import MODEL_DIR, export_model, model_card
 from sftcli.losses import softmax
-from sftcli.objectives import Objective, StepView, Term
-from sftcli.objectives.base import ALL_UNLABELED, Restart, RunView, SetTrainPrior, UnlabeledRows
+from sftcli.objectives.base import Objective
+from sftcli.objectives.registry import term_title
 from sftcli.runlog import MetricsWriter, format_metrics, format_value, write_run_config
 from sftcli.trackers import Trackers, build_trackers
 
 log = logging.getLogger("sft")
-
-_TERM_NAMES = {"sup": "loss_sup (cross-entropy)", "con": "loss_con (InfoNCE)", "cons": "loss_cons (consistency)",
-               "st": "loss_st (self-training)", "supcon": "loss_supcon (supervised contrastive)",
-               "gradient": "gradient norm"}
-
 
 class Engine:
     def __init__(self, cfg: TrainConfig, run_dir: Path, env: dist.DistEnv):
@@ -279,9 +275,9 @@ class Engine:
         """All ranks agreed that some rank saw a non-finite value: stop (default) or skip the step."""
         mine = [name for name, v in terms.items() if not torch.isfinite(v).all()]
         if not mine and not math.isfinite(float(grad_norm)):
-            mine = ["gradient"]
+            mine = ["gradient norm"]
         reports = dist.all_gather_object(self.env, mine)
-        where = "; ".join(f"rank {r}: {', '.join(_TERM_NAMES.get(t, t) for t in names)}"
+        where = "; ".join(f"rank {r}: {', '.join(term_title(t) for t in names)}"
                           for r, names in enumerate(reports) if names)
         step = self.step + 1
         if self.scaler is not None:

@@ -8,8 +8,9 @@ with loss.unlabeled_mask_prob, masked tokens. Weight: loss.consistency_weight.
 from __future__ import annotations
 
 from sftcli.config import LossConfig
+from sftcli.engine.steps import ALL_UNLABELED, Contribution, StepView, Term, UnlabeledRows
 from sftcli.losses import consistency_loss
-from sftcli.objectives.base import ALL_UNLABELED, Contribution, Objective, StepView, Term, UnlabeledRows
+from sftcli.objectives.base import BuildContext, Objective
 
 
 class Consistency(Objective):
@@ -32,3 +33,9 @@ class Consistency(Objective):
         rows = view.unlabeled_logits.new_tensor(float(view.unlabeled_logits.shape[0]))
         return Contribution(terms=[Term("cons", value, self.weight)],
                             ratios={"pseudo_label_rate": (confident, rows)})
+
+
+def build(ctx: BuildContext) -> Consistency | None:
+    if not ctx.uses_unlabeled or ctx.cfg.loss.consistency_weight <= 0:
+        return None
+    return Consistency(ctx.cfg.loss)

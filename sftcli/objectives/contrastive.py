@@ -24,18 +24,11 @@ import torch
 from sftcli import dist, faults
 from sftcli.config import LossConfig
 from sftcli.data import Encoded, NpyRows, collate, rank_slice
+from sftcli.engine.steps import ALL_UNLABELED, Contribution, StepBatch, StepView, Term, UnlabeledRows
 from sftcli.evaluate import autocast
 from sftcli.losses import info_nce
 from sftcli.model import ResidualProjection, pool, weights_fingerprint
-from sftcli.objectives.base import (
-    ALL_UNLABELED,
-    Contribution,
-    Objective,
-    StepBatch,
-    StepView,
-    Term,
-    UnlabeledRows,
-)
+from sftcli.objectives.base import BuildContext, Objective
 from sftcli.teacher import teacher_representations
 
 # Name prefix of the projection head's parameters among the trained ones (optimizer groups).
@@ -189,3 +182,11 @@ class Contrastive(Objective):
 
                 raise CheckpointError("loss.projection=mlp, but the checkpoint has no projection head")
             self.projection.load_state_dict(state["projection"])
+
+
+def build(ctx: BuildContext) -> Contrastive | None:
+    cfg = ctx.cfg
+    if not ctx.uses_unlabeled or not cfg.loss.weight:
+        return None
+    return Contrastive(cfg.loss, cfg.model.pooling, ctx.model, ctx.unlabeled, ctx.pad_id, ctx.env, ctx.cache,
+                       ctx.teacher_key, cfg.trainer.eval_batch_size, cfg.seed)

@@ -27,11 +27,9 @@ import torch
 from sftcli import prior
 from sftcli.config import LossConfig
 from sftcli.data import Encoded, rank_slice
-from sftcli.losses import select_pseudo_labels, softmax
-from sftcli.objectives.base import (
+from sftcli.engine.steps import (
     ALL_UNLABELED,
     Contribution,
-    Objective,
     Report,
     Request,
     Restart,
@@ -41,6 +39,8 @@ from sftcli.objectives.base import (
     Term,
     UnlabeledRows,
 )
+from sftcli.losses import select_pseudo_labels, softmax
+from sftcli.objectives.base import BuildContext, Objective
 
 log = logging.getLogger("sft")
 
@@ -205,3 +205,10 @@ class SelfTraining(Objective):
             setattr(self, key, None if value is None else value.numpy())
         self.labeled_at = state.get("labeled_at")
         self._set_kept_rows()
+
+
+def build(ctx: BuildContext) -> SelfTraining | None:
+    lc = ctx.cfg.loss
+    if not ctx.uses_unlabeled or lc.self_training_weight <= 0:
+        return None
+    return SelfTraining(lc, ctx.unlabeled, ctx.hidden_labels, ctx.model, ctx.class_weights, every=ctx.round_steps)

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 
 from sftcli import dist
 from sftcli.data import rank_slice
+from sftcli.engine.steps import Contribution, StepBatch, StepView, Term
 from sftcli.model import pool
-from sftcli.objectives.base import Contribution, Objective, StepBatch, StepView, Term
+from sftcli.objectives.base import BuildContext, Objective
 
 # Masked similarities: a finite value, so a row with no valid column still has a finite log-sum-exp (its
 # exp is exactly 0 next to any valid column, as -inf's is).
@@ -86,3 +87,13 @@ class SupCon(Objective):
         count = z.new_tensor(float(n))
         return Contribution(terms=[Term("supcon", value, self.weight)],
                             ratios={"supcon_anchor_rate": (anchors.float(), count)})
+
+
+def build(ctx: BuildContext) -> SupCon | None:
+    lc = ctx.cfg.loss
+    if lc.supcon_weight <= 0:
+        return None
+    # With loss.supcon_unlabeled the pile's rows join when a step carries pseudo-labels, which only an
+    # objective that keeps them (self-training) provides: without one, the term stays on the labels.
+    return SupCon(lc.supcon_weight, lc.supcon_tau, ctx.cfg.model.pooling,
+                  with_unlabeled=lc.supcon_unlabeled and ctx.uses_unlabeled)

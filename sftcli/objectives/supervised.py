@@ -7,9 +7,10 @@ import numpy as np
 import torch
 
 from sftcli import faults
+from sftcli.engine.steps import Contribution, StepView, Term
 from sftcli.errors import ConfigError, DataError
 from sftcli.losses import supervised_loss
-from sftcli.objectives.base import Contribution, Objective, StepView, Term
+from sftcli.objectives.base import BuildContext, Objective
 
 
 def class_weights(spec: str | dict[str, float] | None, label_names: list[str], labels: np.ndarray
@@ -64,3 +65,8 @@ class Supervised(Objective):
                                     self.smoothing) * view.env.world_size
         value = faults.poison("sup", value, batch.step)
         return Contribution(terms=[Term("sup", value)])
+
+
+def build(ctx: BuildContext) -> Supervised:
+    """The cross-entropy is in every run."""
+    return Supervised(ctx.class_weights, ctx.cfg.loss.label_smoothing)

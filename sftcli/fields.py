@@ -1,7 +1,8 @@
 """How a config key is declared: its type helpers (text that accepts numbers, a list of trackers), its
 default, meaning and limits (`key`), the base of every group of keys (`Group`: strict, no unknown key,
 no nan or inf, no integer beyond INT_MAX), and the cross-field checks that report every problem at once.
-sftcli/config/schema.py declares the keys themselves with these."""
+sftcli/config/schema.py and the objectives' keys (sftcli/objectives/*_keys.py) declare the keys with these.
+Outside the config package, so that the registry of objectives can read it without loading the schema."""
 
 from __future__ import annotations
 
@@ -119,3 +120,20 @@ def check_trackers(checks: Checks, names: list[str]) -> list[str]:
     checks.require(names == ["none"] or "none" not in names, "report_to",
                    f"none means no tracker and cannot be combined with others: {names}")
     return list(dict.fromkeys(n for n in names if n != "none"))
+
+
+class ObjectiveKeys(Group):
+    """The loss.* keys of one objective, declared beside it (sftcli/objectives/*_keys.py) and assembled
+    into the `loss` group by the registry (sftcli/objectives/registry.py). The hooks let a run's validation
+    ask each objective instead of knowing its keys; each is called with the assembled `loss` group."""
+
+    def unlabeled_keys(self) -> list[str]:
+        """The keys set to train on the unlabeled stream (an error without a strategy)."""
+        return []
+
+    def check_run(self, run: Any, checks: Checks) -> None:
+        """Checks against the rest of the run's config (run: the TrainConfig)."""
+
+    def drop_unlabeled(self, run: Any, notes: list[str]) -> None:
+        """strategy.unlabeled=optional and no unlabeled texts: turn off what only the unlabeled stream
+        feeds (notes: what the run's log should say was changed)."""
