@@ -5,7 +5,7 @@
 #      an exact resume, and with two GPUs a 2-process NCCL run against one process);
 #   3. the default run (`sft train`, MiniLM + TREC-6) in bf16 and in fp32: speed, and the bf16-vs-fp32
 #      test accuracy; `+recipe=self_training` in bf16;
-#   4. the benchmark against the HF Trainer on the GPU (scripts/bench.py --device cuda): absolute
+#   4. the benchmark against the HF Trainer on the GPU (benchmarks/bench.py --device cuda): absolute
 #      samples/s, and MFU against the measured bf16 matmul peak and the datasheet peak;
 #   5. with two GPUs or more, the default run on 2 processes (NCCL).
 # Usage: bash scripts/gpu_check.sh [VENV_DIR]   (OUT=dir for the logs; PY=python to use another interpreter)
@@ -74,8 +74,8 @@ if len(acc) == 2:
 PY
   run self-training-bf16 +recipe=self_training trainer.precision=bf16
 
-  echo "== 4. benchmark against the HF Trainer on the GPU (scripts/bench.py --device cuda)"
-  timeout 900 "$PY" scripts/bench.py --device cuda --skip-mix --skip-scale --steps 60 --repeats 3 \
+  echo "== 4. benchmark against the HF Trainer on the GPU (benchmarks/bench.py --device cuda)"
+  timeout 900 "$PY" benchmarks/bench.py --device cuda --skip-mix --skip-scale --steps 60 --repeats 3 \
     --workdir "$OUT/bench" --out "$OUT/bench.json" > "$OUT/bench.log" 2>&1 || FAILED+=("bench")
   grep -E "samples/s|MFU|peak|accuracy" "$OUT/bench.log" | head -30
   "$PY" - "$OUT/bench.json" "$PEAK" <<'PY' || true

@@ -75,9 +75,9 @@ class App:
 
         GlobalHydra.instance().clear()
 
-    def compose(self, overrides: list[str], multirun: bool) -> Any:
+    def compose(self, overrides: list[str], multirun: bool, configure_logging: bool = True) -> Any:
         """The command's config composed once with the overrides, Hydra's section included (its run or sweep
-        dir resolvable). Hydra's logging is configured from it, as Hydra's own run does."""
+        dir resolvable). Hydra's logging is configured from it, as Hydra's own run does (configure_logging)."""
         from hydra.types import RunMode
 
         from sftcli.precheck import composing
@@ -85,7 +85,7 @@ class App:
         mode = RunMode.MULTIRUN if multirun else RunMode.RUN
         with composing(self.command, overrides):
             cfg = self.hydra.compose_config(config_name=self.command, overrides=list(overrides), run_mode=mode,
-                                            with_log_configuration=True)
+                                            with_log_configuration=configure_logging)
         from omegaconf import open_dict
 
         with open_dict(cfg.hydra):

@@ -16,7 +16,7 @@ from conftest import REPO
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -25,7 +25,7 @@ def _script(name: str):
 
 def test_make_data_writes_disjoint_labeled_splits(tmp_path: Path) -> None:
     out = tmp_path / "tweets"
-    subprocess.run([sys.executable, str(REPO / "scripts" / "make_data.py"), "tweets", str(out)], check=True,
+    subprocess.run([sys.executable, str(REPO / "experiments" / "make_data.py"), "tweets", str(out)], check=True,
                    capture_output=True)
     rows = {split: list(csv.DictReader((out / f"{split}.csv").open(encoding="utf-8"))) for split in ("train", "test")}
     texts = {split: {r["text"] for r in rs} for split, rs in rows.items()}
@@ -40,7 +40,7 @@ def test_make_data_writes_disjoint_labeled_splits(tmp_path: Path) -> None:
 def test_the_anchor_without_setfit_exits_2_naming_the_extra(tmp_path: Path) -> None:
     # setfit made unimportable, whether or not it is installed here.
     code = ("import runpy, sys; sys.modules['setfit'] = None; sys.argv = ['anchor_setfit.py', '--', 'seed=0']; "
-            f"runpy.run_path({str(REPO / 'scripts' / 'anchor_setfit.py')!r}, run_name='__main__')")
+            f"runpy.run_path({str(REPO / 'experiments' / 'anchor_setfit.py')!r}, run_name='__main__')")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 2
     assert "pip install -e '.[anchors]'" in proc.stderr

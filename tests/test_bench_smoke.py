@@ -1,4 +1,4 @@
-"""scripts/bench.py --quick --skip-scale runs end to end and writes every figure it promises (about 20 s)."""
+"""benchmarks/bench.py --quick --skip-scale runs end to end and writes every figure it promises (about 20 s)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def test_bench_quick(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     env = {**os.environ, "SFT_CACHE_DIR": str(tmp_path / "cache"), "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--skip-scale", "--workdir",
+        [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--quick", "--skip-scale", "--workdir",
          str(tmp_path / "work"), "--out", str(out)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=85)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -57,7 +57,7 @@ def test_bench_refuses_an_unknown_arm_before_running(tmp_path: Path) -> None:
                         ("hf_bf16-cls_only_last_layer", "-LEVER applies to sft arms"),
                         ("sft_bf16-no_such_lever", "LEVER one of cls_only_last_layer"),
                         ("sft_bf16-cpu_dropout", "LEVER one of cls_only_last_layer")):
-        proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--arms", arms], cwd=tmp_path,
+        proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), "--arms", arms], cwd=tmp_path,
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2, proc.stderr
         assert words in proc.stderr

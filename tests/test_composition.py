@@ -51,3 +51,14 @@ def test_a_refused_run_is_composed_once_and_leaves_nothing(compositions, tmp_pat
     assert _sft("train", *FAST, "optim.lr=-1") == 2
     assert compositions == ["train"]
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_public_compose_is_the_command_lines_one_composition(compositions) -> None:
+    from sftcli.api import UserError, compose_train
+
+    cfg = compose_train(["model=tiny", "+recipe=best", "seed=3", "loss.self_training_top=0.25"])
+    assert compositions == ["train"]
+    assert (cfg.seed, cfg.loss.supcon_weight, cfg.loss.self_training_top) == (3, 1.0, 0.25)
+    assert cfg.strategy is not None and cfg.strategy.name == "mix"
+    with pytest.raises(UserError, match="loss.self_training_top"):
+        compose_train(["loss.self_training_top=2"])

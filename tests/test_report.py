@@ -289,7 +289,7 @@ def test_a_pattern_takes_the_runs_it_names_not_the_files_beside_them(tmp_path: P
 
     a = make_run(tmp_path, "setfit-k16-seed0", seed=0, strategy=None, lpc=16, test_acc=0.5, val_acc=0.5)
     make_run(tmp_path, "best-k16-seed0", seed=0, strategy=None, lpc=16, test_acc=0.6, val_acc=0.6)
-    # scripts/compare_setfit.py keeps each run's console log beside its run dir.
+    # experiments/compare_setfit.py keeps each run's console log beside its run dir.
     (tmp_path / "setfit-k16-seed0.log").write_text("log\n")
     assert [r.path for r in find_runs([str(tmp_path / "setfit-*")])] == [a]
     # A run's own config.yaml or summary.json still names its run.
@@ -297,7 +297,7 @@ def test_a_pattern_takes_the_runs_it_names_not_the_files_beside_them(tmp_path: P
 
 
 def test_a_key_only_some_runs_have_sets_them_apart(tmp_path: Path) -> None:
-    # scripts/anchor_setfit.py's runs carry `anchor: setfit`; sft's own runs have no such key. Same K,
+    # experiments/anchor_setfit.py's runs carry `anchor: setfit`; sft's own runs have no such key. Same K,
     # same seeds: still two groups, not one mean over both.
     from sftcli.report import find_runs
     from sftcli.report.groups import group_runs, varying_keys

@@ -54,7 +54,7 @@ def test_short_labels_name_lines_by_what_sets_them_apart() -> None:
     legend = short_labels([_settings("+strategy=mix", "lambda=0.5"), _settings("+strategy=mix"), {}])
     assert legend.labels == ["mix, lambda=0.5", "mix", "supervised"]
 
-    # An anchor of scripts/anchor_setfit.py is named like a recipe, beside sft's own lines.
+    # An anchor of experiments/anchor_setfit.py is named like a recipe, beside sft's own lines.
     legend = short_labels([_settings("anchor=setfit"), _settings("+recipe=best"), {}])
     assert legend.labels == ["setfit", "best", "supervised"]
 

@@ -270,7 +270,7 @@ def test_malloc_tuning_stops_page_faults_while_training_and_restores_on_exit() -
     assert out["restored"] > 0.5 * out["restored_pages"]  # large blocks come from mmap again
 
 
-# The process-wide form scripts/bench.py uses: tuned, then glibc's steady state for the next arm.
+# The process-wide form benchmarks/bench.py uses: tuned, then glibc's steady state for the next arm.
 PROBE_PROCESS_WIDE = """
 import json, resource, torch
 from sftcli.speedups import malloc

@@ -114,3 +114,41 @@ def test_no_module_above_500_lines() -> None:
     long = {str(p.relative_to(REPO)): n for p in _modules().values()
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules above {MAX_LINES} lines: {long}"
+
+
+def _script_problems(path: Path) -> list[str]:
+    """What ties a script to sft's inside: an sftcli import other than sftcli.api, a sys.path edit, or an
+    assignment to an attribute of an imported module (monkeypatching)."""
+    tree = ast.parse(path.read_text())
+    modules = {a.asname or a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    problems = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "sftcli" \
+                and node.module != "sftcli.api":
+            problems.append(f"line {node.lineno}: from {node.module} import ...")
+        if isinstance(node, ast.Import):
+            problems += [f"line {node.lineno}: import {a.name}" for a in node.names
+                         if a.name.split(".")[0] == "sftcli" and a.name != "sftcli.api"]
+        if isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name) \
+                and node.value.id == "sys":
+            problems.append(f"line {node.lineno}: sys.path")
+        if isinstance(node, ast.Assign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            problems += [f"line {node.lineno}: assigns {t.value.id}.{t.attr}" for t in targets
+                         if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id in modules]
+    return sorted(problems, key=lambda p: int(p.split(":")[0].split()[1]))
+
+
+def test_benchmarks_and_experiments_use_only_the_public_api() -> None:
+    scripts = sorted([*(REPO / "benchmarks").glob("*.py"), *(REPO / "experiments").glob("*.py")])
+    assert scripts
+    found = {str(p.relative_to(REPO)): problems for p in scripts if (problems := _script_problems(p))}
+    assert not found, found
+
+
+def test_the_script_check_sees_private_imports_and_patches(tmp_path) -> None:
+    script = tmp_path / "s.py"
+    script.write_text("import sys\nimport sftcli.engine.build as b\nfrom sftcli.api import Engine\n"
+                      "sys.path.insert(0, '.')\nb.load_data = None\n")
+    assert _script_problems(script) == ["line 2: import sftcli.engine.build", "line 4: sys.path",
+                                        "line 5: assigns b.load_data"]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from sftcli import checkpoint as ckpt
-from sftcli import dist, rundir, speedups
+from sftcli import dist, rundir, speedups, timing
 from sftcli.config import OptimConfig, TrainConfig, TrainerConfig
 from sftcli.data import DataBundle, Encoded, encode, load_data
 from sftcli.engine.averaging import WeightAverage
@@ -68,7 +68,8 @@ class Plan:
 def setup_data(cfg: TrainConfig) -> tuple[DataBundle, Plan, np.ndarray | None]:
     """The data, the run's plan and the class weights: what the data decides, checked before the model
     loads (the steps of trainer.epochs, the class weights, a metric that needs two classes)."""
-    data = load_data(cfg.data, cfg.seed)
+    with timing.phase("read"):
+        data = load_data(cfg.data, cfg.seed)
     for note in data.notes:
         log.info("data: %s", note)
     plan = training_plan(cfg, len(data.labeled))
@@ -100,7 +101,10 @@ def setup_tokens(cfg: TrainConfig, data: DataBundle) -> TokenIds:
     assert labeled is not None
     validation, test = enc(data.validation, "validation"), enc(data.test, "test")
     wants_unlabeled = cfg.strategy is not None or cfg.model.class_prior == "unlabeled"
-    unlabeled = enc(data.unlabeled, "unlabeled") if wants_unlabeled else None
+    unlabeled = None
+    if wants_unlabeled:
+        with timing.phase("tokenise"):
+            unlabeled = enc(data.unlabeled, "unlabeled")
     if cfg.strategy is not None and (unlabeled is None or len(unlabeled) == 0):
         raise DataError("a strategy needs unlabeled texts: set data.labels_per_class (the rest of train becomes "
                         "unlabeled) or data.unlabeled=FILE")

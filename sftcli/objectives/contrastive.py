@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sftcli import dist, faults
+from sftcli import dist, faults, timing
 from sftcli.config import LossConfig
 from sftcli.data import Encoded, NpyRows, collate, rank_slice
 from sftcli.engine.steps import ALL_UNLABELED, Contribution, StepBatch, StepView, Term, UnlabeledRows
@@ -61,10 +61,11 @@ class Contrastive(Objective):
         # The frozen pretrained encoder: a copy of the initial weights, eval mode, never updated.
         teacher = copy.deepcopy(model.base_model).eval().requires_grad_(False)
         if self.lc.teacher_cache:
-            self.teacher_reps = teacher_representations(
-                teacher, self.unlabeled, self.pooling, self.pad_id, cache,
-                key_parts=(weights_fingerprint(teacher), *key_parts), env=self.env, batch_size=eval_batch_size,
-                precision="fp32")
+            with timing.phase("teacher_cache"):
+                self.teacher_reps = teacher_representations(
+                    teacher, self.unlabeled, self.pooling, self.pad_id, cache,
+                    key_parts=(weights_fingerprint(teacher), *key_parts), env=self.env,
+                    batch_size=eval_batch_size, precision="fp32")
         else:
             self.teacher = teacher.to(self.env.device)
 

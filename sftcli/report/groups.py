@@ -72,7 +72,7 @@ def _hashable(value: Any) -> Any:
 
 def varying_keys(runs: Sequence[Run]) -> list[str]:
     """Config keys with more than one value among the runs (seeds and paths aside). A key that only some
-    runs have (`anchor` of scripts/anchor_setfit.py's runs) varies too: it sets those runs apart."""
+    runs have (`anchor` of experiments/anchor_setfit.py's runs) varies too: it sets those runs apart."""
     values: dict[str, set[Any]] = defaultdict(set)
     order: list[str] = []
     for run in runs:

@@ -21,7 +21,7 @@ from sftcli.report.groups import LPC_KEY, EfficiencyPoint, sort_value
 NOISE_KEYS = ("seed", "run_root", "run_name", "cache_dir", "resume", "allow_resume_mismatch", "debug",
               "trainer.progress")
 # Group choices whose value alone names a line: "+strategy=mix" reads "mix".
-NAME_KEYS = (STRATEGY_KEY, "strategy.name", "recipe", "anchor")  # anchor: scripts/anchor_setfit.py
+NAME_KEYS = (STRATEGY_KEY, "strategy.name", "recipe", "anchor")  # anchor: experiments/anchor_setfit.py
 # Keys not named by their last component: labels_per_class is the DESIGN's K; loss.weight / loss.tau
 # are the YAML spellings of the top-level lambda / tau.
 SHORT_NAMES = {LPC_KEY: "K", "loss.weight": "lambda", "loss.tau": "tau"}

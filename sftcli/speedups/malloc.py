@@ -116,7 +116,7 @@ def keep_large_blocks(largest_tensor_bytes: int) -> bool:
 
 def glibc_steady_state() -> bool:
     """glibc's own thresholds as they settle in a long-running process, and the free heap kept until now
-    handed back to the system (a common starting point, e.g. for each arm of scripts/bench.py)."""
+    handed back to the system (a common starting point, e.g. for each arm of benchmarks/bench.py)."""
     libc = _libc()
     ok = _apply(libc, GLIBC_STEADY)
     if ok and libc is not None:

@@ -1,6 +1,6 @@
 """Pseudo-labels from label propagation against the classifier's own, on a trained sft model.
 
-    python scripts/probe_label_propagation.py RUN_DIR [RUN_DIR ...] [--shares 0.5,0.75] [--k 10,20]
+    python experiments/probe_label_propagation.py RUN_DIR [RUN_DIR ...] [--shares 0.5,0.75] [--k 10,20]
 
 For each run: the run's labeled draw and the whole unlabeled pile (its config.yaml through sft's protocol,
 with data.max_unlabeled lifted), the exported model's normalised mean-pooled states and its class

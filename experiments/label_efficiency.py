@@ -5,7 +5,7 @@
    settings. With all labels there is no unlabeled text left, so "all" is the supervised reference only.
 3. `sft report` over the final runs: docs/results/report.md, report.csv, runs.csv and the PNG plots.
 
-    python scripts/label_efficiency.py [--seeds 0,1,2] [--ks 4,16,60,null] [--root runs/label-efficiency]
+    python experiments/label_efficiency.py [--seeds 0,1,2] [--ks 4,16,60,null] [--root runs/label-efficiency]
         [--lambdas 0.1,0.5] [--taus 0.05,0.1] [--jobs 2]
         [--extra "loss.consistency_weight=1.0"]   # extra overrides for the semi-supervised runs
 
@@ -119,7 +119,7 @@ def main() -> None:
     pool.wait()
     out.mkdir(parents=True, exist_ok=True)
     (out / "commands.txt").write_text(
-        f"# python scripts/label_efficiency.py {' '.join(shlex.quote(a) for a in sys.argv[1:])}\n"
+        f"# python experiments/label_efficiency.py {' '.join(shlex.quote(a) for a in sys.argv[1:])}\n"
         f"# lambda/tau chosen on validation (16 labels per class): {chosen}\n"
         f"# wall time: {time.time() - start:.0f} s with {args.jobs} sweeps at once\n" + "\n".join(log) + "\n")
     print(f"done in {time.time() - start:.0f} s; results in {out}")

@@ -1,7 +1,7 @@
 """Weight averages ("model soups", Wortsman et al. 2022) of a self-training run's checkpoints, scored on
 validation and test next to the checkpoints themselves.
 
-    python scripts/probe_soup.py RUN_DIR [RUN_DIR ...]
+    python experiments/probe_soup.py RUN_DIR [RUN_DIR ...]
 
 The run must keep its checkpoints (`trainer.keep_last` at least the number of evaluations). With fresh
 students every round starts from the pretrained weights, so the rounds' models share an initialisation,
@@ -40,10 +40,10 @@ def probe(run: Path) -> dict[str, Any]:
     from probe_logistic_head import embed, run_data  # scripts/, on the path when this runs as a script
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from sftcli import checkpoint as ckpt
+    from sftcli.api import listed_checkpoints, load_weights
 
     cfg, data = run_data(run)
-    ckpts = dict(ckpt.listed(run / "checkpoints"))
+    ckpts = dict(listed_checkpoints(run / "checkpoints"))
     if not ckpts:
         raise SystemExit(f"{run}: no checkpoints kept (train with trainer.keep_last=20)")
     # The run recorded its round length in config.yaml: the objective re-labels every that many steps.
@@ -51,7 +51,7 @@ def probe(run: Path) -> dict[str, Any]:
     first = ckpts[min(ckpts)]
     model = AutoModelForSequenceClassification.from_pretrained(first, trust_remote_code=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(first, trust_remote_code=True)
-    weights = {step: ckpt.load_weights(p) for step, p in ckpts.items()}  # the tensors alone, no model per checkpoint
+    weights = {step: load_weights(p) for step, p in ckpts.items()}  # the tensors alone, no model per checkpoint
 
     def score(state: dict[str, torch.Tensor]) -> dict[str, float]:
         model.load_state_dict(state)

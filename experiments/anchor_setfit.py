@@ -1,11 +1,11 @@
 """SetFit as a measured anchor, on exactly the data an `sft train` command line would use.
 
     pip install -e '.[anchors]'      # setfit, sentence-transformers, scikit-learn (never a dependency of sft)
-    python scripts/anchor_setfit.py [--method setfit|frozen_lr] [--out runs/anchors] [--threads 1] \
+    python experiments/anchor_setfit.py [--method setfit|frozen_lr] [--out runs/anchors] [--threads 1] \
         -- [sft train overrides: data=..., data.labels_per_class=K, seed=S, model=...]
 
-The overrides go through sft's own composition and data protocol (`sftcli.precheck.check_config`,
-`sftcli.data.load_data`), so the labeled draw, validation and test sets are the ones `sft train` with the
+The overrides go through sft's own composition and data protocol (`sftcli.api.compose_train`,
+`sftcli.api.load_data`), so the labeled draw, validation and test sets are the ones `sft train` with the
 same overrides trains and scores on; the unlabeled texts are not used (SetFit has no use for them). The
 model is the one `model=` names (the embedded all-MiniLM-L6-v2 by default), loaded by path.
 
@@ -98,19 +98,13 @@ def main() -> int:
     import torch
     import yaml
 
-    from sftcli.config import to_plain
-    from sftcli.data import load_data
-    from sftcli.errors import UserError
-    from sftcli.model import model_location
-    from sftcli.precheck import check_config
+    from sftcli.api import UserError, compose_train, load_data, model_location, to_plain
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
     t0 = time.perf_counter()
     try:
-        cfg = check_config("train", opts.overrides).config
-        if cfg is None:
-            raise UserError("these overrides need a running Hydra job to resolve; give plain values")
+        cfg = compose_train(opts.overrides)
         bundle = load_data(cfg.data, cfg.seed)
         model_dir = model_location(cfg.model)
     except UserError as exc:

@@ -1,10 +1,10 @@
 """sft's recipes against SetFit, side by side: the same data, labeled draws, seeds and thread count.
 
     pip install -e '.[anchors]'
-    python scripts/compare_setfit.py [--data trec6 | --data DIR] [--ks 16] [--seeds 0,1,2] \
+    python experiments/compare_setfit.py [--data trec6 | --data DIR] [--ks 16] [--seeds 0,1,2] \
         [--arms setfit,supervised,best,...] [--jobs 2] [--root runs/compare]
 
-DIR holds train.csv and test.csv (text,label), e.g. from scripts/make_data.py; validation is carved from
+DIR holds train.csv and test.csv (text,label), e.g. from experiments/make_data.py; validation is carved from
 train by sft's protocol (data.validation_fraction), identically for every arm. Every (K, seed) runs every
 arm; the order of the arms rotates with the seed, and --jobs N runs N commands at once with
 cores/N threads each (OMP_NUM_THREADS), so no arm always has the machine to itself. Wall time is the
@@ -35,7 +35,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Arm name -> ("sft", overrides of `sft train`) or ("anchor", method of scripts/anchor_setfit.py).
+# Arm name -> ("sft", overrides of `sft train`) or ("anchor", method of experiments/anchor_setfit.py).
 # The draw candidates as they were measured, before the recipe took up masking: NOMASK undoes it.
 KEPT16 = ["+recipe=best", "loss.self_training_draw=kept", "trainer.unlabeled_batch_size=16"]
 ENSEMBLE, SOFT = "loss.self_training_ensemble=true", "loss.self_training_targets=soft"
@@ -118,7 +118,7 @@ def data_overrides(data: str) -> tuple[str, list[str]]:
     folder = Path(data).resolve()
     for name in ("train.csv", "test.csv"):
         if not (folder / name).is_file():
-            raise SystemExit(f"--data {data}: {folder / name} not found (scripts/make_data.py writes it)")
+            raise SystemExit(f"--data {data}: {folder / name} not found (experiments/make_data.py writes it)")
     return folder.name, ["data=files", f"data.train={folder / 'train.csv'}", f"data.test={folder / 'test.csv'}"]
 
 
@@ -126,7 +126,7 @@ def command(arm: str, runs: Path, name: str, data: list[str], k: str, seed: int)
     kind, args = ARMS[arm]
     common = [*data, f"data.labels_per_class={k}", f"seed={seed}"]
     if kind == "anchor":
-        return [sys.executable, str(REPO / "scripts" / "anchor_setfit.py"), "--method", args[0], "--out", str(runs),
+        return [sys.executable, str(REPO / "experiments" / "anchor_setfit.py"), "--method", args[0], "--out", str(runs),
                 "--name", name, "--", *common]
     return [sys.executable, "-m", "sftcli", "train", *args, *common, f"run_root={runs}", f"run_name={name}",
             "trainer.progress=plain"]

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Benchmark sft's training loop on this machine, in one invocation.
 
-    python scripts/bench.py                      # everything (15-30 minutes on 2 CPU cores)
-    python scripts/bench.py --quick --skip-scale # a smoke test on model=tiny (under a minute)
-    python scripts/bench.py --skip-scale --steps 60 --repeats 5 --out results.json
-    python scripts/bench.py --only-scale --scale-sizes 10000,1000000 --scale-minilm-max 0  # section 6, tiny
+    python benchmarks/bench.py                      # everything (15-30 minutes on 2 CPU cores)
+    python benchmarks/bench.py --quick --skip-scale # a smoke test on model=tiny (under a minute)
+    python benchmarks/bench.py --skip-scale --steps 60 --repeats 5 --out results.json
+    python benchmarks/bench.py --only-scale --scale-sizes 10000,1000000 --scale-minilm-max 0  # section 6, tiny
 
 Sections (each printed as a table, and all figures written to --out as JSON):
 
@@ -42,32 +42,28 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import sftcli.engine.build as sft_build  # noqa: E402
-import sftcli.objectives.contrastive as sft_contrastive  # noqa: E402
-from sftcli.config import (  # noqa: E402
+from sftcli.api import (
     DataConfig,
+    Engine,
     LossConfig,
     ModelConfig,
     OptimConfig,
     StrategyConfig,
     TrainConfig,
     TrainerConfig,
+    local_env,
+    malloc,
+    timing,
 )
-from sftcli.dist import DistEnv  # noqa: E402
-from sftcli.engine import Engine  # noqa: E402
-from sftcli.speedups import malloc  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
 
 SEED = 0
 
@@ -272,8 +268,7 @@ def sft_config(s: Settings, *, precision: str = "fp32", strategy: str | None = N
 
 def new_sft_trainer(cfg: TrainConfig) -> Engine:
     run_dir = Path(tempfile.mkdtemp(prefix="sft-run-", dir=cfg.cache_dir))
-    device = torch.device(cfg.trainer.device if cfg.trainer.device != "auto" else "cpu")
-    t = Engine(cfg, run_dir, DistEnv(device=device))
+    t = Engine(cfg, run_dir, local_env(cfg))
     t.setup()
     return t
 
@@ -300,8 +295,7 @@ class HFData:
     def __init__(self, s: Settings):
         import datasets
 
-        from sftcli.data import encode, load_data
-        from sftcli.model import load_tokenizer, tokenizer_fingerprint
+        from sftcli.api import encode, load_data, load_tokenizer, tokenizer_fingerprint
 
         bundle = load_data(DataConfig(source="trec6", labels_per_class=None), SEED)
         self.label_names = bundle.label_names
@@ -315,7 +309,7 @@ class HFData:
 def run_hf(s: Settings, data: HFData, precision: str, seed: int = SEED) -> dict[str, Any]:
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from sftcli.model import build_model
+    from sftcli.api import build_model
 
     total = s.warmup + s.steps + 1
     out_dir = tempfile.mkdtemp(prefix="hf-run-", dir=s.cache_dir)
@@ -454,7 +448,7 @@ def bench_supervised(s: Settings, arms: list[str], results: dict[str, Any]) -> N
     elif s.steps % cycle:
         say(f"    note: --steps {s.steps} is not a multiple of HF's length-group cycle ({cycle} batches): the HF "
             f"window may see longer or shorter texts than sft's; compare tokens/s")
-    from sftcli.model import build_model
+    from sftcli.api import build_model
 
     shape_model = build_model(s.model_config(), [str(i) for i in range(6)], SEED)
     largest_param_bytes = malloc.largest_parameter_bytes(shape_model)
@@ -537,17 +531,13 @@ def bench_mix(s: Settings, results: dict[str, Any]) -> None:
         f"{s.labels_per_class} labels/class), teacher cache on and off; {s.repeats} repeats x {s.mix_steps} "
         f"timed steps")
     teacher_times: list[float] = []
-    original = sft_contrastive.teacher_representations
 
-    def timed_teacher(*a: Any, **k: Any) -> Any:
-        t0 = time.perf_counter()
-        out = original(*a, **k)
-        teacher_times.append(time.perf_counter() - t0)
-        return out
+    def heard(name: str, seconds: float) -> None:
+        if name == "teacher_cache":
+            teacher_times.append(seconds)
 
     per_arm: dict[str, list[dict[str, float]]] = {"cache_on": [], "cache_off": []}
-    sft_contrastive.teacher_representations = timed_teacher
-    try:
+    with timing.listen(heard):
         for r in range(s.repeats):
             for arm in (("cache_on", "cache_off") if r % 2 == 0 else ("cache_off", "cache_on")):
                 out = _one_mix_run(s, teacher_cache=arm == "cache_on")
@@ -555,8 +545,6 @@ def bench_mix(s: Settings, results: dict[str, Any]) -> None:
                 say(f"    repeat {r + 1} {arm:9s} mix step {out['mix_step_s'] * 1000:6.0f} ms   fwd+bwd "
                     f"{out['fwd_bwd_s'] * 1000:6.0f} ms   +clip+optimizer {out['opt_s'] * 1000:5.0f} ms   "
                     f"ratio {out['ratio_to_fwd_bwd']:.3f}x")
-    finally:
-        sft_contrastive.teacher_representations = original
     summary = {arm: {k: spread([o[k] for o in outs]) for k in outs[0]} for arm, outs in per_arm.items()}
     summary["teacher_cache_build_s"] = teacher_times[0] if teacher_times else None  # first call: a miss
     summary["teacher_cache_read_s"] = statistics.median(teacher_times[1:]) if len(teacher_times) > 1 else None
@@ -665,7 +653,7 @@ def write_labeled(folder: Path) -> dict[str, str]:
     """TREC-6 train / validation / test as csv files (text,label) for data=files."""
     import csv
 
-    from sftcli.data import load_data
+    from sftcli.api import load_data
 
     bundle = load_data(DataConfig(source="trec6", labels_per_class=None), SEED)
     paths = {}
@@ -712,36 +700,19 @@ def scale_job(spec: dict[str, Any]) -> dict[str, Any]:
     phases: dict[str, float] = {}
     rss: dict[str, float] = {}
 
-    def timed(name: str, fn: Callable[..., Any], match: Callable[..., bool] = lambda *a, **k: True
-              ) -> Callable[..., Any]:
-        def wrapper(*a: Any, **k: Any) -> Any:
-            t0 = time.perf_counter()
-            out = fn(*a, **k)
-            if match(*a, **k):
-                phases[name] = phases.get(name, 0.0) + time.perf_counter() - t0
-                rss[f"after_{name}"] = current_rss_mb()
-            return out
-        return wrapper
+    def heard(name: str, seconds: float) -> None:
+        phases[name] = phases.get(name, 0.0) + seconds
+        rss[f"after_{name}"] = current_rss_mb()
 
     n = spec["size"]
-    bundles: list[Any] = []
-
-    def read(*a: Any, **k: Any) -> Any:
-        bundles.append(load_data(*a, **k))
-        return bundles[-1]
-
-    # Only the unlabeled set's tokenisation is timed (not the labeled, validation and test sets').
-    load_data = sft_build.load_data
-    sft_build.load_data = timed("read", read)
-    sft_build.encode = timed("tokenise", sft_build.encode, lambda ts, *a, **k: ts is bundles[-1].unlabeled)
-    sft_contrastive.teacher_representations = timed("teacher_cache", sft_contrastive.teacher_representations)
     files = spec["files"]
     data = DataConfig(source="files", train=files["train"], validation=files["validation"], test=files["test"],
                       unlabeled=spec["corpus"], labels_per_class=16)
     s = Settings(model=spec["model"], cache_dir=spec["cache_dir"])
     cfg = sft_config(s, strategy="mix", max_steps=spec["steps"], batch_size=16, data=data)
     t0 = time.perf_counter()
-    t = new_sft_trainer(cfg)
+    with timing.listen(heard):  # the setup's phases: read, tokenise (the unlabeled texts), teacher_cache
+        t = new_sft_trainer(cfg)
     phases["setup_total"] = time.perf_counter() - t0
     rss["after_setup"] = current_rss_mb()
     n_tokens = int(t.batches.unlabeled.offsets[-1])

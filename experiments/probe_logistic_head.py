@@ -1,7 +1,7 @@
 """SetFit's head on a trained sft model: logistic regression fitted on the encoder's embeddings of the
 labeled texts, against the model's own end-to-end linear head, on validation and test.
 
-    python scripts/probe_logistic_head.py RUN_DIR [RUN_DIR ...] [--c 1,10,100]
+    python experiments/probe_logistic_head.py RUN_DIR [RUN_DIR ...] [--c 1,10,100]
 
 For each run: the run's data (its config.yaml through sft's protocol, so the same labeled draw), the
 exported model (RUN/model), the mean-pooled states the head reads, L2-normalised as SetFit's encoder
@@ -21,7 +21,7 @@ import torch
 
 def embed(model: Any, tokenizer: Any, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
     """(normalised mean-pooled last states, the model's class probabilities) of `texts`."""
-    from sftcli.modeling_sft_bert import mean_pool
+    from sftcli.api import pool
 
     zs, probs = [], []
     with torch.no_grad():
@@ -30,7 +30,7 @@ def embed(model: Any, tokenizer: Any, texts: list[str], max_length: int) -> tupl
                             return_tensors="pt")
             out = model(**enc, output_hidden_states=True)
             probs.append(torch.softmax(out.logits.float(), -1))
-            zs.append(mean_pool(out.hidden_states[-1], enc["attention_mask"]))
+            zs.append(pool(out.hidden_states[-1], enc["attention_mask"], "mean"))
     z = torch.cat(zs).numpy()
     return z / np.linalg.norm(z, axis=1, keepdims=True), torch.cat(probs).numpy()
 
@@ -38,16 +38,11 @@ def embed(model: Any, tokenizer: Any, texts: list[str], max_length: int) -> tupl
 def run_data(run: Path, whole_pile: bool = False) -> tuple[Any, Any]:
     """(the run's parsed config, its data): the same labeled draw, validation and test as the run;
     `whole_pile` also for a run trained with `data.max_unlabeled` set."""
-    from omegaconf import OmegaConf
+    from sftcli.api import load_data, read_run_config
 
-    from sftcli.config import parse_train
-    from sftcli.data import load_data
-
-    raw = OmegaConf.load(run / "config.yaml")
-    raw.resume = None
+    cfg = read_run_config(run)
     if whole_pile:
-        raw.data.max_unlabeled = None
-    cfg = parse_train(raw)
+        cfg.data.max_unlabeled = None
     return cfg, load_data(cfg.data, cfg.seed)
 
 
