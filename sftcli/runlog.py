@@ -73,13 +73,7 @@ def write_run_config(run_dir: Path, cfg: Any, resolved: dict[str, Any]) -> None:
 
     from sftcli.config import to_record
 
-    record = to_record(cfg)
-    for key, value in resolved.items():
-        section, _, name = key.rpartition(".")
-        node = record
-        for part in section.split(".") if section else []:
-            node = node[part]
-        node[name] = value
+    record = to_record(cfg, resolved)
     tmp = run_dir / "config.yaml.tmp"
     tmp.write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
     tmp.replace(run_dir / "config.yaml")

@@ -228,15 +228,23 @@ def parse_predict(raw: dict[str, Any]) -> PredictConfig:
     return validate(PredictConfig, raw, "predict")
 
 
-def to_plain(obj: BaseModel) -> dict[str, Any]:
-    """A typed config back to plain data (for config.yaml and checkpoints)."""
-    return obj.model_dump()
+def to_plain(obj: BaseModel, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A typed config back to plain data (for config.yaml and checkpoints), with `resolved` (dotted key ->
+    value) set to what only the run resolves (its plan: the steps of trainer.epochs, a round's length)."""
+    plain = obj.model_dump()
+    for key, value in (resolved or {}).items():
+        section, _, name = key.rpartition(".")
+        node = plain
+        for part in section.split(".") if section else []:
+            node = node[part]
+        node[name] = value
+    return plain
 
 
-def to_record(cfg: TrainConfig) -> dict[str, Any]:
-    """A run's config.yaml: the typed config as the command line composes it, with `lambda` and `tau` at
-    the top level (ALIASES) and no `strategy` when there is none."""
-    record = to_plain(cfg)
+def to_record(cfg: TrainConfig, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A run's config.yaml: the typed config as the command line composes it and the run resolved it (see
+    to_plain), with `lambda` and `tau` at the top level (ALIASES) and no `strategy` when there is none."""
+    record = to_plain(cfg, resolved)
     if record.get("strategy") is None:
         record.pop("strategy", None)
     for alias, path in ALIASES.items():

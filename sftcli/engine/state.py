@@ -71,7 +71,7 @@ def save(engine: Engine) -> Path | None:
     path = None
     if e.env.is_main:
         best_name = ckpt.checkpoint_name(e.best_step) if e.best_step is not None else None
-        light = {"step": e.step, "config": to_plain(e.cfg), "world_size": e.env.world_size,
+        light = {"step": e.step, "config": to_plain(e.cfg, e.plan.record()), "world_size": e.env.world_size,
                  "best": {"metric": e.best_metric, "step": e.best_step, "checkpoint": best_name},
                  "fingerprints": {"data": e.data.fingerprint()},
                  # The class prior these weights were trained under (model.class_prior reads it at the end).
@@ -222,7 +222,7 @@ def _check_checkpoint_files(path: Path) -> None:
 
 
 def _check_config(engine: Engine, saved: dict[str, Any], state: dict[str, Any], path: Path) -> None:
-    current = to_plain(engine.cfg)
+    current = to_plain(engine.cfg, engine.plan.record())  # as the checkpoint records it: with the run's plan
     saved = _with_defaults(saved)
     diffs = []
     for field in RESUME_FIELDS:
