@@ -163,15 +163,21 @@ def composition_message(command: str, exc: BaseException, overrides: list[str]) 
 
 
 def _group_chosen_twice(command: str, overrides: list[str]) -> str | None:
-    """The group that a `+group=option` adds although the command's defaults, or another `+group=`, already
-    chose it."""
+    """The group that a `+group=option` adds although it is chosen already: by the command's defaults, by
+    another `+group=`, or by the defaults list of another option on the command line (+recipe=self_training
+    chooses a strategy)."""
     from sftcli.catalog import config_dir, config_groups
     from sftcli.helptext import read_yaml_doc
 
+    groups = config_groups()
+    picks = [(arg, group, option) for arg in overrides
+             for group, sep, option in [arg.lstrip("+~").partition("=")] if sep and option in groups.get(group, [])]
     defaults = read_yaml_doc(config_dir() / f"{command}.yaml").defaults
-    added = [a[1:].partition("=")[0] for a in overrides if a.startswith("+") and not a.startswith("++")]
+    added = [group for arg, group, _ in picks if arg.startswith("+") and not arg.startswith("++")]
     for group in added:
-        if group in config_groups() and (group in defaults or added.count(group) > 1):
+        by_another = any(group in read_yaml_doc(config_dir() / other / f"{option}.yaml").defaults
+                         for _, other, option in picks if other != group)
+        if group in defaults or added.count(group) > 1 or by_another:
             return group
     return None
 

@@ -122,7 +122,7 @@ class StrategyConfig(Group):
 
 
 # The loss group: each objective's keys, declared beside it and assembled by the registry.
-LossConfig = loss_config()
+LossConfig = loss_config(__name__)
 
 
 class OptimConfig(Group):

@@ -54,11 +54,13 @@ class InputNoiseKeys(Group):
                                         "labels: each step sees them with other tokens masked)", ge=0, lt=1)
 
 
-def loss_config() -> type[Group]:
-    """The `loss` group: every registered objective's keys in registry order, then the input noise."""
+def loss_config(module: str) -> type[Group]:
+    """The `loss` group: every registered objective's keys in registry order, then the input noise.
+    `module`: where the class is bound as LossConfig (so that a pickled config, as spawned workers get it,
+    finds its class)."""
     # pydantic lists the fields of the last base first: the bases go in reverse.
     return create_model("LossConfig", __base__=(InputNoiseKeys, *reversed([e.keys for e in OBJECTIVES])),
-                        __module__=__name__)
+                        __module__=module)
 
 
 def term_title(name: str) -> str:
