@@ -206,12 +206,13 @@ def test_a_subset_of_encoded_texts_holds_those_texts_in_order() -> None:
 
 def test_a_large_pile_is_sampled_for_the_estimate(tmp_path, cache_dir, monkeypatch) -> None:
     from sftcli.engine import state
+    from sftcli.engine.finish import fold_class_prior
 
     engine = _engine(tmp_path, cache_dir, monkeypatch, [*FRESH, "model.class_prior=unlabeled"])
     path = state.save(engine)
     monkeypatch.setattr(prior, "ESTIMATE_TEXTS", 100)
     head = prior.head_layer(engine.model, len(engine.data.label_names))
     before = head.bias.detach().clone()
-    record = engine._fold_class_prior(path)
+    record = fold_class_prior(engine, path)
     assert record["folded"] and record["texts"] == 100
     torch.testing.assert_close(head.bias.detach(), before + torch.tensor(record["shift"], dtype=before.dtype))

@@ -9,6 +9,7 @@ in the strategy files, whose package is global), and train.yaml / eval.yaml with
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from pydantic import BaseModel
@@ -62,20 +63,14 @@ def base_nodes() -> dict[tuple[str | None, str], dict[str, Any]]:
     return nodes
 
 
-_registered = False
-
-
+@functools.cache
 def register() -> None:
-    """Register the base configs with Hydra (once per process; before any compose)."""
-    global _registered
-    if _registered:
-        return
+    """Register the base configs with Hydra's ConfigStore (once per process: cached; before any compose)."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
     for (group, name), node in base_nodes().items():
         store.store(group=group, name=name, node=node)
-    _registered = True
 
 
 def group_keys(command: str, group: str) -> list[str]:

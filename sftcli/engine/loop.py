@@ -3,12 +3,11 @@
 One Engine runs in each worker process. Everything distributed goes through `sftcli.dist`; rank 0 writes
 files; stop decisions (max steps, signals, non-finite values, early stopping) are agreed across ranks. What
 the loss is made of lives in sftcli/objectives/, how the objects are built in build.py, checkpoints in
-state.py.
+state.py (what goes into them is Engine.state_dict()), the run's end in finish.py.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -27,20 +26,20 @@ from sftcli.engine import build, state
 from sftcli.engine.averaging import WeightAverage
 from sftcli.engine.batches import StepBatches
 from sftcli.engine.early_stopping import EarlyStopping
+from sftcli.engine.finish import finish
 from sftcli.engine.metrics import MetricWindow
 from sftcli.engine.progress import Progress
 from sftcli.engine.signals import StopSignals
 from sftcli.engine.steps import ALL_UNLABELED, Restart, RunView, SetTrainPrior, StepView, Term, UnlabeledRows
 from sftcli.errors import ConfigError, NonFiniteError, Preempted
 from sftcli.evaluate import autocast, evaluate, predict_logits, resolve_precision, scalar_metrics
-from sftcli.export import MODEL_DIR, export_model, model_card
-from sftcli.losses import softmax
 from sftcli.objectives.base import Objective
 from sftcli.objectives.registry import term_title
 from sftcli.runlog import MetricsWriter, format_metrics, format_value, write_run_config
 from sftcli.trackers import Trackers, build_trackers
 
 log = logging.getLogger("sft")
+
 
 class Engine:
     def __init__(self, cfg: TrainConfig, run_dir: Path, env: dist.DistEnv):
@@ -62,6 +61,7 @@ class Engine:
         # What setup() builds (sftcli/engine/build.py), each assigned there and only there.
         self.precision: str = "fp32"
         self.data: DataBundle  # the text sets, labels and label names
+        self.plan: build.Plan  # the run's steps and a self-training round's length, recorded in config.yaml
         self.class_weights: np.ndarray | None = None  # the cross-entropy's weight per class (loss.class_weights)
         self.tokenizer: Any = None
         self.pad_id = 0
@@ -134,7 +134,7 @@ class Engine:
             with speedups.malloc_tuning(self.model, tc, env.device):
                 self._loop(progress)
             progress.close()
-            summary = self.finish()
+            summary = finish(self)
             status = "completed"
             return summary
         except Preempted:
@@ -351,6 +351,56 @@ class Engine:
         self.early_stopping.counter = 0
 
     # ------------------------------------------------------------------------------------------------
+    # the training state (checkpoint files and their checks: state.py, sftcli/checkpoint.py)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the loop needs to continue exactly (weights and RNG aside: state.py writes those)."""
+        best_name = ckpt.checkpoint_name(self.best_step) if self.best_step is not None else None
+        assert self.train_prior is not None
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "streams": self.batches.state_dict(),
+            "best": {"metric": self.best_metric, "step": self.best_step, "checkpoint": best_name},
+            "nonfinite_skips": self.nonfinite_skips,
+            "early_stopping": self.early_stopping.state_dict(),
+            "objectives": {o.name: o.state_dict() for o in self.objectives},
+            "average": self.average.state_dict(self.model) if self.average is not None else None,
+            "world_size": self.env.world_size,
+            # The class prior these weights were trained under (model.class_prior reads it at the end).
+            "train_prior": [float(p) for p in self.train_prior],
+        }
+
+    def load_state_dict(self, saved: dict[str, Any], own_run: bool = True) -> None:
+        """Continue from `saved` (state_dict's), the weights already loaded into eval_model. From another run's
+        checkpoint (own_run=False), its best stays there: this run selects its own best from scratch."""
+        averaged = saved.get("average")
+        if self.average is not None and averaged is not None:
+            self.average.load_state_dict(averaged, self.model)  # the raw weights the optimizer trains
+        elif averaged is not None:
+            self.model.load_state_dict(averaged["raw_model"])  # trained with an average, resumed without one
+        elif self.average is not None:
+            # Trained without an average, resumed with one (allow_resume_mismatch): it starts from these weights.
+            self.model.load_state_dict(self.eval_model.state_dict())
+            self.average.reset(self.model)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if self.scaler is not None and saved["scaler"] is not None:
+            self.scaler.load_state_dict(saved["scaler"])
+        self.batches.load_state_dict(saved["streams"])
+        self.step = int(saved["step"])
+        if own_run:
+            self.best_metric, self.best_step = saved["best"]["metric"], saved["best"]["step"]
+            # Counted against the best restored with it (absent from states written before early stopping).
+            self.early_stopping.load_state_dict(saved.get("early_stopping", {}))
+        self.nonfinite_skips = int(saved["nonfinite_skips"])
+        # Absent from states written before the class prior was recorded: those trained under the labeled one.
+        self.train_prior = np.asarray(saved.get("train_prior", self.labeled_prior), dtype=np.float64)
+        for objective in self.objectives:
+            objective.load_state_dict(saved["objectives"].get(objective.name, {}))
+
+    # ------------------------------------------------------------------------------------------------
     # metrics and evaluation
 
     def _account(self, window: MetricWindow, loss: torch.Tensor, terms: dict[str, torch.Tensor],
@@ -415,75 +465,3 @@ class Engine:
             return (f"stopped by a signal at step {self.step}; trainer.save_only_model=true keeps no training "
                     "state, so this run cannot be resumed")
         return f"stopped by a signal at step {self.step}; checkpoint saved; continue with resume=auto"
-
-    # ------------------------------------------------------------------------------------------------
-    # the end
-
-    def finish(self) -> dict[str, Any]:
-        """Test metrics of the best checkpoint, the exported model, then summary.json (rank 0)."""
-        last = ckpt.checkpoint_name(self.step)
-        best = ckpt.checkpoint_name(self.best_step) if self.best_step is not None else last
-        last_kept = any(p.name == last for _, p in ckpt.listed(self.ckpt_dir))
-        stopped_early = self.early_stopping.stopped and self.step < self.max_steps
-        assert last_kept or self.tc.save_only_model or not self.env.is_main, "the last checkpoint was not saved"
-        summary: dict[str, Any] = {
-            "status": "completed",
-            "best_checkpoint": f"checkpoints/{best}",
-            # null with trainer.save_only_model when the last step was not the best (only the best is kept)
-            "last_checkpoint": f"checkpoints/{last}" if last_kept or not self.env.is_main else None,
-            "model": MODEL_DIR,
-            "best_step": self.best_step, "steps": self.step, "max_steps": self.max_steps, "epochs": self.tc.epochs,
-            "select_metric": self.tc.select_metric, "select_value": self.best_metric,
-            "stopped_early": stopped_early, "stopped_at_step": self.step if stopped_early else None,
-        }
-        if self.early_stopping.enabled:
-            summary["early_stopping"] = self.early_stopping.summary()
-        if self.class_weights is not None:
-            summary["class_weights"] = dict(zip(self.data.label_names, map(float, self.class_weights), strict=True))
-        # Evaluate exactly what the best checkpoint holds (the weights read back from disk).
-        self.model.load_state_dict(ckpt.load_weights(self.ckpt_dir / best), strict=False)
-        if self.cfg.model.class_prior == "unlabeled":
-            summary["class_prior"] = self._fold_class_prior(self.ckpt_dir / best)
-        val = evaluate(self.model, self.enc_val, self.data.validation.labels, self.data.label_names,
-                       self.tc.eval_batch_size, self.pad_id, self.env.device, self.precision, self.env)
-        summary.update(scalar_metrics(val, "val"))
-        summary["val/per_class"] = val["per_class"]
-        if self.enc_test is not None and self.data.test is not None:
-            test = evaluate(self.model, self.enc_test, self.data.test.labels, self.data.label_names,
-                            self.tc.eval_batch_size, self.pad_id, self.env.device, self.precision, self.env)
-            summary.update(scalar_metrics(test, "test"))
-            summary["test/per_class"] = test["per_class"]
-        else:
-            summary["test"] = "skipped: the data has no test split"
-        summary.update({
-            "label_names": self.data.label_names, "n_labeled": len(self.data.labeled),
-            "n_unlabeled": 0 if self.data.unlabeled is None else len(self.data.unlabeled),
-            "world_size": self.env.world_size,
-            "precision": self.precision,  # as run (trainer.precision=auto resolves per device)
-            "strategy": self.cfg.strategy.name if self.cfg.strategy else None,
-            "objectives": [o.name for o in self.objectives],
-            "seed": self.cfg.seed, "data_notes": self.data.notes,
-        })
-        if self.env.is_main:
-            final = {k: v for k, v in summary.items() if k.startswith(("test/", "val/")) and not isinstance(v, dict)}
-            self.metrics.write(self.step, {f"final/{k}": v for k, v in final.items()})
-            # With the class prior folded into the head, the export writes those weights, not the checkpoint's.
-            export_model(self.ckpt_dir / best, self.run_dir / MODEL_DIR,
-                         model_card(self.cfg, summary, self.run_dir, self.model.config.model_type),
-                         model=self.model if summary.get("class_prior", {}).get("folded") else None)
-            tmp = self.run_dir / "summary.json.tmp"
-            tmp.write_text(json.dumps(summary, indent=2, default=state.json_default))
-            tmp.replace(self.run_dir / "summary.json")
-            log.info("done: best %s (%s=%.4f); test accuracy %s, macro-F1 %s", summary["best_checkpoint"],
-                     self.tc.select_metric, self.best_metric if self.best_metric is not None else float("nan"),
-                     format_value(summary.get("test/accuracy")), format_value(summary.get("test/macro_f1")))
-        return summary
-
-    def _fold_class_prior(self, best: Path) -> dict[str, Any]:
-        """model.class_prior=unlabeled: the unlabeled texts' prior, estimated by the best model (trained under
-        the prior its checkpoint records), folded into its head; what the summary records."""
-        trained = np.asarray(ckpt.read_sft_state(best).get("train_prior", self.labeled_prior))
-        return prior.fold_unlabeled_prior(
-            self.model, self.enc_unlabeled, trained, self.data.label_names, self.cfg.seed,
-            lambda enc: softmax(predict_logits(self.model, enc, self.tc.eval_batch_size, self.pad_id, self.env.device,
-                                               self.precision, self.env)))

@@ -70,24 +70,13 @@ def save(engine: Engine) -> Path | None:
     rng_states = None if only_model else dist.all_gather_object(e.env, rng_state())
     path = None
     if e.env.is_main:
-        best_name = ckpt.checkpoint_name(e.best_step) if e.best_step is not None else None
-        light = {"step": e.step, "config": to_plain(e.cfg, e.plan.record()), "world_size": e.env.world_size,
-                 "best": {"metric": e.best_metric, "step": e.best_step, "checkpoint": best_name},
-                 "fingerprints": {"data": e.data.fingerprint()},
-                 # The class prior these weights were trained under (model.class_prior reads it at the end).
-                 "train_prior": [float(p) for p in e.train_prior]}
-        state = {
-            "version": STATE_VERSION, "step": e.step,
-            "optimizer": e.optimizer.state_dict(), "scheduler": e.scheduler.state_dict(),
-            "scaler": e.scaler.state_dict() if e.scaler is not None else None,
-            "streams": e.batches.state_dict(),
-            "best": light["best"], "nonfinite_skips": e.nonfinite_skips,
-            "early_stopping": e.early_stopping.state_dict(),
-            "objectives": {o.name: o.state_dict() for o in e.objectives},
-            "average": e.average.state_dict(e.model) if e.average is not None else None,
-            "world_size": e.env.world_size, "config": json.dumps(light["config"]),
-            "fingerprints": light["fingerprints"], "train_prior": light["train_prior"],
-        }
+        state = {"version": STATE_VERSION, **e.state_dict(),
+                 "config": json.dumps(to_plain(e.cfg, e.plan.record())),
+                 "fingerprints": {"data": e.data.fingerprint()}}
+        best_name = state["best"]["checkpoint"]
+        # sft_state.json: what `sft eval`, `sft report` and resume=auto read without loading torch's pickle.
+        light = {"step": state["step"], "config": json.loads(state["config"]), "world_size": state["world_size"],
+                 "best": state["best"], "fingerprints": state["fingerprints"], "train_prior": state["train_prior"]}
 
         def write(tmp: Path) -> None:
             e.eval_model.save_pretrained(tmp, safe_serialization=True)  # the averaged weights with trainer.ema_decay
@@ -152,39 +141,16 @@ def resume(engine: Engine) -> None:
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit the model (missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]})")
-    averaged = state.get("average")
-    if e.average is not None and averaged is not None:
-        e.average.load_state_dict(averaged, e.model)  # the raw weights the optimizer trains
-    elif averaged is not None:
-        e.model.load_state_dict(averaged["raw_model"])  # trained with an average, resumed without one
-    elif e.average is not None:
-        # Trained without an average, resumed with one (allow_resume_mismatch): it starts from these weights.
-        e.model.load_state_dict(e.eval_model.state_dict())
-        e.average.reset(e.model)
-    e.optimizer.load_state_dict(state["optimizer"])
-    e.scheduler.load_state_dict(state["scheduler"])
-    if e.scaler is not None and state["scaler"] is not None:
-        e.scaler.load_state_dict(state["scaler"])
-    e.batches.load_state_dict(state["streams"])
-    e.step = int(state["step"])
-    e.best_metric, e.best_step = state["best"]["metric"], state["best"]["step"]
-    if path.parent.resolve() != e.ckpt_dir.resolve() and e.best_step is not None:
+    own_run = path.parent.resolve() == e.ckpt_dir.resolve()
+    e.load_state_dict(state, own_run)
+    if not own_run and state["best"]["step"] is not None:
         # Resumed from another run's checkpoint: its best checkpoint lives there, not in this run, so
         # this run selects its best among its own checkpoints.
         log.info("resume: the best checkpoint of %s (step %d) stays there; this run selects its own",
-                 path.parent.parent, e.best_step)
-        e.best_metric, e.best_step = None, None
-    else:
-        # Counted against the best restored with it (absent from states written before early stopping).
-        e.early_stopping.load_state_dict(state.get("early_stopping", {}))
-        if e.best_step is not None and e.keeps_best_weights:
-            # The best checkpoint is always kept, and holds exactly the weights that were evaluated.
-            e.best_weights = ckpt.load_weights(e.ckpt_dir / ckpt.checkpoint_name(e.best_step))
-    e.nonfinite_skips = int(state["nonfinite_skips"])
-    # Absent from states written before the class prior was recorded: those trained under the labeled one.
-    e.train_prior = np.asarray(state.get("train_prior", e.labeled_prior), dtype=np.float64)
-    for objective in e.objectives:
-        objective.load_state_dict(state["objectives"].get(objective.name, {}))
+                 path.parent.parent, state["best"]["step"])
+    if e.best_step is not None and e.keeps_best_weights:
+        # The best checkpoint is always kept, and holds exactly the weights that were evaluated.
+        e.best_weights = ckpt.load_weights(e.ckpt_dir / ckpt.checkpoint_name(e.best_step))
     rng_file = path / f"{ckpt.RNG_PREFIX}{e.env.rank}.pt"
     if rng_file.exists():
         set_rng_state(ckpt.load_state(rng_file))
