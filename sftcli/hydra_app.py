@@ -83,14 +83,13 @@ class App:
         from sftcli.precheck import composing
 
         mode = RunMode.MULTIRUN if multirun else RunMode.RUN
+        # As Hydra's own entry does: the mode is one of Hydra's overrides, so that the launcher's composition
+        # of each job (from the sweep's Hydra overrides) keeps it, and .hydra/hydra.yaml records it.
+        given = any(o.lstrip("+~").startswith("hydra.mode=") for o in overrides)
         with composing(self.command, overrides):
-            cfg = self.hydra.compose_config(config_name=self.command, overrides=list(overrides), run_mode=mode,
-                                            with_log_configuration=configure_logging)
-        from omegaconf import open_dict
-
-        with open_dict(cfg.hydra):
-            cfg.hydra.mode = mode
-        return cfg
+            return self.hydra.compose_config(
+                config_name=self.command, overrides=[*overrides, *([] if given else [f"hydra.mode={mode.name}"])],
+                run_mode=mode, with_log_configuration=configure_logging)
 
     def run(self, cfg: Any, jobs: Jobs) -> None:
         """One job in the run dir (hydra.run.dir), as `Hydra.run` runs it: Hydra's callbacks, its .hydra/
