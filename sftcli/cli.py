@@ -132,9 +132,9 @@ def _run_hydra(command: str, args: list[str], debug: bool) -> int:
     problem, before Hydra makes it), then run the job or the sweep (sftcli/hydra_app.py); the exit code is
     what the jobs ended in (sftcli/jobs.py)."""
     if command == "train" and os.environ.get("RANK", "0") != "0":
-        from sftcli import dist  # imports torch: only under a launcher that set RANK
+        from sftcli import cluster
 
-        if dist.launched_by_torchrun():
+        if cluster.launched_by_torchrun():
             # External torchrun: only rank 0 runs Hydra and makes the run dir; the others follow it.
             from sftcli.launch import follow_external_launch
 
@@ -178,8 +178,7 @@ def _plan(app: Any, command: str, overrides: list[str], jobs: Any) -> Any:
     (sftcli/rundir.py): a new run never goes into a directory that holds anything. Returns the composed
     config. A sweep's jobs are composed and validated one by one as they run (one bad job does not stop
     the others)."""
-    from sftcli.launch import prepare_train
-    from sftcli.precheck import check_composed
+    from sftcli.precheck import check_composed, prepare_train
     from sftcli.rundir import cache_root, check_path, claim
 
     _check_plugins(overrides)

@@ -24,6 +24,12 @@ from typing import NoReturn
 
 from sftcli.errors import EXIT_PREEMPTED
 
+
+def launched_by_torchrun() -> bool:
+    """True inside a worker started by torchrun / elastic launch (it sets these variables)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+
+
 # Hydra's submitit launchers, and sft's subclasses of them (hydra_plugins/sft_submitit/_launcher.py).
 LAUNCHERS = {"submitit_local": "hydra_plugins.sft_submitit._launcher.LocalLauncher",
              "submitit_slurm": "hydra_plugins.sft_submitit._launcher.SlurmLauncher"}

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 import torch.distributed as td
 
+from sftcli.cluster import launched_by_torchrun
+
 
 @dataclass
 class DistEnv:
@@ -37,11 +39,6 @@ class DistEnv:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def launched_by_torchrun() -> bool:
-    """True inside a worker started by torchrun / elastic launch (it sets these variables)."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
 
 
 def pick_device(preference: str, local_rank: int) -> torch.device:

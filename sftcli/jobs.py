@@ -79,7 +79,8 @@ class Jobs:
             from sftcli.config import parse_eval
 
             return run_eval(self.planned or parse_eval(cfg), run_dir)
-        from sftcli.launch import prepare_train, selection_value, train_in_run_dir
+        from sftcli.launch import selection_value, train_in_run_dir
+        from sftcli.precheck import prepare_train
 
         typed = self.planned or prepare_train(cfg, run_dir, list(HydraConfig.get().overrides.task))
         summary = train_in_run_dir(typed, run_dir)

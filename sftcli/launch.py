@@ -20,7 +20,7 @@ from typing import Any
 
 from sftcli import cluster, dist, rundir
 from sftcli.checkpoint import probe_writable
-from sftcli.config import TrainConfig, parse_train
+from sftcli.config import TrainConfig
 from sftcli.errors import EXIT_USER_ERROR, NonFiniteError, Preempted, UserError
 from sftcli.runlog import setup_logging
 from sftcli.trackers import check_installed
@@ -39,26 +39,10 @@ class WorkersFailed(Exception):
         self.exit_code = exit_code
 
 
-def prepare_train(cfg: Any, run_dir: Path, overrides: list[str]) -> TrainConfig:
-    """The typed config of a composed `sft train` job, validated once (before any model or data loads):
-    what the launch environment decides goes in first (the world size of an external torchrun, resume=auto
-    for a job that submitit requeued). overrides: the job's command line (a key given there is a choice)."""
-    from omegaconf import open_dict
-
-    with open_dict(cfg):
-        if dist.launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            # Under an external torchrun the world size is torchrun's; record it so checks and resume see it.
-            cfg.trainer.nproc = int(os.environ.get("WORLD_SIZE", "1"))
-        if cfg.get("resume") is None and cluster.continues_requeued_job(run_dir):
-            log.warning("submitit requeued this job: continuing from the newest checkpoint in %s", run_dir)
-            cfg.resume = "auto"
-    return parse_train(cfg, overrides)
-
-
 def train_in_run_dir(tc: TrainConfig, run_dir: Path) -> dict[str, Any]:
     """Launch the workers of a validated config in its run dir; returns the run's summary. The workers
     write config.yaml (sftcli/engine) once the data has resolved what the config leaves open."""
-    external = dist.launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    external = cluster.launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     check_installed(tc.trainer)  # the trackers' packages, before the run dir is written to
     probe_writable(run_dir)
     setup_logging(run_dir, is_main=True)
@@ -257,7 +241,7 @@ def worker_main(run_dir: str, launched_by: str, cfg: TrainConfig) -> dict[str, A
     try:
         return run_worker(run_dir, cfg)
     except (UserError, NonFiniteError, Preempted) as exc:
-        if launched_by == "cli" or not dist.launched_by_torchrun():
+        if launched_by == "cli" or not cluster.launched_by_torchrun():
             raise  # in-process: the CLI reports it
         rank = os.environ.get("RANK", "0")
         if not isinstance(exc, Preempted):

@@ -6,12 +6,19 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sftcli.errors import ConfigError, first_line
+
+if TYPE_CHECKING:
+    from sftcli.config import TrainConfig
+
+log = logging.getLogger("sft")
 
 # hydra/GROUP=OPTION choices that come from optional packages: (group, options) -> (module, what, extra).
 PLUGINS = {
@@ -55,7 +62,7 @@ class Planned:
 def check_composed(command: str, cfg: Any, multirun: bool, prepare: Any = None) -> Planned:
     """The typed config of a composed `sft train` / `sft eval` config and the directory it will write;
     raises ConfigError listing the problems. prepare(job, run_dir): what turns the composed config into the
-    typed one (sftcli/launch.py: prepare_train for train); a sweep's jobs are validated as they run."""
+    typed one (prepare_train for train); a sweep's jobs are validated as they run."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
@@ -72,6 +79,25 @@ def check_composed(command: str, cfg: Any, multirun: bool, prepare: Any = None) 
 
         return Planned(parse_eval(job), directory, continues)
     return Planned(prepare(job, directory), directory, continues)
+
+
+def prepare_train(cfg: Any, run_dir: Path, overrides: list[str]) -> TrainConfig:
+    """The typed config of a composed `sft train` job, validated once (before any model or data loads):
+    what the launch environment decides goes in first (the world size of an external torchrun, resume=auto
+    for a job that submitit requeued). overrides: the job's command line (a key given there is a choice)."""
+    from omegaconf import open_dict
+
+    from sftcli import cluster
+    from sftcli.config import parse_train
+
+    with open_dict(cfg):
+        if cluster.launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # Under an external torchrun the world size is torchrun's; record it so checks and resume see it.
+            cfg.trainer.nproc = int(os.environ.get("WORLD_SIZE", "1"))
+        if cfg.get("resume") is None and cluster.continues_requeued_job(run_dir):
+            log.warning("submitit requeued this job: continuing from the newest checkpoint in %s", run_dir)
+            cfg.resume = "auto"
+    return parse_train(cfg, overrides)
 
 
 def _resolved(cfg: Any, key: str | None) -> Any:

@@ -117,6 +117,18 @@ def test_help_of_every_command_does_not_import_torch() -> None:
     subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
 
+
+def test_a_refused_train_command_exits_2_without_importing_torch(tmp_path) -> None:
+    # A mistake in a key is found from the composed config alone: no second or more of torch's import first.
+    code = ("import sys\nfrom sftcli import cli\n"
+            "try:\n    cli.main(['train', 'model=tiny', 'loss.self_training_top=2'])\n"
+            "except SystemExit as e:\n    assert e.code == 2, e.code\n"
+            "heavy = sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules)\n"
+            "assert not heavy, heavy\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "loss.self_training_top" in proc.stderr and not (tmp_path / "runs").exists()
+
 def test_help_with_a_mistyped_group_option_exits_2(sft) -> None:
     proc = sft("train", "strategy=mix", "--help")
     assert proc.returncode == 2 and "+strategy=mix" in proc.stderr and "Traceback" not in proc.stderr
