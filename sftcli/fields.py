@@ -127,6 +127,9 @@ class ObjectiveKeys(Group):
     into the `loss` group by the registry (sftcli/objectives/registry.py). The hooks let a run's validation
     ask each objective instead of knowing its keys; each is called with the assembled `loss` group."""
 
+    def check_keys(self, checks: Checks) -> None:
+        """Checks among the loss group's own keys (all objectives' problems are reported together)."""
+
     def unlabeled_keys(self) -> list[str]:
         """The keys set to train on the unlabeled stream (an error without a strategy)."""
         return []

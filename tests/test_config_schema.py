@@ -107,3 +107,11 @@ def test_a_saved_config_is_not_judged_by_what_changed_since(tmp_path) -> None:
     assert from_plain(to_plain(cfg)).resume == str(gone)
     with pytest.raises(ConfigError, match="resume: path"):
         parse_train(raw)
+
+
+def test_problems_of_several_objectives_keys_are_reported_together() -> None:
+    # The loss group is assembled from each objective's keys; its checks still run as one.
+    with pytest.raises(ConfigError) as refused:
+        parse_train({"loss": {"self_training_teachers": 2, "class_weights": {"a": -1.0}}})
+    assert "2 problem(s)" in str(refused.value)
+    assert "loss.class_weights" in str(refused.value) and "loss.self_training_teachers" in str(refused.value)

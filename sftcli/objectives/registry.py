@@ -14,9 +14,9 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import create_model
+from pydantic import create_model, model_validator
 
-from sftcli.fields import Group, ObjectiveKeys, key
+from sftcli.fields import Checks, Group, ObjectiveKeys, key
 from sftcli.objectives.consistency_keys import ConsistencyKeys
 from sftcli.objectives.contrastive_keys import ContrastiveKeys
 from sftcli.objectives.self_training_keys import SelfTrainingKeys
@@ -29,7 +29,7 @@ class Entry:
     name: str  # the term: train/loss_NAME
     title: str  # what the term is, in logs and messages
     keys: type[ObjectiveKeys]  # its loss.* keys
-    module: str  # the module whose build(ctx) makes the objective (or None when the run leaves it out)
+    module: str  # the module whose build(ctx) makes the objective (None: the run leaves it out)
 
     def build(self, ctx: Any) -> Any:
         return importlib.import_module(self.module).build(ctx)
@@ -58,9 +58,17 @@ def loss_config(module: str) -> type[Group]:
     """The `loss` group: every registered objective's keys in registry order, then the input noise.
     `module`: where the class is bound as LossConfig (so that a pickled config, as spawned workers get it,
     finds its class)."""
+    def check_keys(loss: Any) -> Any:
+        # One validator for the whole group, so that every objective's problems are reported together.
+        checks = Checks()
+        for entry in OBJECTIVES:
+            entry.keys.check_keys(loss, checks)
+        checks.raise_if_any()
+        return loss
+
     # pydantic lists the fields of the last base first: the bases go in reverse.
     return create_model("LossConfig", __base__=(InputNoiseKeys, *reversed([e.keys for e in OBJECTIVES])),
-                        __module__=module)
+                        __module__=module, __validators__={"_check_keys": model_validator(mode="after")(check_keys)})
 
 
 def term_title(name: str) -> str:

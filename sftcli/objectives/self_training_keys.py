@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import model_validator
-
 from sftcli.fields import Checks, ObjectiveKeys, key
 
 
@@ -48,17 +46,13 @@ class SelfTrainingKeys(ObjectiveKeys):
            "their probabilities labels the first student (an ensemble); needs loss.self_training_student=fresh",
         ge=1)
 
-    @model_validator(mode="after")
-    def _check_self_training(self) -> SelfTrainingKeys:
-        checks = Checks()
+    def check_keys(self, checks: Checks) -> None:
         checks.require(self.self_training_labeler == "last" or self.self_training_student == "fresh",
                        "self_training_labeler", "best needs loss.self_training_student=fresh (a continuing "
                        "model cannot be swapped for the best one)")
         checks.require(self.self_training_teachers == 1 or self.self_training_student == "fresh",
                        "self_training_teachers", f"{self.self_training_teachers} teachers need "
                        "loss.self_training_student=fresh (each teacher starts from the initial weights)")
-        checks.raise_if_any()
-        return self
 
     def unlabeled_keys(self) -> list[str]:
         return ["self_training_weight"] if self.self_training_weight > 0 else []

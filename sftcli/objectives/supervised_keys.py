@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import model_validator
-
 from sftcli.fields import Checks, ObjectiveKeys, Text, key
 
 
@@ -18,13 +16,8 @@ class SupervisedKeys(ObjectiveKeys):
         None, "weights of the classes in the cross-entropy and self-training's term (by pseudo-label): null (all 1) | balanced (scikit-learn's: labeled texts / "
               "(classes x texts of the class)) | a weight for every label: loss.class_weights={spam:3,ham:1}")
 
-
-    @model_validator(mode="after")
-    def _check_class_weights(self) -> SupervisedKeys:
-        checks = Checks()
+    def check_keys(self, checks: Checks) -> None:
         if isinstance(self.class_weights, dict):
             for name, weight in self.class_weights.items():
                 checks.require(math.isfinite(weight) and weight > 0, "class_weights",
                                f"the weight of label {name!r} is {weight}; a weight must be a number > 0")
-        checks.raise_if_any()
-        return self
