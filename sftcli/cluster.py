@@ -30,6 +30,11 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
 
 
+def torchrun_world_size() -> int:
+    """The world size of the torchrun / elastic launch this process belongs to; 1 outside one."""
+    return int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1
+
+
 # Hydra's submitit launchers, and sft's subclasses of them (hydra_plugins/sft_submitit/_launcher.py).
 LAUNCHERS = {"submitit_local": "hydra_plugins.sft_submitit._launcher.LocalLauncher",
              "submitit_slurm": "hydra_plugins.sft_submitit._launcher.SlurmLauncher"}

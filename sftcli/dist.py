@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as td
 
-from sftcli.cluster import launched_by_torchrun
+from sftcli.cluster import torchrun_world_size
 
 
 @dataclass
@@ -54,7 +54,7 @@ def pick_device(preference: str, local_rank: int) -> torch.device:
 
 def init(device_preference: str, timeout_s: int) -> DistEnv:
     """Join the process group when launched with several processes; otherwise a single-process env."""
-    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+    if torchrun_world_size() == 1:
         return DistEnv(device=pick_device(device_preference, 0))
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
     device = pick_device(device_preference, local)

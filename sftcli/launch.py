@@ -42,7 +42,7 @@ class WorkersFailed(Exception):
 def train_in_run_dir(tc: TrainConfig, run_dir: Path) -> dict[str, Any]:
     """Launch the workers of a validated config in its run dir; returns the run's summary. The workers
     write config.yaml (sftcli/engine) once the data has resolved what the config leaves open."""
-    external = cluster.launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    external = cluster.torchrun_world_size() > 1
     check_installed(tc.trainer)  # the trackers' packages, before the run dir is written to
     probe_writable(run_dir)
     setup_logging(run_dir, is_main=True)

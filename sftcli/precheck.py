@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,9 +90,9 @@ def prepare_train(cfg: Any, run_dir: Path, overrides: list[str]) -> TrainConfig:
     from sftcli.config import parse_train
 
     with open_dict(cfg):
-        if cluster.launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if cluster.torchrun_world_size() > 1:
             # Under an external torchrun the world size is torchrun's; record it so checks and resume see it.
-            cfg.trainer.nproc = int(os.environ.get("WORLD_SIZE", "1"))
+            cfg.trainer.nproc = cluster.torchrun_world_size()
         if cfg.get("resume") is None and cluster.continues_requeued_job(run_dir):
             log.warning("submitit requeued this job: continuing from the newest checkpoint in %s", run_dir)
             cfg.resume = "auto"
