@@ -53,7 +53,10 @@ def compose_train(overrides: list[str]) -> TrainConfig:
 
     with App("train") as app:
         composed = app.compose(list(overrides), multirun=False, configure_logging=False)
-        return check_composed("train", composed, multirun=False, prepare=lambda job, _dir: parse_train(job)).config
+        # The overrides as the command line gives them: a key given there is a choice (trainer.epochs with
+        # a recipe's trainer.max_steps), as `sft train` validates it.
+        return check_composed("train", composed, multirun=False,
+                              prepare=lambda job, _dir: parse_train(job, list(overrides))).config
 
 
 def read_run_config(run_dir: Path) -> TrainConfig:

@@ -70,12 +70,13 @@ def save(engine: Engine) -> Path | None:
     rng_states = None if only_model else dist.all_gather_object(e.env, rng_state())
     path = None
     if e.env.is_main:
-        state = {"version": STATE_VERSION, **e.state_dict(),
-                 "config": json.dumps(to_plain(e.cfg, e.plan.record())),
+        config = to_plain(e.cfg, e.plan.record())
+        state = {"version": STATE_VERSION, **e.state_dict(), "config": json.dumps(config),
                  "fingerprints": {"data": e.data.fingerprint()}}
         best_name = state["best"]["checkpoint"]
-        # sft_state.json: what `sft eval`, `sft report` and resume=auto read without loading torch's pickle.
-        light = {"step": state["step"], "config": json.loads(state["config"]), "world_size": state["world_size"],
+        # sft_state.json: what loading a checkpoint (sft eval, sft predict) and the run's end read, without
+        # torch's pickle.
+        light = {"step": state["step"], "config": config, "world_size": state["world_size"],
                  "best": state["best"], "fingerprints": state["fingerprints"], "train_prior": state["train_prior"]}
 
         def write(tmp: Path) -> None:
