@@ -106,6 +106,15 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         "prior_pl": ["loss.self_training_prior=unlabeled"],
         "prior_head": ["model.class_prior=unlabeled"],
         "prior": ["loss.self_training_prior=unlabeled", "model.class_prior=unlabeled"],
+        # Each re-label scores a sample of the pile (the same one every round, or a new one: r).
+        "s4096": ["loss.self_training_sample=4096"],
+        "s2048": ["loss.self_training_sample=2048"],
+        "s2048r": ["loss.self_training_sample=2048", "loss.self_training_resample=true"],
+        "s1024": ["loss.self_training_sample=1024"],
+        "s1024r": ["loss.self_training_sample=1024", "loss.self_training_resample=true"],
+        # Evaluations at the end only (the last student is the model; intermediate ones only select).
+        "s1024r_eval0": ["loss.self_training_sample=1024", "loss.self_training_resample=true",
+                         "trainer.eval_every=0"],
     }.items()},
 }
 FIELDS = ["data", "k", "seed", "arm", "val_accuracy", "test_accuracy", "test_macro_f1", "wall_s", "run_dir"]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from sftcli import dist
-from sftcli.data import Encoded, collate
+from sftcli.data import TokenRows, collate
 from sftcli.losses import softmax
 
 
@@ -46,7 +46,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, enc: Encoded, batch_size: int, pad_id: int, device: torch.device,
+def predict_logits(model: torch.nn.Module, enc: TokenRows, batch_size: int, pad_id: int, device: torch.device,
                    precision: str, env: dist.DistEnv | None = None) -> np.ndarray:
     """Logits for every example of `enc`, in order. Under several processes each rank scores a strided
     share (no padded duplicates) and the shares are gathered, so every example counts exactly once."""
@@ -120,7 +120,7 @@ def metrics(labels: np.ndarray, preds: np.ndarray, label_names: list[str], probs
     return out
 
 
-def evaluate(model: torch.nn.Module, enc: Encoded, labels: np.ndarray, label_names: list[str], batch_size: int,
+def evaluate(model: torch.nn.Module, enc: TokenRows, labels: np.ndarray, label_names: list[str], batch_size: int,
              pad_id: int, device: torch.device, precision: str, env: dist.DistEnv | None = None) -> dict[str, Any]:
     logits = predict_logits(model, enc, batch_size, pad_id, device, precision, env)
     finite = bool(np.isfinite(logits).all())

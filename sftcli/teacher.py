@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from sftcli import dist
-from sftcli.data import Encoded, NpyRows, collate
+from sftcli.data import NpyRows, TokenRows, collate
 from sftcli.evaluate import autocast
 from sftcli.model import pool
 
@@ -28,7 +28,7 @@ log = logging.getLogger("sft")
 
 
 @torch.no_grad()
-def compute_representations(encoder: torch.nn.Module, enc: Encoded, pooling: str, pad_id: int,
+def compute_representations(encoder: torch.nn.Module, enc: TokenRows, pooling: str, pad_id: int,
                             device: torch.device, batch_size: int, precision: str, out: np.ndarray) -> None:
     """Fill `out[i]` with the pooled representation of example i (length-sorted batches)."""
     encoder.eval()
@@ -41,7 +41,7 @@ def compute_representations(encoder: torch.nn.Module, enc: Encoded, pooling: str
         out[index] = pool(hidden.float(), batch["attention_mask"], pooling).cpu().numpy()
 
 
-def teacher_representations(encoder: torch.nn.Module, enc: Encoded, pooling: str, pad_id: int, cache_dir: Path,
+def teacher_representations(encoder: torch.nn.Module, enc: TokenRows, pooling: str, pad_id: int, cache_dir: Path,
                             key_parts: tuple[str, ...], env: dist.DistEnv, batch_size: int = 128,
                             precision: str = "fp32") -> NpyRows:
     """The cached [N, hidden] float32 representations, computing them on a miss. Rows are read from the

@@ -24,8 +24,8 @@ from sftcli.data.sources import (
     trec6_path,
     trec6_split_of,
 )
-from sftcli.data.textsets import RawTexts, Row, TextSet, text_set_fingerprint
-from sftcli.data.tokens import Encoded, NpyRows, cut_long_texts, encode
+from sftcli.data.textsets import RawTexts, Row, TextColumn, TextSet, text_set_fingerprint
+from sftcli.data.tokens import Encoded, LazyTokens, NpyRows, TokenRows, cut_long_texts, encode
 
 __all__ = [
     "LABELED_EXTENSIONS",
@@ -34,6 +34,9 @@ __all__ = [
     "BatchStream",
     "DataBundle",
     "Encoded",
+    "LazyTokens",
+    "TextColumn",
+    "TokenRows",
     "NpyRows",
     "RawSplits",
     "RawTexts",

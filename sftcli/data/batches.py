@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sftcli.data.tokens import Encoded
+from sftcli.data.tokens import TokenRows
 from sftcli.errors import DataError
 
 
@@ -89,13 +89,13 @@ def rank_slice(global_batch: np.ndarray, rank: int, world: int) -> np.ndarray:
     return global_batch[rank * per : (rank + 1) * per]
 
 
-def collate(enc: Encoded, index: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
+def collate(enc: TokenRows, index: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
     """Pad the examples `index` to the longest of them (dynamic padding)."""
     seqs = [enc.get(int(i)) for i in index]
     width = max((len(s[0]) for s in seqs), default=1)
     input_ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(seqs), width), dtype=np.int64)
-    types = np.zeros((len(seqs), width), dtype=np.int64) if enc.type_ids is not None else None
+    types = np.zeros((len(seqs), width), dtype=np.int64) if enc.has_type_ids else None
     for row, (ids, tt) in enumerate(seqs):
         input_ids[row, : len(ids)] = ids
         mask[row, : len(ids)] = 1

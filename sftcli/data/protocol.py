@@ -37,12 +37,16 @@ class DataBundle:
     test: TextSet | None
     unlabeled: TextSet | None
     notes: list[str] = field(default_factory=list)
+    _fingerprint: str | None = field(default=None, repr=False)
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256(json.dumps(self.label_names).encode())
-        for part in (self.labeled, self.validation, self.test, self.unlabeled):
-            h.update(text_set_fingerprint(part).encode())
-        return h.hexdigest()[:24]
+        # Once per run: every checkpoint records it, and a pile of a million texts takes a second to hash.
+        if self._fingerprint is None:
+            h = hashlib.sha256(json.dumps(self.label_names).encode())
+            for part in (self.labeled, self.validation, self.test, self.unlabeled):
+                h.update(text_set_fingerprint(part).encode())
+            self._fingerprint = h.hexdigest()[:24]
+        return self._fingerprint
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -139,7 +143,7 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
     unlabeled = None
     if splits.unlabeled is not None:
         unlabeled = clean_unlabeled(splits.unlabeled, origin["unlabeled"], notes)
-        splits.unlabeled = None  # frees the source table (memory-mapped) before tokenisation
+        splits.unlabeled = None  # the pile's column lives on in the TextSet (memory-mapped, read by position)
     labeled, unlabeled = _few_labels(train, unlabeled, cfg, seed, label_names, where, notes)
     unlabeled = _cap_unlabeled(unlabeled, cfg.max_unlabeled, seed, notes)
     if unlabeled is not None:

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import math
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,13 +24,64 @@ from sftcli.errors import DataError
 Row = dict[str, Any]
 
 
+# Texts converted from Arrow to Python at a time when a whole column is walked (the fingerprint).
+_WALK = 65_536
+
+
+class TextColumn(Sequence[str]):
+    """The texts of a pile read from a file or a hub split: the Arrow string array datasets memory-maps
+    from its cache, read by position (`take`), never held whole as Python strings (a million of them
+    cost more than 100 MB). `keep` maps positions to the array's rows when blank rows were dropped, None
+    when every row is kept."""
+
+    def __init__(self, array: Any, keep: np.ndarray | None = None) -> None:
+        self.array, self.keep = array, keep
+
+    def __len__(self) -> int:
+        return len(self.array) if self.keep is None else len(self.keep)
+
+    def take(self, index: np.ndarray | list[int]) -> list[str]:
+        """The texts at positions `index`, in that order."""
+        rows = np.asarray(index, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"text positions out of range for a column of {len(self)}")
+        if self.keep is not None:
+            rows = self.keep[rows]
+        return self.array.take(rows).to_pylist()
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return self.take(np.arange(*index.indices(len(self))))
+        i = int(index)
+        return self.take([i + len(self) if i < 0 else i])[0]
+
+    def __iter__(self) -> Iterator[str]:
+        for start in range(0, len(self), _WALK):
+            yield from self.take(np.arange(start, min(start + _WALK, len(self))))
+
+    def __eq__(self, other: object) -> bool:
+        # Equal to a list (or another column) of the same texts, as the list it stands for would be.
+        if not isinstance(other, (list, tuple, TextColumn)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]  (mutable-sequence semantics, as a list)
+
+
+def take_texts(texts: Sequence[str], index: np.ndarray | list[int]) -> list[str]:
+    """texts[i] for i in index, for a list or a TextColumn alike."""
+    if isinstance(texts, TextColumn):
+        return texts.take(index)
+    return [texts[int(i)] for i in index]
+
+
 @dataclass
 class TextSet:
     """Texts (optionally pairs) with optional integer labels; `ids` are stable example ids."""
 
-    texts: list[str]
+    texts: Sequence[str]  # a list, or a TextColumn (a file's or hub split's pile, read by position)
     labels: np.ndarray | None = None
-    pairs: list[str] | None = None
+    pairs: Sequence[str] | None = None
     ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     # Labels an unlabeled set was made from (data.labels_per_class drops them): never trained on, only
     # read by diagnostics such as the accuracy of self-training's pseudo-labels.
@@ -45,9 +97,9 @@ class TextSet:
     def subset(self, index: np.ndarray | list[int]) -> TextSet:
         index = np.asarray(index, dtype=np.int64)
         return TextSet(
-            texts=[self.texts[i] for i in index],
+            texts=take_texts(self.texts, index),
             labels=None if self.labels is None else self.labels[index],
-            pairs=None if self.pairs is None else [self.pairs[i] for i in index],
+            pairs=None if self.pairs is None else take_texts(self.pairs, index),
             ids=self.ids[index],
             hidden_labels=None if self.hidden_labels is None else self.hidden_labels[index],
         )
@@ -144,9 +196,8 @@ def clean_unlabeled(raw: RawTexts, where: str, notes: list[str]) -> TextSet:
         blank |= blank_pairs
     dropped = np.flatnonzero(blank)
     if len(dropped):
-        keep = np.flatnonzero(~blank).tolist()
-        texts = [texts[i] for i in keep]
-        pairs = None if pairs is None else [pairs[i] for i in keep]
+        keep = np.flatnonzero(~blank)
+        texts, pairs = _kept(texts, keep), None if pairs is None else _kept(pairs, keep)
         notes.append(f"dropped {len(dropped)} row(s) with an empty or whitespace-only text from {where} "
                      f"(rows {_row_list((dropped + 1).tolist())})")
     if not texts:
@@ -155,9 +206,15 @@ def clean_unlabeled(raw: RawTexts, where: str, notes: list[str]) -> TextSet:
     return TextSet(texts=texts, labels=None, pairs=pairs)
 
 
-def _text_values(column: Any) -> tuple[list[Any], np.ndarray]:
+def _kept(values: Sequence[str], keep: np.ndarray) -> Sequence[str]:
+    if isinstance(values, TextColumn):
+        return TextColumn(values.array, keep)
+    return [values[i] for i in keep.tolist()]
+
+
+def _text_values(column: Any) -> tuple[Sequence[str], np.ndarray]:
     """(values, blank mask) of a text column: values that are not strings become strings (blank rows,
-    None among them, are left as they are: they are dropped)."""
+    None among them, are left as they are: they are dropped); an Arrow string column stays in Arrow."""
     if isinstance(column, list):
         blank = np.fromiter((_blank(v) for v in column), dtype=bool, count=len(column))
         values = [v if isinstance(v, str) or b else str(v) for v, b in zip(column, blank.tolist(), strict=True)]
@@ -165,7 +222,7 @@ def _text_values(column: Any) -> tuple[list[Any], np.ndarray]:
     import pyarrow.compute as pc
 
     blank = pc.match_substring_regex(column, _blank_pattern()).fill_null(True)
-    return column.to_pylist(), np.asarray(blank.to_numpy(zero_copy_only=False), dtype=bool)
+    return TextColumn(column), np.asarray(blank.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 @functools.cache

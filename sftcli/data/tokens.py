@@ -1,7 +1,14 @@
-"""Token ids of text sets, cached on disk by content, and read back by position.
+"""Token ids of text sets, cached on disk by content, and read back by position; the pile's tokenised
+where it is read.
 
 A cache entry is keyed by the tokenizer's fingerprint, the max length and the text set's fingerprint, and
 is written to a temporary folder then renamed, so it is complete or absent.
+
+The unlabeled pile can hold millions of texts while a run reads a few thousand of them (self-training
+scores a sample, loss.self_training_sample; a student draws from what it kept; the class prior reads
+2,048), so it is not tokenised before step 1: :class:`LazyTokens` tokenises a text the first time a batch,
+a re-label or the prior's estimate reads it, keeps it for the run, and counts what it read. Tokenising a
+sample costs less than reading a cache entry of the whole pile, so these are not written to disk.
 """
 
 from __future__ import annotations
@@ -17,11 +24,11 @@ import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from sftcli.data.textsets import TextSet, text_set_fingerprint
+from sftcli.data.textsets import TextSet, take_texts, text_set_fingerprint
 
 log = logging.getLogger("sft")
 
@@ -80,6 +87,24 @@ class NpyRows:
         return whole if dtype is None else whole.astype(dtype)
 
 
+class TokenRows(Protocol):
+    """Token ids read by position: an Encoded (in memory or from the cache) or the pile's LazyTokens
+    (sftcli/data/pile.py), which tokenises a text when it is first read."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def has_type_ids(self) -> bool: ...
+
+    def get(self, i: int) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+    def subset(self, index: np.ndarray) -> Encoded: ...
+
+    def n_tokens(self, index: np.ndarray) -> int: ...
+
+    def lengths(self) -> np.ndarray: ...
+
+
 @dataclass
 class Encoded:
     """Token ids of a text set, flat: example i is ids[offsets[i]:offsets[i+1]]. Read from the cache,
@@ -105,15 +130,27 @@ class Encoded:
             return ids.read(a, b), None if type_ids is None else type_ids.read(a, b)
         return self.ids[a:b], None if self.type_ids is None else self.type_ids[a:b]
 
+    @property
+    def has_type_ids(self) -> bool:
+        return self.type_ids is not None
+
+    def n_tokens(self, index: np.ndarray) -> int:
+        """The tokens of examples `index` (padding aside)."""
+        return int((self.offsets[index + 1] - self.offsets[index]).sum())
+
     def subset(self, index: np.ndarray) -> Encoded:
         """Examples `index`, in that order, as a new in-memory Encoded."""
-        seqs = [self.get(int(i)) for i in index]
+        return Encoded.of([self.get(int(i)) for i in index], self.has_type_ids)
+
+    @staticmethod
+    def of(seqs: list[tuple[np.ndarray, np.ndarray | None]], has_type_ids: bool) -> Encoded:
+        """An in-memory Encoded of (ids, type ids) sequences."""
         offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([len(ids) for ids, _ in seqs])
-        ids = np.concatenate([ids for ids, _ in seqs]) if seqs else self.ids[:0]
+        ids = np.concatenate([ids for ids, _ in seqs]) if seqs else np.zeros(0, dtype=np.int32)
         type_ids = None
-        if self.type_ids is not None or (self.rows is not None and self.rows[1] is not None):
-            type_ids = np.concatenate([t for _, t in seqs]) if seqs else np.zeros(0, dtype=np.int64)
+        if has_type_ids:
+            type_ids = np.concatenate([t for _, t in seqs]) if seqs else np.zeros(0, dtype=np.int8)
         return Encoded(np.asarray(ids), offsets, type_ids)
 
 
@@ -127,7 +164,7 @@ def encode(ts: TextSet, tokenizer: Any, max_length: int, cache_dir: Path | None,
         if cached is not None and len(cached) == len(ts):
             log.debug("data: token ids of %d texts read from the cache %s (not re-tokenised)", len(ts), folder)
             return cached
-    out = _tokenise(ts, tokenizer, max_length, chunk)
+    out = tokenise(ts, tokenizer, max_length, chunk)
     if folder is not None:
         _write_token_cache(folder, out)
         log.debug("data: tokenised %d texts (max_length %d), cached in %s", len(ts), max_length, folder)
@@ -147,7 +184,8 @@ def cut_long_texts(texts: list[str], max_length: int) -> list[str]:
     return [t if len(t) <= limit else t[:limit] for t in texts]
 
 
-def _tokenise(ts: TextSet, tokenizer: Any, max_length: int, chunk: int) -> Encoded:
+def tokenise(ts: TextSet, tokenizer: Any, max_length: int, chunk: int = 4096) -> Encoded:
+    """The token ids of a text set, in memory (truncated to max_length; `truncated` counts the cut texts)."""
     ids_parts, type_parts, lengths = [], [], []
     truncated = 0
     for start in range(0, len(ts), chunk):
@@ -220,3 +258,61 @@ def _write_token_cache(folder: Path, enc: Encoded) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+class LazyTokens:
+    """Token ids of a text set, each text tokenised when first read (see the module's docstring). It
+    answers what Encoded answers; `lengths()` (length-grouped batches, the seed's frozen-encoder cache)
+    needs every text, so it reads the whole set."""
+
+    def __init__(self, ts: TextSet, tokenizer: Any, max_length: int) -> None:
+        self.ts, self.tokenizer, self.max_length = ts, tokenizer, max_length
+        self._seqs: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        self.truncated = 0  # among the texts read so far
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @property
+    def has_type_ids(self) -> bool:
+        return self.ts.pairs is not None
+
+    @property
+    def read(self) -> int:
+        """How many distinct texts were read (tokenised) so far."""
+        return len(self._seqs)
+
+    def _read(self, index: np.ndarray | list[int]) -> None:
+        missing = sorted({int(i) for i in index} - self._seqs.keys())
+        if not missing:
+            return
+        part = TextSet(texts=take_texts(self.ts.texts, missing),
+                       pairs=None if self.ts.pairs is None else take_texts(self.ts.pairs, missing))
+        enc = tokenise(part, self.tokenizer, self.max_length)
+        self.truncated += enc.truncated
+        for j, i in enumerate(missing):
+            ids, type_ids = enc.get(j)
+            self._seqs[i] = (ids.copy(), None if type_ids is None else type_ids.copy())
+
+    def get(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        self._read([i])
+        return self._seqs[int(i)]
+
+    def subset(self, index: np.ndarray) -> Encoded:
+        self._read(index)
+        seqs = [self._seqs[int(i)] for i in index]
+        return Encoded.of(seqs, self.has_type_ids)
+
+    def n_tokens(self, index: np.ndarray) -> int:
+        self._read(index)
+        return sum(len(self._seqs[int(i)][0]) for i in index)
+
+    def lengths(self) -> np.ndarray:
+        self._read(range(len(self)))
+        return np.fromiter((len(self._seqs[i][0]) for i in range(len(self))), dtype=np.int64, count=len(self))
+
+    def report(self, name: str = "unlabeled") -> str:
+        """What the run read of the set, for the log."""
+        share = self.read / max(1, len(self))
+        return (f"data: read {self.read:,} of the {len(self):,} {name} texts ({share:.1%}); "
+                f"{self.truncated} of them truncated to model.max_length={self.max_length} tokens")

@@ -15,7 +15,7 @@ import torch
 
 from sftcli import dist, faults
 from sftcli.config import TrainConfig
-from sftcli.data import BatchStream, DataBundle, Encoded, collate, mask_tokens, pad_concat, rank_slice
+from sftcli.data import BatchStream, DataBundle, Encoded, TokenRows, collate, mask_tokens, pad_concat, rank_slice
 from sftcli.engine.steps import ALL_UNLABELED, StepBatch, UnlabeledRows
 from sftcli.strategy import CONTRASTIVE, MIX, SUPERVISED, step_kind
 
@@ -28,7 +28,7 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 class StepBatches:
-    def __init__(self, cfg: TrainConfig, data: DataBundle, labeled: Encoded, unlabeled: Encoded | None,
+    def __init__(self, cfg: TrainConfig, data: DataBundle, labeled: Encoded, unlabeled: TokenRows | None,
                  tokenizer: Any, pad_id: int, env: dist.DistEnv):
         self.cfg, self.data, self.env = cfg, data, env
         self.labeled, self.unlabeled, self.tokenizer, self.pad_id = labeled, unlabeled, tokenizer, pad_id
@@ -64,12 +64,12 @@ class StepBatches:
             lab_inputs = collate(self.labeled, local, self.pad_id)
             labels = to_device(torch.from_numpy(self.data.labeled.labels[local]), dev)
             global_labels = self.data.labeled.labels[index]
-            self.tokens += _tokens(self.labeled, local)
+            self.tokens += self.labeled.n_tokens(local)
         if kind in (CONTRASTIVE, MIX):
             assert self.unlabeled_stream is not None and self.unlabeled is not None
             unl_index, local = self._draw_unlabeled(unlabeled or ALL_UNLABELED, step)
             unl_inputs = collate(self.unlabeled, local, self.pad_id)
-            self.tokens += _tokens(self.unlabeled, local)
+            self.tokens += self.unlabeled.n_tokens(local)
         # One forward over labeled + unlabeled texts (a mix step) instead of two.
         if lab_inputs is not None and unl_inputs is not None:
             inputs = pad_concat(lab_inputs, unl_inputs, self.pad_id)
@@ -152,7 +152,3 @@ class StepBatches:
         self.subset_key, self.subset_stream = None, None
         self._pending_subset = state.get("unlabeled_subset")
 
-
-def _tokens(enc: Encoded, index: np.ndarray) -> int:
-    # Reads only this batch's offsets: lengths() of the whole set would cost O(corpus) every step.
-    return int((enc.offsets[index + 1] - enc.offsets[index]).sum())

@@ -21,7 +21,7 @@ import torch
 from sftcli import checkpoint as ckpt
 from sftcli import dist, rundir, speedups, timing
 from sftcli.config import OptimConfig, TrainConfig, TrainerConfig
-from sftcli.data import DataBundle, Encoded, encode, load_data
+from sftcli.data import DataBundle, Encoded, LazyTokens, encode, load_data
 from sftcli.engine.averaging import WeightAverage
 from sftcli.errors import ConfigError, DataError
 from sftcli.fields import INT_MAX
@@ -48,7 +48,7 @@ class TokenIds:
     labeled: Encoded
     validation: Encoded | None
     test: Encoded | None
-    unlabeled: Encoded | None  # with a strategy or model.class_prior=unlabeled, else None
+    unlabeled: LazyTokens | None  # with a strategy or model.class_prior=unlabeled, else None
     fingerprint: str  # the tokenizer's, part of every cache key
 
 
@@ -102,9 +102,9 @@ def setup_tokens(cfg: TrainConfig, data: DataBundle) -> TokenIds:
     validation, test = enc(data.validation, "validation"), enc(data.test, "test")
     wants_unlabeled = cfg.strategy is not None or cfg.model.class_prior == "unlabeled"
     unlabeled = None
-    if wants_unlabeled:
-        with timing.phase("tokenise"):
-            unlabeled = enc(data.unlabeled, "unlabeled")
+    if wants_unlabeled and data.unlabeled is not None:
+        # Tokenised where it is read (a re-label's sample, a batch, the prior's estimate), not before step 1.
+        unlabeled = LazyTokens(data.unlabeled, tokenizer, cfg.model.max_length)
     if cfg.strategy is not None and (unlabeled is None or len(unlabeled) == 0):
         raise DataError("a strategy needs unlabeled texts: set data.labels_per_class (the rest of train becomes "
                         "unlabeled) or data.unlabeled=FILE")

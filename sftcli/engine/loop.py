@@ -21,7 +21,7 @@ from transformers.utils import logging as hf_logging
 from sftcli import checkpoint as ckpt
 from sftcli import dist, faults, prior, speedups
 from sftcli.config import TrainConfig
-from sftcli.data import DataBundle, Encoded
+from sftcli.data import DataBundle, Encoded, TokenRows
 from sftcli.engine import build, state
 from sftcli.engine.averaging import WeightAverage
 from sftcli.engine.batches import StepBatches
@@ -67,7 +67,7 @@ class Engine:
         self.pad_id = 0
         self.enc_val: Encoded | None = None  # token ids of the validation and test sets
         self.enc_test: Encoded | None = None
-        self.enc_unlabeled: Encoded | None = None  # the unlabeled texts' (with a strategy or model.class_prior)
+        self.enc_unlabeled: TokenRows | None = None  # the unlabeled texts' (with a strategy or model.class_prior)
         # The labeled texts' class prior, and the prior the model trains under now (sftcli/prior.py).
         self.labeled_prior: np.ndarray | None = None
         self.train_prior: np.ndarray | None = None
@@ -201,7 +201,9 @@ class Engine:
         """One step's forward and backward: the batches, one forward over them, every objective's terms.
         Returns the local loss, its terms and the diagnostics (detached)."""
         batch = self.batches.next(self.step, self._unlabeled_rows())
-        batch.pseudo_labels = next((p for o in self.objectives if (p := o.labels_for_unlabeled()) is not None), None)
+        if batch.unlabeled_index is not None:
+            batch.pseudo_labels = next((p for o in self.objectives
+                                        if (p := o.labels_of(batch.unlabeled_index)) is not None), None)
         wants_hidden = any(o.wants_hidden_states(batch) for o in self.objectives)
         length = batch.inputs["input_ids"].shape[1]
         with autocast(self.env.device, self.precision), \
@@ -328,7 +330,7 @@ class Engine:
                     log.info("%s: step %d: %s", request.what, self.step,
                              format_metrics(request.values, sorted(request.values)))
 
-    def _predict(self, texts: Encoded, best: bool) -> np.ndarray:
+    def _predict(self, texts: TokenRows, best: bool) -> np.ndarray:
         """Logits of `texts` by the model as it is, or by the best model so far (loaded into the evaluated
         model's slot: only an objective that restarts the model right after asks for it)."""
         if best:

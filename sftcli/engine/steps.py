@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sftcli.data import Encoded
+from sftcli.data import TokenRows
 from sftcli.dist import DistEnv
 
 
@@ -30,7 +30,8 @@ class StepBatch:
     unlabeled_index: np.ndarray | None  # GLOBAL indices of the step's unlabeled batch (None: no unlabeled rows)
     clean_unlabeled: dict[str, torch.Tensor] | None = None  # the unlabeled rows as read (host), before noise
     global_labels: np.ndarray | None = None  # the labels of the step's whole GLOBAL labeled batch (host)
-    # The unlabeled set's pseudo-labels (-1: none) as the objective that keeps them has them now (host)
+    # The pseudo-labels of the GLOBAL unlabeled batch, in unlabeled_index's order (-1: none), as the
+    # objective that keeps them has them now (host)
     pseudo_labels: np.ndarray | None = None
 
     @property
@@ -98,7 +99,7 @@ class RunView:
     best_step: int | None  # the step of the best checkpoint so far
     has_best_weights: bool  # the engine holds the best model's weights (an objective's wants_best_weights)
     # predict(texts, best): the logits of the model as it is, or (best=True) of the best model so far
-    predict: Callable[[Encoded, bool], np.ndarray]
+    predict: Callable[[TokenRows, bool], np.ndarray]
 
 
 # What an objective asks the engine to do between steps (before_step returns them; the engine carries

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from sftcli.data import Encoded
+from sftcli.data import TokenRows
 from sftcli.dist import DistEnv
 from sftcli.engine.steps import Contribution, Request, RunView, StepBatch, StepView, UnlabeledRows
 
@@ -39,9 +39,9 @@ class Objective:
         """Whether this step's forward must return hidden states for this term (the contrastive terms)."""
         return False
 
-    def labels_for_unlabeled(self) -> np.ndarray | None:
-        """The pseudo-labels this objective keeps for the unlabeled set (-1: none), for other terms to read
-        through the step's batch; None: it keeps none."""
+    def labels_of(self, index: np.ndarray) -> np.ndarray | None:
+        """The pseudo-labels this objective keeps for unlabeled texts `index` (-1: none), for other terms
+        to read through the step's batch; None: it keeps none."""
         return None
 
     def unlabeled_rows(self) -> UnlabeledRows | None:
@@ -90,7 +90,7 @@ class BuildContext:
     cfg: TrainConfig
     round_steps: int  # the steps of one self-training round (the run's plan, sftcli/engine/build.py)
     model: torch.nn.Module  # the initial model, before it goes to the device
-    unlabeled: Encoded | None  # the pile's token ids; None when the run trains on labels alone
+    unlabeled: TokenRows | None  # the pile's token ids; None when the run trains on labels alone
     hidden_labels: np.ndarray | None  # the pile's true labels where the data has them (diagnostics only)
     pad_id: int
     env: DistEnv

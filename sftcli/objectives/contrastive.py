@@ -23,7 +23,7 @@ import torch
 
 from sftcli import dist, faults, timing
 from sftcli.config import LossConfig
-from sftcli.data import Encoded, NpyRows, collate, rank_slice
+from sftcli.data import NpyRows, TokenRows, collate, rank_slice
 from sftcli.engine.steps import ALL_UNLABELED, Contribution, StepBatch, StepView, Term, UnlabeledRows
 from sftcli.evaluate import autocast
 from sftcli.losses import info_nce
@@ -38,7 +38,7 @@ PROJECTION = "contrastive_projection"
 class Contrastive(Objective):
     name = "con"
 
-    def __init__(self, lc: LossConfig, pooling: str, model: torch.nn.Module, unlabeled: Encoded, pad_id: int,
+    def __init__(self, lc: LossConfig, pooling: str, model: torch.nn.Module, unlabeled: TokenRows, pad_id: int,
                  env: dist.DistEnv, cache: Path, key_parts: tuple[str, ...], eval_batch_size: int, seed: int):
         self.lc, self.pooling, self.env, self.pad_id, self.unlabeled = lc, pooling, env, pad_id, unlabeled
         self.teacher: torch.nn.Module | None = None

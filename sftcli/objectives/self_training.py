@@ -26,7 +26,7 @@ import torch
 
 from sftcli import prior
 from sftcli.config import LossConfig
-from sftcli.data import Encoded, rank_slice
+from sftcli.data import TokenRows, rank_slice
 from sftcli.engine.steps import (
     ALL_UNLABELED,
     Contribution,
@@ -48,14 +48,18 @@ log = logging.getLogger("sft")
 class SelfTraining(Objective):
     name = "st"
 
-    def __init__(self, lc: LossConfig, unlabeled: Encoded, hidden_labels: np.ndarray | None,
-                 model: torch.nn.Module, class_weights: np.ndarray | None = None, every: int | None = None):
-        self.lc, self.unlabeled, self.hidden_labels = lc, unlabeled, hidden_labels
+    def __init__(self, lc: LossConfig, unlabeled: TokenRows, hidden_labels: np.ndarray | None,
+                 model: torch.nn.Module, class_weights: np.ndarray | None = None, every: int | None = None,
+                 seed: int = 0):
+        self.lc, self.unlabeled, self.hidden_labels, self.seed = lc, unlabeled, hidden_labels, seed
         # Steps between re-labels: the run's plan (a round's length with loss.self_training_rounds).
         self.every = lc.self_training_every if every is None else every
         self.class_weights = class_weights  # loss.class_weights, per class; None: unweighted
         self.wants_best_weights = lc.self_training_labeler == "best"
-        self.pseudo_labels: np.ndarray | None = None  # [n_unlabeled], -1: not used
+        # What the last re-label scored: positions in the unlabeled set, sorted (None: every text). The
+        # arrays below are over these rows, so they hold what the sample needs, not the pile.
+        self.rows: np.ndarray | None = None
+        self.pseudo_labels: np.ndarray | None = None  # [rows], -1: not used
         self.pseudo_probs: np.ndarray | None = None  # with soft targets: the labeling model's probabilities
         self.ensemble_probs: np.ndarray | None = None  # with the ensemble: the mean over labeling models so far
         self.labeled_at: int | None = None  # the step of the last re-label (names its kept subset)
@@ -71,8 +75,30 @@ class SelfTraining(Objective):
         # of their round), as a separate run would.
         return self.every if self.initial_state is not None else None
 
-    def labels_for_unlabeled(self) -> np.ndarray | None:
-        return self.pseudo_labels
+    def labels_of(self, index: np.ndarray) -> np.ndarray | None:
+        if self.pseudo_labels is None:
+            return None
+        if self.rows is None:
+            return self.pseudo_labels[index]
+        at, scored = self._positions(index)
+        return np.where(scored, self.pseudo_labels[at], -1)
+
+    def _positions(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(positions in the scored rows, whether scored) of unlabeled texts `index`; a text the last
+        re-label did not score points at any position and is masked by the second array."""
+        assert self.rows is not None
+        at = np.searchsorted(self.rows, index).clip(max=len(self.rows) - 1)
+        return at, self.rows[at] == index
+
+    def sample(self, relabel: int, n: int) -> np.ndarray | None:
+        """The rows re-label `relabel` (1-based) scores: a seeded draw of loss.self_training_sample texts of
+        the `n` unlabeled ones (sorted), the same on every rank and after a resume; None: all of them."""
+        size = self.lc.self_training_sample
+        if size is None or size >= n:
+            return None
+        draw = relabel if self.lc.self_training_resample else 1
+        # Generator.choice without replacement draws a small sample of a large pile in O(sample) memory.
+        return np.sort(np.random.default_rng([self.seed, 43, draw]).choice(n, size, replace=False))
 
     def unlabeled_rows(self) -> UnlabeledRows | None:
         if self.pseudo_labels is None:
@@ -80,8 +106,10 @@ class SelfTraining(Objective):
         return ALL_UNLABELED if self.lc.self_training_draw == "all" else self.kept_rows
 
     def _set_kept_rows(self) -> None:
-        # Once per re-label (and on resume), not every step: the index is a pass over the whole pile.
+        # Once per re-label (and on resume), not every step: the index is a pass over the scored texts.
         kept = None if self.pseudo_labels is None else np.flatnonzero(self.pseudo_labels >= 0)
+        if kept is not None and self.rows is not None:
+            kept = self.rows[kept]
         self.kept_rows = UnlabeledRows(kept, key=self.labeled_at or 0) if kept is not None and len(kept) else None
 
     def before_step(self, run: RunView) -> list[Request]:
@@ -95,9 +123,10 @@ class SelfTraining(Objective):
         best = self.wants_best_weights and run.has_best_weights
         if best:
             labeler_step = run.best_step
-        logits = run.predict(self.unlabeled, best)
-        probs = softmax(logits)
         done, teachers = run.step // self.every, lc.self_training_teachers  # models trained so far
+        rows = self.sample(max(1, done - teachers + 1), len(self.unlabeled))
+        logits = run.predict(self.unlabeled if rows is None else self.unlabeled.subset(rows), best)
+        probs = softmax(logits)
         if teachers > 1 and done <= teachers:
             # A teacher is done: its probabilities join the running mean of the teachers so far, which
             # labels the first student once the last teacher is done.
@@ -105,7 +134,7 @@ class SelfTraining(Objective):
                 probs = (self.teacher_probs * (done - 1) + probs) / done
             self.teacher_probs = probs
             if done < teachers:
-                return self._next_teacher(done, t0, logits)
+                return self._next_teacher(done, t0, logits, rows)
         relabel = done - teachers + 1  # 1 at the re-label that labels the first student
         if lc.self_training_ensemble:
             # Running mean over the labeling models of all rounds (an ensemble across rounds), in place
@@ -123,6 +152,7 @@ class SelfTraining(Objective):
                            for name, p in zip(run.label_names, estimated, strict=True)})
         # Curriculum: each later re-label keeps a larger share (top, top + step, ...; at most all).
         share = min(1.0, lc.self_training_top + (relabel - 1) * lc.self_training_top_step)
+        self.rows = rows
         self.pseudo_labels, conf = select_pseudo_labels(probs, share, per_class=lc.self_training_select == "per_class")
         if lc.self_training_targets == "soft":
             self.pseudo_probs = probs
@@ -137,10 +167,11 @@ class SelfTraining(Objective):
         values.update({"self_training/kept": float(kept.mean()), "self_training/min_confidence":
                        float(conf[kept].min()) if kept.any() else float("nan"),
                        "self_training/seconds": time.perf_counter() - t0, "self_training/labeler_step": labeler_step})
+        values["self_training/scored"] = float(len(kept))
         if self.hidden_labels is not None and kept.any():
             # Only possible when the unlabeled texts came from labeled train (data.labels_per_class).
-            values["self_training/pseudo_label_accuracy"] = float((self.pseudo_labels[kept]
-                                                                   == self.hidden_labels[kept]).mean())
+            hidden = self.hidden_labels if rows is None else self.hidden_labels[rows]
+            values["self_training/pseudo_label_accuracy"] = float((self.pseudo_labels[kept] == hidden[kept]).mean())
         return [*requests, Report("self-training", values)]
 
     def _train_prior(self, labeled_prior: np.ndarray) -> np.ndarray:
@@ -153,15 +184,16 @@ class SelfTraining(Objective):
                       else np.bincount(self.pseudo_labels[kept], minlength=len(labeled_prior)) / kept.sum())
         return prior.trained_prior(labeled_prior, pseudo, self.lc.self_training_weight)
 
-    def _next_teacher(self, done: int, t0: float, logits: np.ndarray) -> list[Request]:
+    def _next_teacher(self, done: int, t0: float, logits: np.ndarray, rows: np.ndarray | None) -> list[Request]:
         """Teacher `done` (not the last) is done: the next starts from the initial weights, no text has a
         pseudo-label yet."""
         assert self.initial_state is not None  # the config requires fresh students with several teachers
         values = {"self_training/teacher": float(done), "self_training/seconds": time.perf_counter() - t0}
         if self.hidden_labels is not None:
-            values["self_training/teacher_accuracy"] = float((logits.argmax(1) == self.hidden_labels).mean())
-            values["self_training/teachers_accuracy"] = float((self.teacher_probs.argmax(1)
-                                                               == self.hidden_labels).mean())
+            # Teachers score the same sample (resampling needs one teacher), so rows is this one's.
+            hidden = self.hidden_labels if rows is None else self.hidden_labels[rows]
+            values["self_training/teacher_accuracy"] = float((logits.argmax(1) == hidden).mean())
+            values["self_training/teachers_accuracy"] = float((self.teacher_probs.argmax(1) == hidden).mean())
         return [Restart(self.initial_state), Report("self-training", values)]
 
     def contribute(self, view: StepView) -> Contribution:
@@ -171,10 +203,11 @@ class SelfTraining(Objective):
         dev = env.device
         u_logits = view.unlabeled_logits
         local = rank_slice(batch.unlabeled_index, env.rank, env.world_size)
-        targets = torch.from_numpy(self.pseudo_labels[local]).to(dev)
+        at = local if self.rows is None else self._positions(local)[0]
+        targets = torch.from_numpy(self.labels_of(local)).to(dev)
         if self.pseudo_probs is not None:
             # Soft targets: the teacher's whole distribution (distillation), not only its argmax.
-            probs = torch.from_numpy(self.pseudo_probs[local]).to(dev)
+            probs = torch.from_numpy(self.pseudo_probs[at]).to(dev)
             per_text = -(probs * torch.log_softmax(u_logits, dim=-1)).sum(-1)
         else:
             per_text = torch.nn.functional.cross_entropy(u_logits, targets.clamp_min(0), reduction="none")
@@ -185,7 +218,8 @@ class SelfTraining(Objective):
             # loss.class_weights: a text weighs as its pseudo-label's class, in a weighted mean over the
             # global batch (a text without a pseudo-label keeps weight 1 and adds 0, as unweighted). Every
             # rank knows the global batch's pseudo-labels, so the denominator needs no collective.
-            global_targets = self.pseudo_labels[batch.unlabeled_index]
+            global_targets = self.labels_of(batch.unlabeled_index)
+            assert global_targets is not None
             row_weight = np.where(global_targets >= 0, self.class_weights[global_targets.clip(0)], 1.0)
             local_weight = torch.from_numpy(self.class_weights).float().to(dev)[targets.clamp_min(0)]
             value = (per_text * local_weight * (targets >= 0)).sum() * env.world_size / float(row_weight.sum())
@@ -197,10 +231,11 @@ class SelfTraining(Objective):
 
         return {"pseudo_labels": tensor(self.pseudo_labels), "pseudo_probs": tensor(self.pseudo_probs),
                 "ensemble_probs": tensor(self.ensemble_probs), "teacher_probs": tensor(self.teacher_probs),
-                "labeled_at": self.labeled_at}
+                "labeled_at": self.labeled_at, "rows": tensor(self.rows)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("pseudo_labels", "pseudo_probs", "ensemble_probs", "teacher_probs"):
+        # A checkpoint without "rows" scored every text (before loss.self_training_sample).
+        for key in ("pseudo_labels", "pseudo_probs", "ensemble_probs", "teacher_probs", "rows"):
             value = state.get(key)
             setattr(self, key, None if value is None else value.numpy())
         self.labeled_at = state.get("labeled_at")
@@ -211,4 +246,5 @@ def build(ctx: BuildContext) -> SelfTraining | None:
     lc = ctx.cfg.loss
     if not ctx.uses_unlabeled or lc.self_training_weight <= 0:
         return None
-    return SelfTraining(lc, ctx.unlabeled, ctx.hidden_labels, ctx.model, ctx.class_weights, every=ctx.round_steps)
+    return SelfTraining(lc, ctx.unlabeled, ctx.hidden_labels, ctx.model, ctx.class_weights, every=ctx.round_steps,
+                        seed=ctx.cfg.seed)

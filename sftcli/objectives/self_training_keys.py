@@ -10,8 +10,15 @@ from sftcli.fields import Checks, ObjectiveKeys, key
 class SelfTrainingKeys(ObjectiveKeys):
     self_training_weight: float = key(0.0, "weight of self-training: cross-entropy of unlabeled texts against "
                                            "pseudo-labels of the classifier", ge=0)
-    self_training_every: int = key(50, "re-label the whole unlabeled set with the current classifier every N "
-                                       "steps (first at step N)", ge=1)
+    self_training_every: int = key(50, "re-label the unlabeled texts (loss.self_training_sample of them) with the "
+                                       "current classifier every N steps (first at step N)", ge=1)
+    self_training_sample: int | None = key(
+        None, "each re-label scores a seeded sample of this many unlabeled texts, not the whole pile, so its cost "
+              "follows the sample and not the pile; pseudo-labels are chosen from the sample; null = every "
+              "unlabeled text", ge=1)
+    self_training_resample: bool = key(
+        False, "draw a new sample at each re-label (true) or score the same sample every round (false); true "
+               "needs loss.self_training_ensemble=false and one teacher (their means are over the same texts)")
     self_training_rounds: int | None = key(
         None, "split the run's steps into this many rounds (re-label every steps / rounds, so with trainer.epochs "
               "the rounds follow the labeled set's size); null = every loss.self_training_every steps", ge=2)
@@ -50,6 +57,11 @@ class SelfTrainingKeys(ObjectiveKeys):
         checks.require(self.self_training_labeler == "last" or self.self_training_student == "fresh",
                        "self_training_labeler", "best needs loss.self_training_student=fresh (a continuing "
                        "model cannot be swapped for the best one)")
+        checks.require(not self.self_training_resample or (not self.self_training_ensemble
+                                                            and self.self_training_teachers == 1),
+                       "self_training_resample", "a new sample each round cannot be averaged with the earlier "
+                       "rounds' probabilities (loss.self_training_ensemble, loss.self_training_teachers > 1 average "
+                       "over the same texts); set loss.self_training_resample=false")
         checks.require(self.self_training_teachers == 1 or self.self_training_student == "fresh",
                        "self_training_teachers", f"{self.self_training_teachers} teachers need "
                        "loss.self_training_student=fresh (each teacher starts from the initial weights)")

@@ -72,8 +72,7 @@ class SupCon(Objective):
         parts = [batch.labels] if batch.has_labeled else []
         if self._with_unlabeled(batch):
             assert batch.pseudo_labels is not None
-            local = rank_slice(batch.unlabeled_index, env.rank, env.world_size)
-            parts.append(torch.from_numpy(batch.pseudo_labels[local]).to(env.device))
+            parts.append(torch.from_numpy(rank_slice(batch.pseudo_labels, env.rank, env.world_size)).to(env.device))
         if not parts:
             return Contribution()
         labels = torch.cat(parts)
