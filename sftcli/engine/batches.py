@@ -15,7 +15,16 @@ import torch
 
 from sftcli import dist, faults
 from sftcli.config import TrainConfig
-from sftcli.data import BatchStream, DataBundle, Encoded, TokenRows, collate, mask_tokens, pad_concat, rank_slice
+from sftcli.data import (
+    BatchStream,
+    DataBundle,
+    Encoded,
+    TokenRows,
+    collate,
+    mask_tokens,
+    pad_concat,
+    rank_slice,
+)
 from sftcli.engine.steps import ALL_UNLABELED, StepBatch, UnlabeledRows
 from sftcli.strategy import CONTRASTIVE, MIX, SUPERVISED, step_kind
 
