@@ -23,6 +23,8 @@ Sections (each printed as a table, and all figures written to --out as JSON):
 6. scale: a generated unlabeled corpus (under --workdir, never in the repository) of --scale-sizes texts
    through data=files data.unlabeled=FILE.txt, each size in fresh subprocesses: reading, tokenisation
    and teacher-cache build times, then the peak RSS of a short mix run from the caches.
+7. pile: what `+recipe=best` costs as its pile grows (8k, 64k, 1M real texts): benchmarks/pile.py, run on
+   its own (python benchmarks/pile.py; about 20 minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -715,7 +717,7 @@ def scale_job(spec: dict[str, Any]) -> dict[str, Any]:
         t = new_sft_trainer(cfg)
     phases["setup_total"] = time.perf_counter() - t0
     rss["after_setup"] = current_rss_mb()
-    n_tokens = int(t.batches.unlabeled.offsets[-1])
+    n_tokens = int(t.batches.unlabeled.lengths().sum())  # the frozen-encoder cache read the whole corpus
     out: dict[str, Any] = {"size": n, "model": spec["model"], "phase": spec["phase"], "unlabeled_tokens": n_tokens}
     if spec["steps"]:
         t0 = time.perf_counter()

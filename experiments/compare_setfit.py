@@ -112,6 +112,10 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         "s2048r": ["loss.self_training_sample=2048", "loss.self_training_resample=true"],
         "s1024": ["loss.self_training_sample=1024"],
         "s1024r": ["loss.self_training_sample=1024", "loss.self_training_resample=true"],
+        # Cheaper runs on top of a 1,024-text sample: fewer epochs, fewer pseudo-labeled texts a step.
+        "s1024_e50": ["loss.self_training_sample=1024", "trainer.epochs=50"],
+        "s1024_e40": ["loss.self_training_sample=1024", "trainer.epochs=40"],
+        "s1024_ub8": ["loss.self_training_sample=1024", "trainer.unlabeled_batch_size=8"],
         # Evaluations at the end only (the last student is the model; intermediate ones only select).
         "s1024r_eval0": ["loss.self_training_sample=1024", "loss.self_training_resample=true",
                          "trainer.eval_every=0"],

@@ -1,6 +1,6 @@
 """Named phases of a run, timed where they happen, for whoever listens (benchmarks/bench.py, a profiler
-of the user's): the setup's `read` (the data), `tokenise` (the unlabeled texts), `teacher_cache` (the
-frozen encoder's representations of them).
+of the user's): the setup's `read` (the data), `tokenise` (the whole unlabeled pile, when a term reads every
+text of it), `teacher_cache` (the frozen encoder's representations of them).
 
     with timing.listen(lambda name, seconds: print(name, seconds)):
         engine.setup()

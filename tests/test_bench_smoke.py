@@ -62,3 +62,22 @@ def test_bench_refuses_an_unknown_arm_before_running(tmp_path: Path) -> None:
         assert proc.returncode == 2, proc.stderr
         assert words in proc.stderr
         assert "supervised loop" not in proc.stdout
+
+
+@pytest.mark.slow  # three tiny recipe runs, about 50 s: CI runs it after the default suite
+def test_pile_section_reports_what_each_pile_costs_and_read(tmp_path: Path) -> None:
+    out = tmp_path / "pile.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "pile.py"), "--sizes", "600,4000", "--workdir", str(tmp_path / "w"),
+         "--out", str(out), "--", "model=tiny", "trainer.epochs=6", "loss.self_training_sample=100"],
+        cwd=tmp_path, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}, capture_output=True, text=True,
+        timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["size"] for r in runs] == [600, 4000, 600]  # the first size again, last
+    for r in runs:
+        assert _positive(r["wall_s"]) and _positive(r["peak_rss_mb"]) and r["n_unlabeled"] == r["size"]
+        assert len(r["relabel_s"]) == 2 and r["read_logged"]
+    # 4,000 texts: two re-labels of the same 100 and the prior's 2,048; never the whole pile.
+    assert 2048 <= runs[1]["read"] <= 2148 and _positive(runs[1]["wall_ratio"]) and _positive(runs[1]["rss_ratio"])
+    assert "wall" in proc.stdout and "of the pile" in proc.stdout

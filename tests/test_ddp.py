@@ -79,8 +79,10 @@ def test_two_processes_match_one_process(pair) -> None:
     assert s2["world_size"] == 2 and s1["test/accuracy"] == s2["test/accuracy"]
 
 
-@pytest.mark.slow  # about 20 s: CI runs it after the default suite
-def test_students_drawing_only_pseudo_labeled_texts_match_one_process(sft, tmp_path) -> None:
+@pytest.mark.slow  # about 20 s each: CI runs them after the default suite
+@pytest.mark.parametrize("sample", [[], ["loss.self_training_sample=40", "loss.self_training_resample=true"]],
+                         ids=["whole-pile", "resampled"])
+def test_students_drawing_only_pseudo_labeled_texts_match_one_process(sft, tmp_path, sample) -> None:
     # The recipe's draw: no unlabeled rows before the re-label at step 2, then only pseudo-labeled ones
     # (from a stream over that subset), each rank its slice; SupCon over them gathered across ranks.
     args = [*TINY, "+strategy=mix", "lambda=0", "model.dropout=0", "loss.self_training_weight=1",
@@ -88,7 +90,7 @@ def test_students_drawing_only_pseudo_labeled_texts_match_one_process(sft, tmp_p
             "loss.supcon_unlabeled=true",
             # fp32: the untrained tiny model's confidences are nearly tied, and in bf16 a re-label sharded
             # over two ranks breaks some ties otherwise than one process does (another kept subset).
-            "trainer.precision=fp32"]
+            "trainer.precision=fp32", *sample]
     for n in (1, 2):
         sft("train", *args, f"trainer.nproc={n}", f"run_name=n{n}", check=True)
     one, two = (read_jsonl(tmp_path / "runs" / f"n{n}" / "metrics.jsonl") for n in (1, 2))

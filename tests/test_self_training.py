@@ -261,12 +261,57 @@ def test_unlabeled_rows_are_drawn_only_when_a_term_reads_them(trainer) -> None:
     assert trainer._unlabeled_rows() is ALL_UNLABELED
 
 
-@pytest.mark.slow  # about 20 s: CI runs it after the default suite
-def test_drawing_only_kept_texts_resumes_to_the_bit(sft, tmp_path) -> None:
+def test_a_re_label_scores_a_seeded_sample_and_reads_only_it(tmp_path, cache_dir, monkeypatch) -> None:
+    import numpy as np
+
+    # lambda=0: no frozen-encoder cache, which reads every text by design.
+    trainer = _engine(tmp_path, cache_dir, monkeypatch, [*FRESH, "loss.self_training_sample=40"])
+    st = objective(trainer, "st")
+    pile = trainer.enc_unlabeled
+    assert len(pile) == 256 and pile.read == 0  # nothing of the pile is tokenised before it is read
+    trainer.step = 3
+    trainer.before_step()
+    # The re-label read the 40 sampled texts and nothing else; its arrays are the sample's size.
+    assert pile.read == 40 and len(st.rows) == 40 and len(st.pseudo_labels) == 40
+    assert np.array_equal(st.rows, np.unique(st.rows))
+    kept = st.rows[st.pseudo_labels >= 0]
+    assert 0 < len(kept) < 40
+    # The pseudo-labels of any unlabeled texts: a sampled text's own, -1 outside the sample.
+    outside = np.setdiff1d(np.arange(256), st.rows)[:5]
+    assert (st.labels_of(outside) == -1).all()
+    assert np.array_equal(st.labels_of(st.rows), st.pseudo_labels)
+    # Students draw only the kept texts of the sample.
+    trainer.cfg.loss.self_training_draw = "kept"
+    assert np.array_equal(trainer._unlabeled_rows().index, kept)
+    # The sample is a function of the seed and the round: the same every round unless resampled, a new
+    # one per round with loss.self_training_resample.
+    assert np.array_equal(st.sample(2, 256), st.rows) and np.array_equal(st.sample(1, 256), st.rows)
+    st.lc.self_training_resample = True
+    assert np.array_equal(st.sample(1, 256), st.rows) and not np.array_equal(st.sample(2, 256), st.rows)
+    # What a checkpoint holds of it comes back as it was (the resume test below trains through one).
+    saved = st.state_dict()
+    st.rows, st.pseudo_labels = None, None
+    st.load_state_dict(saved)
+    assert np.array_equal(st.rows, saved["rows"].numpy()) and np.array_equal(trainer._unlabeled_rows().index, kept)
+    # A sample as large as the pile is the pile: no index at all.
+    assert st.sample(1, 40) is None
+
+
+def test_resampling_with_an_ensemble_or_several_teachers_is_refused(sft) -> None:
+    for extra in ("loss.self_training_ensemble=true", "loss.self_training_teachers=2"):
+        r = sft("train", *FRESH, "loss.self_training_sample=10", "loss.self_training_resample=true", extra)
+        assert r.returncode == 2 and "loss.self_training_resample" in r.stderr, r.stderr
+
+
+@pytest.mark.slow  # about 20 s each: CI runs them after the default suite
+@pytest.mark.parametrize("sample", [[], ["loss.self_training_sample=40", "loss.self_training_resample=true"]],
+                         ids=["whole-pile", "resampled"])
+def test_drawing_only_kept_texts_resumes_to_the_bit(sft, tmp_path, sample) -> None:
     from safetensors.torch import load_file
 
+    # With a resampled pile the cut falls between the re-labels of step 3 and 6 (two samples).
     args = [*FRESH, "loss.self_training_draw=kept", "trainer.max_steps=8", "trainer.save_every=1",
-            "loss.supcon_weight=1", "loss.supcon_unlabeled=true"]
+            "loss.supcon_weight=1", "loss.supcon_unlabeled=true", *sample]
     ids = {name: tmp_path / f"{name}.jsonl" for name in ("ref", "cut")}
     sft("train", *args, "run_name=ref", check=True, env={"SFT_TEST_RECORD_IDS": str(ids["ref"])})
     # Stopped in the first student round, after its subset stream has moved.

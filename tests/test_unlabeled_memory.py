@@ -80,3 +80,49 @@ def test_cached_token_rows_collate_like_the_arrays(tmp_path: Path, pairs: bool) 
         index = rng.integers(0, 50, size=8)
         a, b = collate(cached, index, 0), collate(plain, index, 0)
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_file_pile_stays_an_arrow_column_read_by_position(tmp_path: Path) -> None:
+    from sftcli.data import TextColumn
+
+    lines = [f"line {i}" if i % 7 else " " for i in range(1, 60)]  # every 7th line blank: dropped
+    unl = tmp_path / "u.txt"
+    unl.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    texts = load_data(files(tmp_path, unl), seed=0).unlabeled.texts
+    kept = [t for t in lines if t.strip()]
+    # Not a list of Python strings: the Arrow column datasets memory-maps, with the kept rows' positions.
+    assert isinstance(texts, TextColumn) and texts.keep is not None and len(texts) == len(kept)
+    assert texts[0] == kept[0] and texts[-1] == kept[-1] and texts[3:6] == kept[3:6]
+    assert texts.take([10, 2, 10]) == [kept[10], kept[2], kept[10]]
+    assert list(texts) == kept and texts == kept and texts != kept[:-1]
+    with pytest.raises(IndexError):
+        texts.take([len(kept)])
+
+
+@pytest.mark.parametrize("pairs", [False, True])
+def test_the_pile_is_tokenised_where_it_is_read_as_the_whole_set_would_be(tmp_path: Path, pairs: bool) -> None:
+    from sftcli.config import ModelConfig
+    from sftcli.data import LazyTokens, TextSet, encode
+    from sftcli.model import load_tokenizer
+
+    tok = load_tokenizer(ModelConfig(source="tiny"))
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta", "what", "is", "the", "river"]
+    texts = [" ".join(rng.choice(words, size=rng.integers(1, 30))) for _ in range(300)]
+    ts = TextSet(texts=texts, pairs=texts[::-1] if pairs else None)
+    whole = encode(ts, tok, 16, None, "")
+    lazy = LazyTokens(ts, tok, 16, tmp_path, "fp")
+    index = np.array([7, 250, 7, 0, 299])
+    a, b = collate(lazy, index, 0), collate(whole, index, 0)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    sub_lazy, sub_whole = lazy.subset(np.arange(40, 60)), whole.subset(np.arange(40, 60))
+    assert np.array_equal(sub_lazy.ids, sub_whole.ids) and np.array_equal(sub_lazy.offsets, sub_whole.offsets)
+    assert lazy.n_tokens(index) == whole.n_tokens(index)
+    # 4 distinct texts, then 20 more: only what was read is tokenised, and it is counted.
+    read = {7, 250, 0, 299, *range(40, 60)}
+    assert lazy.read == 24 and lazy.truncated == sum(len(whole.get(i)[0]) == 16 for i in read)
+    assert "read 24 of the 300 unlabeled texts (8.0%)" in lazy.report()
+    # A term that reads every text asks for the lengths: the whole set, as encode gives it (cached).
+    assert np.array_equal(lazy.lengths(), whole.lengths()) and lazy.read == 300
+    assert lazy.truncated == whole.truncated > 0 and (tmp_path / "tokens").is_dir()
+    assert np.array_equal(collate(lazy, index, 0)["input_ids"], b["input_ids"])

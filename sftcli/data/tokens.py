@@ -7,8 +7,8 @@ is written to a temporary folder then renamed, so it is complete or absent.
 The unlabeled pile can hold millions of texts while a run reads a few thousand of them (self-training
 scores a sample, loss.self_training_sample; a student draws from what it kept; the class prior reads
 2,048), so it is not tokenised before step 1: :class:`LazyTokens` tokenises a text the first time a batch,
-a re-label or the prior's estimate reads it, keeps it for the run, and counts what it read. Tokenising a
-sample costs less than reading a cache entry of the whole pile, so these are not written to disk.
+a re-label or the prior's estimate reads it, keeps it for the run, and counts what it read; only a term
+that reads every text (the seed's frozen-encoder cache, length-grouped batches) encodes it whole, cached.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from sftcli import timing
 from sftcli.data.textsets import TextSet, take_texts, text_set_fingerprint
 
 log = logging.getLogger("sft")
@@ -261,14 +262,18 @@ def _write_token_cache(folder: Path, enc: Encoded) -> None:
 
 
 class LazyTokens:
-    """Token ids of a text set, each text tokenised when first read (see the module's docstring). It
-    answers what Encoded answers; `lengths()` (length-grouped batches, the seed's frozen-encoder cache)
-    needs every text, so it reads the whole set."""
+    """Token ids of a text set, each text tokenised when first read (see the module's docstring), and
+    kept for the run. It answers what Encoded answers. `lengths()` (length-grouped batches, the seed's
+    frozen-encoder cache) needs every text: then the whole set is encoded as any other set is (cached on
+    disk by content, flat arrays) and serves every later read."""
 
-    def __init__(self, ts: TextSet, tokenizer: Any, max_length: int) -> None:
+    def __init__(self, ts: TextSet, tokenizer: Any, max_length: int, cache_dir: Path | None = None,
+                 tok_fp: str = "") -> None:
         self.ts, self.tokenizer, self.max_length = ts, tokenizer, max_length
+        self.cache_dir, self.tok_fp = cache_dir, tok_fp
         self._seqs: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
-        self.truncated = 0  # among the texts read so far
+        self._whole: Encoded | None = None
+        self._truncated = 0  # among the texts read one by one
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -280,7 +285,12 @@ class LazyTokens:
     @property
     def read(self) -> int:
         """How many distinct texts were read (tokenised) so far."""
-        return len(self._seqs)
+        return len(self) if self._whole is not None else len(self._seqs)
+
+    @property
+    def truncated(self) -> int:
+        """How many of the texts read so far were cut to max_length."""
+        return self._whole.truncated if self._whole is not None else self._truncated
 
     def _read(self, index: np.ndarray | list[int]) -> None:
         missing = sorted({int(i) for i in index} - self._seqs.keys())
@@ -289,30 +299,38 @@ class LazyTokens:
         part = TextSet(texts=take_texts(self.ts.texts, missing),
                        pairs=None if self.ts.pairs is None else take_texts(self.ts.pairs, missing))
         enc = tokenise(part, self.tokenizer, self.max_length)
-        self.truncated += enc.truncated
+        self._truncated += enc.truncated
         for j, i in enumerate(missing):
             ids, type_ids = enc.get(j)
             self._seqs[i] = (ids.copy(), None if type_ids is None else type_ids.copy())
 
     def get(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        if self._whole is not None:
+            return self._whole.get(i)
         self._read([i])
         return self._seqs[int(i)]
 
     def subset(self, index: np.ndarray) -> Encoded:
+        if self._whole is not None:
+            return self._whole.subset(index)
         self._read(index)
-        seqs = [self._seqs[int(i)] for i in index]
-        return Encoded.of(seqs, self.has_type_ids)
+        return Encoded.of([self._seqs[int(i)] for i in index], self.has_type_ids)
 
     def n_tokens(self, index: np.ndarray) -> int:
+        if self._whole is not None:
+            return self._whole.n_tokens(index)
         self._read(index)
         return sum(len(self._seqs[int(i)][0]) for i in index)
 
     def lengths(self) -> np.ndarray:
-        self._read(range(len(self)))
-        return np.fromiter((len(self._seqs[i][0]) for i in range(len(self))), dtype=np.int64, count=len(self))
+        if self._whole is None:
+            with timing.phase("tokenise"):
+                self._whole = encode(self.ts, self.tokenizer, self.max_length, self.cache_dir, self.tok_fp)
+            self._seqs.clear()
+        return self._whole.lengths()
 
     def report(self, name: str = "unlabeled") -> str:
         """What the run read of the set, for the log."""
         share = self.read / max(1, len(self))
         return (f"data: read {self.read:,} of the {len(self):,} {name} texts ({share:.1%}); "
-                f"{self.truncated} of them truncated to model.max_length={self.max_length} tokens")
+                f"{self.truncated:,} of them truncated to model.max_length={self.max_length} tokens")

@@ -104,7 +104,7 @@ def setup_tokens(cfg: TrainConfig, data: DataBundle) -> TokenIds:
     unlabeled = None
     if wants_unlabeled and data.unlabeled is not None:
         # Tokenised where it is read (a re-label's sample, a batch, the prior's estimate), not before step 1.
-        unlabeled = LazyTokens(data.unlabeled, tokenizer, cfg.model.max_length)
+        unlabeled = LazyTokens(data.unlabeled, tokenizer, cfg.model.max_length, cache, tok_fp)
     if cfg.strategy is not None and (unlabeled is None or len(unlabeled) == 0):
         raise DataError("a strategy needs unlabeled texts: set data.labels_per_class (the rest of train becomes "
                         "unlabeled) or data.unlabeled=FILE")
