@@ -2,7 +2,8 @@
 targets, refreshed every loss.self_training_every steps.
 
 At each re-label the current classifier (eval mode: no randomness, so a resumed run re-labels exactly as
-the uninterrupted one) labels the whole unlabeled set, and the most confident share becomes the targets
+the uninterrupted one) labels the unlabeled set, or a seeded sample of it (loss.self_training_sample: the
+cost of a re-label then follows the sample, not the pile), and the most confident share becomes the targets
 (per predicted class, or of all texts; a curriculum widens the share each round; hard or soft targets;
 optionally the mean of every labeling model so far). With loss.self_training_student=fresh the labeling
 model is the teacher: the student starts over from the initial weights with a new optimizer state and
