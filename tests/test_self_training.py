@@ -449,3 +449,27 @@ def test_each_teacher_is_a_round_of_its_own() -> None:
     # 96 labeled texts: 450 steps in three rounds of 150, and a second teacher's round on top.
     plan = training_plan(cfg, 96)
     assert plan.max_steps == 600 and plan.round_steps == 150
+
+
+def test_a_sample_of_every_text_labels_and_trains_as_the_whole_pile(tmp_path, cache_dir, monkeypatch) -> None:
+    import numpy as np
+
+    # The sample's bookkeeping (scored rows, positions, kept rows, labels of a batch) adds nothing of its
+    # own: scoring every text through it gives the whole pile's pseudo-labels, draws and loss.
+    runs = {}
+    for name in ("whole", "sampled"):
+        (tmp_path / name).mkdir()
+        t = _engine(tmp_path / name, cache_dir, monkeypatch, [*FRESH, "loss.self_training_draw=kept",
+                                                              "loss.supcon_weight=1", "loss.supcon_unlabeled=true",
+                                                              "trainer.precision=fp32"])
+        st = objective(t, "st")
+        if name == "sampled":
+            monkeypatch.setattr(st, "sample", lambda relabel, n: np.arange(n))
+        t.step = 3
+        t.before_step()
+        loss, terms, _ = t._step()
+        runs[name] = (st.rows, st.labels_of(np.arange(256)), t._unlabeled_rows().index, float(loss), st)
+    whole, sampled = runs["whole"], runs["sampled"]
+    assert whole[0] is None and np.array_equal(sampled[0], np.arange(256))
+    assert np.array_equal(whole[1], sampled[1]) and np.array_equal(whole[2], sampled[2])
+    assert whole[3] == sampled[3]
