@@ -185,7 +185,7 @@ def test_the_self_training_recipe_is_the_chosen_configuration() -> None:
     explicit = ["+strategy=mix", "lambda=0", "model.head_pooling=mean", "loss.self_training_weight=1",
                 "loss.self_training_every=150", "loss.self_training_student=fresh",
                 "loss.self_training_select=global", "loss.self_training_top=0.5",
-                "loss.self_training_top_step=0.25", "loss.self_training_sample=null", "trainer.max_steps=750"]
+                "loss.self_training_top_step=0.25", "trainer.max_steps=750"]
 
     def composed(overrides: list[str]) -> dict:
         with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name="train"):

@@ -13,9 +13,9 @@ class SelfTrainingKeys(ObjectiveKeys):
     self_training_every: int = key(50, "re-label the unlabeled texts (loss.self_training_sample of them) with the "
                                        "current classifier every N steps (first at step N)", ge=1)
     self_training_sample: int | None = key(
-        1024, "each re-label scores a seeded sample of this many unlabeled texts, not the whole pile, so its cost "
-              "follows the sample and not the pile; pseudo-labels are chosen from the sample; null = every "
-              "unlabeled text (1024: chosen on TREC-6 validation with +recipe=best)", ge=1)
+        8192, "each re-label scores a seeded sample of this many unlabeled texts, not the whole pile, so its cost "
+              "follows the sample and not the pile (a pile this size or smaller is scored whole); pseudo-labels "
+              "are chosen from the sample; null = every unlabeled text", ge=1)
     self_training_resample: bool = key(
         False, "draw a new sample at each re-label (true) or score the same sample every round (false); true "
                "needs loss.self_training_ensemble=false and one teacher (their means are over the same texts)")
