@@ -126,3 +126,23 @@ def test_the_pile_is_tokenised_where_it_is_read_as_the_whole_set_would_be(tmp_pa
     assert np.array_equal(lazy.lengths(), whole.lengths()) and lazy.read == 300
     assert lazy.truncated == whole.truncated > 0 and (tmp_path / "tokens").is_dir()
     assert np.array_equal(collate(lazy, index, 0)["input_ids"], b["input_ids"])
+
+
+def test_a_batch_of_unread_pile_texts_is_tokenised_in_one_call(tmp_path: Path) -> None:
+    from sftcli.config import ModelConfig
+    from sftcli.data import LazyTokens, TextSet
+    from sftcli.model import load_tokenizer
+
+    tok = load_tokenizer(ModelConfig(source="tiny"))
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(len(args[0]))
+        return tok(*args, **kwargs)
+
+    lazy = LazyTokens(TextSet(texts=[f"text number {i}" for i in range(50)]), counting, 16, tmp_path, "fp")
+    batch = collate(lazy, np.array([3, 9, 27, 3, 40]), 0)
+    # One tokenizer call for the batch's four distinct unread texts, none for the texts already read.
+    assert calls == [4] and batch["input_ids"].shape[0] == 5
+    collate(lazy, np.array([9, 40]), 0)
+    assert calls == [4] and lazy.read == 4

@@ -91,7 +91,7 @@ def rank_slice(global_batch: np.ndarray, rank: int, world: int) -> np.ndarray:
 
 def collate(enc: TokenRows, index: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
     """Pad the examples `index` to the longest of them (dynamic padding)."""
-    seqs = [enc.get(int(i)) for i in index]
+    seqs = enc.sequences(index)
     width = max((len(s[0]) for s in seqs), default=1)
     input_ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(seqs), width), dtype=np.int64)

@@ -37,7 +37,7 @@ class DataBundle:
     test: TextSet | None
     unlabeled: TextSet | None
     notes: list[str] = field(default_factory=list)
-    _fingerprint: str | None = field(default=None, repr=False)
+    _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def fingerprint(self) -> str:
         # Once per run: every checkpoint records it, and a pile of a million texts takes a second to hash.

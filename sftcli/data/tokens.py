@@ -90,7 +90,7 @@ class NpyRows:
 
 class TokenRows(Protocol):
     """Token ids read by position: an Encoded (in memory or from the cache) or the pile's LazyTokens
-    (sftcli/data/pile.py), which tokenises a text when it is first read."""
+    (below), which tokenises a text when it is first read."""
 
     def __len__(self) -> int: ...
 
@@ -98,6 +98,8 @@ class TokenRows(Protocol):
     def has_type_ids(self) -> bool: ...
 
     def get(self, i: int) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+    def sequences(self, index: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]: ...
 
     def subset(self, index: np.ndarray) -> Encoded: ...
 
@@ -139,9 +141,13 @@ class Encoded:
         """The tokens of examples `index` (padding aside)."""
         return int((self.offsets[index + 1] - self.offsets[index]).sum())
 
+    def sequences(self, index: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """(ids, type ids) of examples `index`, in that order."""
+        return [self.get(int(i)) for i in index]
+
     def subset(self, index: np.ndarray) -> Encoded:
         """Examples `index`, in that order, as a new in-memory Encoded."""
-        return Encoded.of([self.get(int(i)) for i in index], self.has_type_ids)
+        return Encoded.of(self.sequences(index), self.has_type_ids)
 
     @staticmethod
     def of(seqs: list[tuple[np.ndarray, np.ndarray | None]], has_type_ids: bool) -> Encoded:
@@ -305,22 +311,22 @@ class LazyTokens:
             self._seqs[i] = (ids.copy(), None if type_ids is None else type_ids.copy())
 
     def get(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        return self.sequences(np.asarray([i]))[0]
+
+    def sequences(self, index: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        # The texts not read yet are tokenised in one call (a batch's, a sample's), not one by one.
         if self._whole is not None:
-            return self._whole.get(i)
-        self._read([i])
-        return self._seqs[int(i)]
+            return self._whole.sequences(index)
+        self._read(index)
+        return [self._seqs[int(i)] for i in index]
 
     def subset(self, index: np.ndarray) -> Encoded:
-        if self._whole is not None:
-            return self._whole.subset(index)
-        self._read(index)
-        return Encoded.of([self._seqs[int(i)] for i in index], self.has_type_ids)
+        return Encoded.of(self.sequences(index), self.has_type_ids)
 
     def n_tokens(self, index: np.ndarray) -> int:
         if self._whole is not None:
             return self._whole.n_tokens(index)
-        self._read(index)
-        return sum(len(self._seqs[int(i)][0]) for i in index)
+        return sum(len(ids) for ids, _ in self.sequences(index))
 
     def lengths(self) -> np.ndarray:
         if self._whole is None:

@@ -12,7 +12,6 @@ import numpy as np
 
 from sftcli import checkpoint as ckpt
 from sftcli import prior
-from sftcli.data import LazyTokens
 from sftcli.engine import state
 from sftcli.evaluate import evaluate, predict_logits, scalar_metrics
 from sftcli.export import MODEL_DIR, export_model, model_card
@@ -65,14 +64,14 @@ def finish(e: Engine) -> dict[str, Any]:
         "label_names": e.data.label_names, "n_labeled": len(e.data.labeled),
         "n_unlabeled": 0 if e.data.unlabeled is None else len(e.data.unlabeled),
         # How much of the pile this process read (tokenised): a sample's worth, not the pile.
-        "unlabeled_read": getattr(e.enc_unlabeled, "read", None),
+        "unlabeled_read": None if e.enc_unlabeled is None else e.enc_unlabeled.read,
         "world_size": e.env.world_size,
         "precision": e.precision,  # as run (trainer.precision=auto resolves per device)
         "strategy": e.cfg.strategy.name if e.cfg.strategy else None,
         "objectives": [o.name for o in e.objectives],
         "seed": e.cfg.seed, "data_notes": e.data.notes,
     })
-    if isinstance(e.enc_unlabeled, LazyTokens):
+    if e.enc_unlabeled is not None:
         log.info("%s", e.enc_unlabeled.report())
     if e.env.is_main:
         final = {k: v for k, v in summary.items() if k.startswith(("test/", "val/")) and not isinstance(v, dict)}

@@ -21,7 +21,7 @@ from transformers.utils import logging as hf_logging
 from sftcli import checkpoint as ckpt
 from sftcli import dist, faults, prior, speedups
 from sftcli.config import TrainConfig
-from sftcli.data import DataBundle, Encoded, TokenRows
+from sftcli.data import DataBundle, Encoded, LazyTokens, TokenRows
 from sftcli.engine import build, state
 from sftcli.engine.averaging import WeightAverage
 from sftcli.engine.batches import StepBatches
@@ -67,7 +67,7 @@ class Engine:
         self.pad_id = 0
         self.enc_val: Encoded | None = None  # token ids of the validation and test sets
         self.enc_test: Encoded | None = None
-        self.enc_unlabeled: TokenRows | None = None  # the unlabeled texts' (with a strategy or model.class_prior)
+        self.enc_unlabeled: LazyTokens | None = None  # the unlabeled texts' (with a strategy or model.class_prior)
         # The labeled texts' class prior, and the prior the model trains under now (sftcli/prior.py).
         self.labeled_prior: np.ndarray | None = None
         self.train_prior: np.ndarray | None = None
