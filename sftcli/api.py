@@ -19,6 +19,7 @@ import torch
 from sftcli import timing
 from sftcli.checkpoint import listed as listed_checkpoints
 from sftcli.checkpoint import load_weights
+from sftcli.commands.predict import load_model, predict_probs
 from sftcli.config import (
     DataConfig,
     LossConfig,
@@ -31,17 +32,26 @@ from sftcli.config import (
     to_plain,
 )
 from sftcli.data import DataBundle, Encoded, encode, load_data
+from sftcli.data.sources import trec6_path
 from sftcli.dist import DistEnv
 from sftcli.engine.loop import Engine
 from sftcli.errors import UserError
-from sftcli.model import build_model, load_tokenizer, model_location, pool, tokenizer_fingerprint
+from sftcli.model import (
+    build_model,
+    embedded_minilm_dir,
+    load_tokenizer,
+    model_location,
+    pool,
+    tokenizer_fingerprint,
+)
+from sftcli.onnx_export import OnnxClassifier
 from sftcli.speedups import malloc
 
 __all__ = [
-    "DataBundle", "DataConfig", "DistEnv", "Encoded", "Engine", "LossConfig", "ModelConfig", "OptimConfig",
-    "StrategyConfig", "TrainConfig", "TrainerConfig", "UserError", "build_model", "compose_train", "encode",
-    "listed_checkpoints", "load_data", "load_tokenizer", "load_weights", "local_env", "malloc", "model_location",
-    "parse_train", "pool", "read_run_config", "timing", "to_plain", "tokenizer_fingerprint",
+    "DataBundle", "DataConfig", "OnnxClassifier", "DistEnv", "Encoded", "Engine", "LossConfig", "ModelConfig", "OptimConfig",
+    "StrategyConfig", "TrainConfig", "TrainerConfig", "UserError", "build_model", "compose_train", "embedded_minilm_dir", "encode",
+    "listed_checkpoints", "load_data", "load_model", "load_tokenizer", "load_weights", "local_env", "malloc", "model_location",
+    "parse_train", "pool", "predict_probs", "read_run_config", "timing", "to_plain", "tokenizer_fingerprint", "trec6_path",
 ]
 
 

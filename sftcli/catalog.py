@@ -10,6 +10,7 @@ COMMANDS = {
     "train": "fine-tune an encoder (Hydra app): sft train [+strategy=mix|alternate] [key=value ...]",
     "eval": "evaluate a checkpoint or a run's best checkpoint: sft eval checkpoint=PATH [split=validation]",
     "predict": "label new texts: sft predict checkpoint=PATH input=FILE output=FILE",
+    "export": "an ONNX model that serves without sft: sft export RUN format=onnx [quantize=int8]",
     "report": "tables and plots over run and sweep dirs: sft report PATH... [metric=test/accuracy]",
 }
 HYDRA_COMMANDS = ("train", "eval")
@@ -68,6 +69,11 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("sft predict checkpoint=runs/RUN input=texts.txt output=pred.csv", "one text per line"),
         ("sft predict checkpoint=runs/RUN input=pairs.csv output=pred.csv text_column=q text_pair_column=a",
          "sentence pairs"),
+    ],
+    "export": [
+        ("sft export runs/RUN format=onnx", "runs/RUN/onnx/: onnxruntime or Optimum, no sft needed"),
+        ("sft export runs/RUN format=onnx quantize=int8", "runs/RUN/onnx-int8/: int8 weights, faster on CPU"),
+        ("sft predict checkpoint=runs/RUN/onnx input=texts.csv output=pred.csv", "sft predict runs the export too"),
     ],
     "report": [
         ("sft report runs/sweeps/SWEEP", "tables and plots over runs and sweeps"),

@@ -65,6 +65,8 @@ def _main(argv: list[str]) -> None:
         code = _run_hydra(command, rest, debug)
     elif command == "predict":
         code = _guarded(lambda: _predict(rest), debug)
+    elif command == "export":
+        code = _guarded(lambda: _export(rest), debug)
     else:
         code = _guarded(lambda: _report(rest), debug)
     sys.exit(code)
@@ -82,6 +84,9 @@ def _print_help(command: str, args: list[str]) -> int:
 
     if command == "predict":
         print(helptext.predict_help())
+        return 0
+    if command == "export":
+        print(helptext.export_help())
         return 0
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -239,6 +244,12 @@ def _predict(args: list[str]) -> int:
     from sftcli.commands import run_predict
 
     return run_predict(args)
+
+
+def _export(args: list[str]) -> int:
+    from sftcli.commands.export import run_export
+
+    return run_export(args)
 
 
 def _report(args: list[str]) -> int:

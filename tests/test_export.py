@@ -72,7 +72,7 @@ def test_exported_model_answers_like_sft_predict_through_plain_transformers(sft,
     plain = plain_transformers(model_dir, TEXTS, remote)
     assert plain.returncode == 0, plain.stderr
     result = json.loads(plain.stdout.strip().splitlines()[-1])
-    assert result["class"] == ("SftBertForSequenceClassification" if remote else "BertForSequenceClassification")
+    assert result["class"] == ("SftEncoderForSequenceClassification" if remote else "BertForSequenceClassification")
     ours = sft_predictions(sft, run, tmp_path)
     names = summary["label_names"]
     for theirs, mine in zip(result["scores"], ours, strict=True):
@@ -92,6 +92,16 @@ def test_exported_model_answers_like_sft_predict_through_plain_transformers(sft,
     assert f"{summary['test/accuracy']:.4f}" in card and f"{summary['val/accuracy']:.4f}" in card
     assert ", ".join(names) in card and "run_name=r" in card
     assert ("trust_remote_code=True" in card) == remote
+    # Its Hub metadata: the data set, language and the results a Hub page shows (model-index).
+    import yaml
+
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["datasets"] == ["CogComp/trec"] and meta["language"] == ["en"]
+    (entry,) = meta["model-index"]
+    results = {r["dataset"]["split"]: {m["name"]: m["value"] for m in r["metrics"]} for r in entry["results"]}
+    assert entry["name"] == "r" and all(r["task"]["type"] == "text-classification" for r in entry["results"])
+    assert results["test"] == {"test accuracy": summary["test/accuracy"], "test macro-F1": summary["test/macro_f1"]}
+    assert results["validation"]["validation accuracy"] == summary["val/accuracy"]
     # No training state in the export; its weights are the best checkpoint's (held once, as a hard link),
     # unless the run folded the unlabeled texts' class prior into the head (+recipe=best): then only the
     # head's bias differs (tests/test_class_prior.py), in a file of its own.

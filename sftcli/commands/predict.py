@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sftcli.commands.checkpoints import label_names, load_checkpoint
 from sftcli.config import parse_predict
 from sftcli.errors import ConfigError, DataError
@@ -151,7 +153,7 @@ def run_predict(args: list[str]) -> int:
 def _predict(pc: Any, inp: Path, outp: Path) -> int:
     from sftcli.dist import pick_device
 
-    path, model, tokenizer, saved = load_checkpoint(pc.checkpoint)
+    path, model, tokenizer, saved = load_model(pc.checkpoint)
     columns = _predict_columns(pc, saved)
     max_length = pc.max_length or int(saved["model"]["max_length"])
     device = pick_device(pc.device, 0)
@@ -170,26 +172,34 @@ def _predict(pc: Any, inp: Path, outp: Path) -> int:
     return 0
 
 
+def load_model(given: str) -> tuple[Path, Any, Any, dict[str, Any]]:
+    """A checkpoint or run (torch), or an `sft export` directory (onnxruntime)."""
+    from sftcli.onnx_export import is_onnx_export, load_onnx_export
+
+    path = Path(given).expanduser()
+    if is_onnx_export(path):
+        return (path, *load_onnx_export(path))
+    return load_checkpoint(given)
+
+
+# Rows read ahead and scored in order of length (predict_probs), written back in input order.
+_READ_AHEAD_BATCHES = 16
+
+
 def _predict_rows(rows: Iterator[dict[str, Any]], writer: _PredictionWriter, model: Any, tokenizer: Any,
                   names: list[str], pc: Any, columns: tuple[str, ...], max_length: int, device: Any) -> int:
     """Score rows in batches of pc.batch_size (streamed, with a progress bar); returns the row count."""
-    import torch
     from rich.progress import Progress
-
-    from sftcli.data import cut_long_texts
-    from sftcli.evaluate import autocast
 
     text_col, pair_col = columns[0], columns[1] if len(columns) > 1 else None
     n = 0
     with Progress(transient=True) as bar:
         task = bar.add_task("predict", total=None)
-        for batch in _batched(rows, pc.batch_size):
-            texts = cut_long_texts([_as_text(r.get(text_col)) for r in batch], max_length)
-            pairs = cut_long_texts([_as_text(r.get(pair_col)) for r in batch], max_length) if pair_col else None
-            enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-            with torch.inference_mode(), autocast(device, pc.precision):
-                logits = model(**{k: v.to(device) for k, v in enc.items()}).logits.float()
-            for row, p in zip(batch, torch.softmax(logits, -1).cpu().numpy(), strict=True):
+        for chunk in _batched(rows, pc.batch_size * _READ_AHEAD_BATCHES):
+            texts = [_as_text(r.get(text_col)) for r in chunk]
+            pairs = [_as_text(r.get(pair_col)) for r in chunk] if pair_col else None
+            probs = predict_probs(model, tokenizer, texts, pairs, pc.batch_size, max_length, device, pc.precision)
+            for row, p in zip(chunk, probs, strict=True):
                 n += 1
                 record = dict(row)
                 record["pred_label"] = names[int(p.argmax())]
@@ -197,6 +207,29 @@ def _predict_rows(rows: Iterator[dict[str, Any]], writer: _PredictionWriter, mod
                 writer.write(record, n)
             bar.update(task, completed=n)
     return n
+
+
+def predict_probs(model: Any, tokenizer: Any, texts: list[str], pairs: list[str] | None, batch_size: int,
+                  max_length: int, device: Any, precision: str) -> np.ndarray:
+    """Class probabilities of `texts` (and `pairs`), in order: tokenised at once, scored longest first in
+    batches of `batch_size`, so each batch pads to texts of about its own length."""
+    import torch
+
+    from sftcli.data import cut_long_texts
+    from sftcli.evaluate import autocast
+
+    texts = cut_long_texts(texts, max_length)
+    pairs = cut_long_texts(pairs, max_length) if pairs is not None else None
+    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+    order = np.argsort([-len(ids) for ids in enc["input_ids"]], kind="stable")
+    probs = np.empty((len(texts), model.config.num_labels), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        batch = tokenizer.pad({k: [v[i] for i in index] for k, v in enc.items()}, return_tensors="pt")
+        with torch.inference_mode(), autocast(device, precision):
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
+        probs[index] = torch.softmax(logits, -1).cpu().numpy()
+    return probs
 
 
 def _batched(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:

@@ -7,6 +7,7 @@ from sftcli.config.parse import (
     RENAMED_KEYS,
     from_plain,
     parse_eval,
+    parse_export,
     parse_predict,
     parse_train,
     to_plain,
@@ -18,6 +19,7 @@ from sftcli.config.schema import (
     ALIASES,
     DataConfig,
     EvalConfig,
+    ExportConfig,
     LossConfig,
     ModelConfig,
     OptimConfig,
@@ -31,6 +33,6 @@ from sftcli.config.store import register
 # Every compose (the CLI, its help, tests) imports this package first: Hydra then knows every key.
 register()
 
-__all__ = ["ALIASES", "REMOVED_KEYS", "RENAMED_KEYS", "DataConfig", "EvalConfig", "LossConfig", "ModelConfig", "OptimConfig",
-           "PredictConfig", "StrategyConfig", "TrainConfig", "TrainerConfig", "from_plain", "parse_eval",
+__all__ = ["ALIASES", "REMOVED_KEYS", "RENAMED_KEYS", "DataConfig", "EvalConfig", "ExportConfig", "LossConfig", "ModelConfig", "OptimConfig",
+           "PredictConfig", "StrategyConfig", "TrainConfig", "TrainerConfig", "from_plain", "parse_eval", "parse_export",
            "parse_predict", "parse_train", "register", "to_plain", "to_record", "type_text", "unknown_key_message"]

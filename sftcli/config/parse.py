@@ -13,7 +13,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from sftcli.config.schema import ALIASES, EvalConfig, PredictConfig, TrainConfig
+from sftcli.config.schema import ALIASES, EvalConfig, ExportConfig, PredictConfig, TrainConfig
 from sftcli.errors import ConfigError
 
 # Problems with the fields behind `lambda` and `tau` name the key the user typed; a type error shows both.
@@ -226,6 +226,10 @@ def parse_eval(cfg: Any) -> EvalConfig:
 
 def parse_predict(raw: dict[str, Any]) -> PredictConfig:
     return validate(PredictConfig, raw, "predict")
+
+
+def parse_export(raw: dict[str, Any]) -> ExportConfig:
+    return validate(ExportConfig, raw, "export")
 
 
 def to_plain(obj: BaseModel, resolved: dict[str, Any] | None = None) -> dict[str, Any]:

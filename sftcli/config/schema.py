@@ -40,8 +40,9 @@ class ModelConfig(Group):
     trust_remote_code: bool = key(False, "allow custom modelling code from the model repo; off unless you trust it")
     pooling: Literal["mean", "cls"] = key("mean", "representation for the contrastive term: mean (over non-pad "
                                                   "tokens) | cls")
-    head_pooling: Literal["pooler", "mean"] = key(
-        "pooler", "what the classifier reads: pooler (the model's own: BERT = CLS + dense + tanh) | mean")
+    head_pooling: Literal["auto", "pooler", "mean", "cls", "max"] = key(
+        "auto", "what the classifier reads: auto (a sentence-transformers model's own pooling, else pooler) | "
+                "pooler (the model's own head: BERT = CLS + dense + tanh) | mean | cls | max (over non-pad tokens)")
     # At most what the model's position embeddings reach: checked when the model is loaded.
     max_length: int = key(128, "tokens per text", ge=8, le=65536)
     dropout: float | None = key(None, "set every dropout probability of the encoder; null keeps the model's own",
@@ -362,6 +363,27 @@ class PredictConfig(_ScoringConfig):
                                               "data.text_pair_column")
     max_length: int | None = key(None, "tokens per text (longer texts are truncated); null = the checkpoint's "
                                        "model.max_length", ge=1)
+
+
+class ExportConfig(Group):
+    """`sft export RUN format=onnx [quantize=int8] [output=DIR]`."""
+
+    checkpoint: Text = required("a run directory (its best checkpoint, as the run exported it), its model/, or "
+                                "a checkpoint directory")
+    format: Literal["onnx"] = key("onnx", "what to write: onnx (one graph from token ids to logits)")
+    quantize: Literal["none", "int8"] = key("none", "none (fp32) | int8 (onnxruntime's dynamic quantization: "
+                                                    "int8 weights, activations quantized per batch)")
+    output: Text | None = key(None, "the directory to write; null = RUN/onnx (RUN/onnx-int8 when quantized)")
+    opset: int = key(18, "ONNX opset of the graph", ge=14, le=23)
+    debug: bool = key(False, "show full tracebacks for user errors")
+
+    @model_validator(mode="after")
+    def _check(self) -> ExportConfig:
+        checks = Checks()
+        if self.checkpoint:
+            check_exists(checks, "checkpoint", self.checkpoint)
+        checks.raise_if_any()
+        return self
 
 
 # The primary config of each Hydra command; their groups are the nested models.

@@ -16,6 +16,7 @@ from sftcli.engine import state
 from sftcli.evaluate import evaluate, predict_logits, scalar_metrics
 from sftcli.export import MODEL_DIR, export_model, model_card
 from sftcli.losses import softmax
+from sftcli.model import head_pooling_of, weights_for
 from sftcli.runlog import format_value
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def finish(e: Engine) -> dict[str, Any]:
     if e.class_weights is not None:
         summary["class_weights"] = dict(zip(e.data.label_names, map(float, e.class_weights), strict=True))
     # Evaluate exactly what the best checkpoint holds (the weights read back from disk).
-    e.model.load_state_dict(ckpt.load_weights(e.ckpt_dir / best), strict=False)
+    e.model.load_state_dict(weights_for(e.model, ckpt.load_weights(e.ckpt_dir / best)), strict=False)
     if e.cfg.model.class_prior == "unlabeled":
         summary["class_prior"] = fold_class_prior(e, e.ckpt_dir / best)
     val = evaluate(e.model, e.enc_val, e.data.validation.labels, e.data.label_names,
@@ -78,7 +79,7 @@ def finish(e: Engine) -> dict[str, Any]:
         e.metrics.write(e.step, {f"final/{k}": v for k, v in final.items()})
         # With the class prior folded into the head, the export writes those weights, not the checkpoint's.
         export_model(e.ckpt_dir / best, e.run_dir / MODEL_DIR,
-                     model_card(e.cfg, summary, e.run_dir, e.model.config.model_type),
+                     model_card(e.cfg, summary, e.run_dir, e.model.config.model_type, head_pooling_of(e.model)),
                      model=e.model if summary.get("class_prior", {}).get("folded") else None)
         tmp = e.run_dir / "summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2, default=state.json_default))

@@ -33,6 +33,7 @@ from sftcli.engine.signals import StopSignals
 from sftcli.engine.steps import ALL_UNLABELED, Restart, RunView, SetTrainPrior, StepView, Term, UnlabeledRows
 from sftcli.errors import ConfigError, NonFiniteError, Preempted
 from sftcli.evaluate import autocast, evaluate, predict_logits, resolve_precision, scalar_metrics
+from sftcli.model import head_pooling_of
 from sftcli.objectives.base import Objective
 from sftcli.objectives.registry import term_title
 from sftcli.runlog import MetricsWriter, format_metrics, format_value, write_run_config
@@ -115,7 +116,8 @@ class Engine:
             self.trackers = build_trackers(self.cfg, self.run_dir, self.step if self.resumed_from else None)
             self.metrics.mirror = self.trackers
         n_params = sum(p.numel() for p in self.model.parameters())
-        log.info("model: %s (%.1fM parameters), device %s, %d process(es), precision %s", type(self.model).__name__,
+        log.info("model: %s (%s, head reads %s; %.1fM parameters), device %s, %d process(es), precision %s",
+                 type(self.model).__name__, type(self.model.base_model).__name__, head_pooling_of(self.model),
                  n_params / 1e6, self.env.device, self.env.world_size, self.precision)
 
     # ------------------------------------------------------------------------------------------------

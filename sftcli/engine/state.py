@@ -22,6 +22,7 @@ from sftcli import checkpoint as ckpt
 from sftcli import dist
 from sftcli.config import from_plain, to_plain
 from sftcli.errors import CheckpointError, ConfigError
+from sftcli.model import weights_for
 
 if TYPE_CHECKING:
     from sftcli.engine.loop import Engine
@@ -137,7 +138,7 @@ def resume(engine: Engine) -> None:
     if not state.keys() >= STATE_KEYS:
         raise CheckpointError(f"{path / ckpt.TRAIN_STATE} is damaged: it lacks {sorted(STATE_KEYS - state.keys())}")
     _check_config(e, json.loads(state["config"]), state, path)
-    missing, unexpected = e.eval_model.load_state_dict(ckpt.load_weights(path), strict=False)
+    missing, unexpected = e.eval_model.load_state_dict(weights_for(e.eval_model, ckpt.load_weights(path)), strict=False)
     missing = [m for m in missing if m not in set(getattr(e.model, "_tied_weights_keys", None) or [])]
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit the model (missing {missing[:5]}, "
@@ -151,7 +152,7 @@ def resume(engine: Engine) -> None:
                  path.parent.parent, state["best"]["step"])
     if e.best_step is not None and e.keeps_best_weights:
         # The best checkpoint is always kept, and holds exactly the weights that were evaluated.
-        e.best_weights = ckpt.load_weights(e.ckpt_dir / ckpt.checkpoint_name(e.best_step))
+        e.best_weights = weights_for(e.model, ckpt.load_weights(e.ckpt_dir / ckpt.checkpoint_name(e.best_step)))
     rng_file = path / f"{ckpt.RNG_PREFIX}{e.env.rank}.pt"
     if rng_file.exists():
         set_rng_state(ckpt.load_state(rng_file))

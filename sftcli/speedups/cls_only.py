@@ -57,10 +57,11 @@ def model_why_not(model: Any) -> str | None:
     """The model's part of :func:`why_not`: class, attention implementation, layer structure."""
     from transformers import BertForSequenceClassification
 
-    from sftcli.modeling_sft_bert import SftBertForSequenceClassification
+    from sftcli.model import head_pooling_of
 
-    if isinstance(model, SftBertForSequenceClassification):
-        return "the classifier reads the mean over all tokens (model.head_pooling=mean)"
+    pooling = head_pooling_of(model)
+    if pooling != "pooler":
+        return f"the classifier is sft's pooled head (model.head_pooling={pooling}), not BERT's own"
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     if type(model) is not BertForSequenceClassification:
