@@ -59,6 +59,7 @@ def run_export(args: list[str]) -> int:
         raise ConfigError(f"output: cannot create the folder {out.parent}: {exc.strerror or exc}") from None
     written = onnx_export.write_export(model, tokenizer, out, record, ec.opset, ec.quantize == "int8")
     diff = written.get("max_abs_logit_diff_int8", written["max_abs_logit_diff_fp32"])
-    print(f"ONNX export ({ec.quantize if ec.quantize != 'none' else 'fp32'}) written to {out} (checkpoint {path}); "
+    print(f"ONNX export ({ec.quantize if ec.quantize != 'none' else 'fp32'}, opset {written['opset']}) written to "
+          f"{out} (checkpoint {path}); "
           f"onnxruntime vs the torch model on {len(onnx_export.CHECK_TEXTS)} texts: largest logit difference {diff:.2e}")
     return 0

@@ -374,8 +374,9 @@ class ExportConfig(Group):
     quantize: Literal["none", "int8"] = key("none", "none (fp32) | int8 (onnxruntime's dynamic quantization: "
                                                     "int8 weights, activations quantized per batch)")
     output: Text | None = key(None, "the directory to write; null = RUN/onnx (RUN/onnx-int8 when quantized)")
-    opset: int = key(23, "ONNX opset of the graph (23: attention as one Attention operator, which onnxruntime "
-                         ">= 1.23 runs fused; lower: spelled out in matrix products)", ge=17, le=23)
+    opset: int | None = key(None, "ONNX opset of the graph; null = 23 (attention as one Attention operator, "
+                                  "which onnxruntime >= 1.23 runs fused), or 18 where onnxruntime cannot run "
+                                  "the graph at 23", ge=17, le=23)
     debug: bool = key(False, "show full tracebacks for user errors")
 
     @model_validator(mode="after")
