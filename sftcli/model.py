@@ -155,8 +155,12 @@ def build_model(cfg: ModelConfig, label_names: list[str], seed: int) -> Any:
                                             label2id=label2id, **kwargs)
     except Exception as exc:  # a config.json of the wrong shape fails with whatever error its reader meets
         raise _load_error("model config", where, exc) from exc
-    _apply_dropout(encoder_config(config), cfg.dropout)
-    _check_max_length(cfg.max_length, encoder_config(config), where)
+    # On the classifier's config first (an earlier sft model's BERT-only config is flat), then on the
+    # encoder's inside it (sft's pooled head); the same object for every other model.
+    _apply_dropout(config, cfg.dropout)
+    encoder = encoder_config(config)
+    _apply_dropout(encoder, cfg.dropout)
+    _check_max_length(cfg.max_length, encoder, where)
     try:
         from transformers.utils import logging as hf_logging
 
@@ -164,16 +168,17 @@ def build_model(cfg: ModelConfig, label_names: list[str], seed: int) -> Any:
         hf_logging.set_verbosity_error()  # the "newly initialized classifier" report is expected here
         if pooling == "pooler":
             return AutoModelForSequenceClassification.from_pretrained(where, config=config, **kwargs)
-        return _pooled_classifier(where, config, pooling, seed, kwargs)
+        return _pooled_classifier(where, config, encoder, pooling, seed, kwargs)
     except ModelError:
         raise
     except Exception as exc:  # damaged weights fail with safetensors' own error type, or torch's
         raise _load_error("model", where, exc) from exc
 
 
-def _pooled_classifier(where: str, config: Any, pooling: str, seed: int, kwargs: dict[str, Any]) -> Any:
+def _pooled_classifier(where: str, config: Any, enc_config: Any, pooling: str, seed: int,
+                       kwargs: dict[str, Any]) -> Any:
     """sft's pooled head on the pretrained encoder at `where` (any family; a trained sft classifier's
-    encoder too, with a fresh head)."""
+    encoder too, with a fresh head). `enc_config`: the encoder's config (encoder_config(config))."""
     from transformers import AutoModel, AutoModelForSequenceClassification
 
     from sftcli.modeling_sft import SftEncoderForSequenceClassification, encoder_without_pooler
@@ -182,11 +187,10 @@ def _pooled_classifier(where: str, config: Any, pooling: str, seed: int, kwargs:
         # An sft model as the starting point: its encoder, whatever head (and label count) it had.
         trained = AutoModelForSequenceClassification.from_pretrained(where, config=config, revision=kwargs["revision"],
                                                                      ignore_mismatched_sizes=True)
-        encoder, enc_config = trained.base_model, encoder_config(config)
+        encoder = trained.base_model
     else:
         # AutoModel knows each family's checkpoint layout (a masked-LM checkpoint's prefix included).
         encoder = AutoModel.from_pretrained(where, config=config, **kwargs, **encoder_without_pooler(config))
-        enc_config = config
     model = SftEncoderForSequenceClassification(head_config(enc_config, pooling, config), encoder=encoder)
     # The head is drawn from the seed right after the encoder is loaded, as from_pretrained draws a
     # missing head: the same weights whichever way the model was put together.

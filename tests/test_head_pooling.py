@@ -163,6 +163,22 @@ def test_an_sft_model_starts_a_new_run_with_its_encoder(tmp_path: Path) -> None:
         assert torch.equal(a, b), name
 
 
+@pytest.mark.parametrize("version", ["sft_encoder", "sft_bert"])
+def test_model_dropout_reaches_the_encoder_of_an_sft_model_started_from(tmp_path: Path, version: str) -> None:
+    if version == "sft_encoder":
+        first = build_model(ModelConfig(source="tiny", head_pooling="mean"), ["a", "b"], seed=1)
+    else:  # an earlier version's BERT-only class: its config is flat
+        first = SftBertForSequenceClassification(SftBertConfig(**BertConfig(
+            vocab_size=len(load_tokenizer(ModelConfig(source="tiny"))), hidden_size=32, num_hidden_layers=1,
+            num_attention_heads=2, intermediate_size=64, num_labels=2).to_dict()))
+    first.save_pretrained(tmp_path)
+    load_tokenizer(ModelConfig(source="tiny")).save_pretrained(tmp_path)
+    again = build_model(ModelConfig(source="hf", name_or_path=str(tmp_path), head_pooling="mean", dropout=0.3),
+                        ["x", "y"], 0)
+    rates = {m.p for m in again.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == {0.3}, rates
+
+
 def test_checkpoints_of_earlier_versions_load_with_their_mean_head(tmp_path: Path) -> None:
     torch.manual_seed(0)
     config = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
