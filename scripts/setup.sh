@@ -14,19 +14,10 @@ fi
 VENV="${1:-.venv}"
 PYTHON="${PYTHON:-python3}"
 
-if [ ! -x "$VENV/bin/python" ]; then
-  "$PYTHON" -m venv "$VENV"
-fi
+# torch before anything that depends on it (scripts/venv_torch.sh).
+. scripts/venv_torch.sh
+venv_with_torch "$VENV" "$PYTHON"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
-
-# torch before anything that depends on it: an unpinned torch would pull a multi-GB CUDA build.
-if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    "${PIP[@]}" install "torch==2.13.0"
-  else
-    "${PIP[@]}" install "torch==2.13.0" || "${PIP[@]}" install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
-  fi
-fi
 if [ "$DEV" = 1 ]; then
   "${PIP[@]}" install -e ".[dev,optuna,submitit]"
 else
