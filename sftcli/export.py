@@ -30,9 +30,7 @@ def export_model(checkpoint: Path, out: Path, card: str, model: Any = None) -> P
     """Write `out` from `checkpoint`: every model, config and tokenizer file, and README.md = `card`.
     `model`: weights to write instead of the checkpoint's (its head corrected by model.class_prior).
     Built under a temporary name and renamed, so `out` is always complete (or the previous export)."""
-    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = staging_dir(out)
     for src in sorted(p for p in checkpoint.iterdir() if p.is_file()):
         if src.name in _NOT_MODEL or src.name.startswith(ckpt.RNG_PREFIX):
             continue
@@ -42,6 +40,21 @@ def export_model(checkpoint: Path, out: Path, card: str, model: Any = None) -> P
     if model is not None:
         model.save_pretrained(tmp, safe_serialization=True)
     (tmp / "README.md").write_text(card)
+    replace_dir(tmp, out)
+    return out
+
+
+def staging_dir(out: Path) -> Path:
+    """An empty directory beside `out` to build it in (see replace_dir)."""
+    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """`tmp`, complete, becomes `out`; a previous `out` is replaced whole (renamed aside, then removed), so
+    `out` is never half-written."""
     if out.exists():
         old = out.with_name(f".old-{out.name}-{os.getpid()}")
         os.replace(out, old)
@@ -49,7 +62,6 @@ def export_model(checkpoint: Path, out: Path, card: str, model: Any = None) -> P
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
-    return out
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -212,10 +212,10 @@ def write_export(model: Any, tokenizer: Any, out: Path, record: dict[str, Any], 
                  int8: bool) -> dict[str, Any]:
     """Build the export directory under a temporary name and rename it to `out` (a previous export is
     replaced whole, never half-written). Returns the record written to sft_export.json."""
+    from sftcli.export import replace_dir, staging_dir
+
     model = model.float().cpu().eval()
-    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = staging_dir(out)
     try:
         stock_config(model).save_pretrained(tmp)
         tokenizer.model_max_length = int(record["max_length"])
@@ -234,13 +234,7 @@ def write_export(model: Any, tokenizer: Any, out: Path, record: dict[str, Any], 
 
                 raise ModelError(f"onnxruntime cannot run the int8 graph ({first_line(exc)}); nothing written") from exc
         (tmp / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        if out.exists():
-            old = out.with_name(f".old-{out.name}-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return record

@@ -319,23 +319,28 @@ class TrainConfig(Group):
                                f"unlabeled){how}")
 
 
-class _ScoringConfig(Group):
-    """What `sft eval` and `sft predict` share: a checkpoint scored in batches on a device."""
+class _OnCheckpoint(Group):
+    """A command on a trained model: `checkpoint` names a directory that exists."""
 
     checkpoint: Text = required("a checkpoint directory, or a run directory (its best checkpoint)")
-    batch_size: int = key(128, "texts per batch", ge=1)
-    device: Literal["auto", "cpu", "cuda"] = key("auto", "where the model runs (auto: cuda when available)")
-    precision: Literal["fp32", "bf16", "fp16"] = key("fp32", "number format of the forward (bf16, fp16: "
-                                                             "autocast)")
-    debug: bool = key(False, "show full tracebacks for user errors")
 
     @model_validator(mode="after")
-    def _check_checkpoint(self) -> _ScoringConfig:
+    def _check_checkpoint(self) -> _OnCheckpoint:
         checks = Checks()
         if self.checkpoint:
             check_exists(checks, "checkpoint", self.checkpoint)
         checks.raise_if_any()
         return self
+
+
+class _ScoringConfig(_OnCheckpoint):
+    """What `sft eval` and `sft predict` share: a checkpoint scored in batches on a device."""
+
+    batch_size: int = key(128, "texts per batch", ge=1)
+    device: Literal["auto", "cpu", "cuda"] = key("auto", "where the model runs (auto: cuda when available)")
+    precision: Literal["fp32", "bf16", "fp16"] = key("fp32", "number format of the forward (bf16, fp16: "
+                                                             "autocast)")
+    debug: bool = key(False, "show full tracebacks for user errors")
 
 
 class EvalConfig(_ScoringConfig):
@@ -365,27 +370,19 @@ class PredictConfig(_ScoringConfig):
                                        "model.max_length", ge=1)
 
 
-class ExportConfig(Group):
+class ExportConfig(_OnCheckpoint):
     """`sft export RUN format=onnx [quantize=int8] [output=DIR]`."""
 
     checkpoint: Text = required("a run directory (its best checkpoint, as the run exported it), its model/, or "
                                 "a checkpoint directory")
     format: Literal["onnx"] = key("onnx", "what to write: onnx (one graph from token ids to logits)")
-    quantize: Literal["none", "int8"] = key("none", "none (fp32) | int8 (onnxruntime's dynamic quantization: "
-                                                    "int8 weights, activations quantized per batch)")
+    quantize: Literal["none", "int8"] = key("none", "none (fp32) | int8 (onnxruntime's dynamic quantization: the "
+                                                    "matrix products' weights in int8, one scale per output channel)")
     output: Text | None = key(None, "the directory to write; null = RUN/onnx (RUN/onnx-int8 when quantized)")
     opset: int | None = key(None, "ONNX opset of the graph; null = 23 (attention as one Attention operator, "
                                   "which onnxruntime >= 1.23 runs fused), or 18 where onnxruntime cannot run "
                                   "the graph at 23", ge=17, le=23)
     debug: bool = key(False, "show full tracebacks for user errors")
-
-    @model_validator(mode="after")
-    def _check(self) -> ExportConfig:
-        checks = Checks()
-        if self.checkpoint:
-            check_exists(checks, "checkpoint", self.checkpoint)
-        checks.raise_if_any()
-        return self
 
 
 # The primary config of each Hydra command; their groups are the nested models.
