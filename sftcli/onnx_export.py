@@ -138,9 +138,18 @@ class OnnxClassifier:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(directory / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+        from sftcli.errors import first_line
+
+        graph = directory / ONNX_FILE
+        try:
+            self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's own error types: a damaged or foreign file
+            raise ModelError(f"{graph} is not a graph onnxruntime loads ({first_line(exc)})") from None
         self.inputs = [i.name for i in self.session.get_inputs()]
-        self.config = AutoConfig.from_pretrained(str(directory))
+        try:
+            self.config = AutoConfig.from_pretrained(str(directory))
+        except Exception as exc:  # a config.json of the wrong shape fails with whatever error its reader meets
+            raise ModelError(f"{directory / 'config.json'} is damaged ({first_line(exc)})") from None
 
     def to(self, device: Any) -> OnnxClassifier:
         if str(device) != "cpu":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -75,6 +76,19 @@ def test_bad_export_requests_exit_2_and_lose_nothing(sft, tmp_path: Path) -> Non
         proc = sft("export", *args, *([] if any(a.startswith(str(tmp_path)) for a in args) else [str(run)]))
         assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
     assert not (run / "onnx").exists()
+    # A damaged export: sft predict names the file, exit 2, no traceback.
+    sft("export", str(run), "format=onnx", check=True)
+    src = tmp_path / "texts.txt"
+    src.write_text("Who wrote Hamlet?\n")
+    for name, damage in (("model.onnx", b"not a graph"), ("config.json", b'{"model_type": 3}'),
+                         ("sft_export.json", b'{"max_length":')):
+        broken = tmp_path / f"broken-{name}"
+        shutil.copytree(run / "onnx", broken)
+        (broken / name).write_bytes(damage)
+        proc = sft("predict", f"checkpoint={broken}", f"input={src}", f"output={tmp_path / 'p.csv'}")
+        assert proc.returncode == 2 and str(broken / name) in proc.stderr and "Traceback" not in proc.stderr, (
+            name, proc.stderr)
+        assert not (tmp_path / "p.csv").exists()
 
 
 def test_a_missing_onnx_package_names_the_pip_command(monkeypatch) -> None:
