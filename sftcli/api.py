@@ -43,6 +43,7 @@ from sftcli.model import (
     model_location,
     pool,
     tokenizer_fingerprint,
+    with_max_length,
 )
 from sftcli.onnx_export import OnnxClassifier
 from sftcli.speedups import malloc
@@ -66,7 +67,7 @@ def compose_train(overrides: list[str]) -> TrainConfig:
         # The overrides as the command line gives them: a key given there is a choice (trainer.epochs with
         # a recipe's trainer.max_steps), as `sft train` validates it.
         return check_composed("train", composed, multirun=False,
-                              prepare=lambda job, _dir: parse_train(job, list(overrides))).config
+                              prepare=lambda job, _dir: with_max_length(parse_train(job, list(overrides)))).config
 
 
 def read_run_config(run_dir: Path) -> TrainConfig:

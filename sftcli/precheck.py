@@ -96,7 +96,12 @@ def prepare_train(cfg: Any, run_dir: Path, overrides: list[str]) -> TrainConfig:
         if cfg.get("resume") is None and cluster.continues_requeued_job(run_dir):
             log.warning("submitit requeued this job: continuing from the newest checkpoint in %s", run_dir)
             cfg.resume = "auto"
-    return parse_train(cfg, overrides)
+    typed = parse_train(cfg, overrides)
+    if typed.model.max_length == "auto":  # read from the model's files (torch is loaded for a run only)
+        from sftcli.model import with_max_length
+
+        typed = with_max_length(typed)
+    return typed
 
 
 def _resolved(cfg: Any, key: str | None) -> Any:

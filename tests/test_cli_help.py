@@ -65,7 +65,7 @@ def test_train_help_shows_each_key_with_its_yaml_comment(sft) -> None:
     keys = key_lines(proc.stdout)
     # Values as composed for this command line, each with the comment of the file that defines it.
     assert re.search(r"^  trainer.max_steps=7\s+optimizer steps$", proc.stdout, re.M)
-    assert re.search(r"^  model.max_length=64\s+tokens per text$", proc.stdout, re.M)
+    assert re.search(r"^  model.max_length=64\s+tokens per text \(longer texts are cut\)", proc.stdout, re.M)
     assert keys["seed"].startswith("one seed for")
     assert "strategy: alternate, mix" in proc.stdout and "model: hf, minilm, tiny" in proc.stdout
 

@@ -51,8 +51,13 @@ def wrong_value(tp: Any) -> Any:
         tp = tp.__origin__
     if typing.get_origin(tp) is Literal:
         return 123
-    if typing.get_origin(tp) in (Union, types.UnionType):  # choices and a mapping: a number is neither
-        assert all(typing.get_origin(a) in (Literal, dict) for a in typing.get_args(tp)), tp
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        members = [getattr(a, "__origin__", a) if hasattr(a, "__metadata__") else a for a in typing.get_args(tp)]
+        if int in members:  # a number or a choice (model.max_length: 128 | 'auto'): text that is neither
+            assert all(a is int or typing.get_origin(a) is Literal for a in members), tp
+            return "abc"
+        # choices and a mapping: a number is neither
+        assert all(typing.get_origin(a) in (Literal, dict) for a in members), tp
         return 123
     if _is_group(tp):
         return 5

@@ -87,9 +87,18 @@ def _locate(cls: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[str], Fiel
     return names, info, owner
 
 
+def _limits_of(info: FieldInfo) -> list[Any]:
+    """The limit objects of a field: its own, and those of a union member's Annotated (`int >= 8 | 'auto'`)."""
+    found = list(info.metadata)
+    for member in get_args(info.annotation):
+        for m in getattr(member, "__metadata__", ()):
+            found.extend(m.metadata if isinstance(m, FieldInfo) else [m])
+    return found
+
+
 def _limit_text(info: FieldInfo) -> str:
     lo = hi = None
-    for m in info.metadata:
+    for m in _limits_of(info):
         for attr, sign in (("ge", "["), ("gt", "(")):
             if getattr(m, attr, None) is not None:
                 lo = (sign, getattr(m, attr))
@@ -136,6 +145,9 @@ def _messages(cls: type[BaseModel], exc: ValidationError, command: str) -> list[
             usage = f": sft {command} {key}=PATH" if command in ("eval", "predict") else " but missing"
             out.append(f"{key}: is required{usage}")
         elif kind in _LIMITS and info is not None:
+            # In a union (model.max_length: a number or 'auto') the number's limit is what the user missed.
+            out = [line for line in out if not line.startswith(f"{key}: expected")]
+            typed.add(key)
             out.append(f"{_ALIAS_OF.get(key, key)}: {_limit_text(info)}")
         elif kind == "finite_number":
             # In a union (loss.class_weights) the other members' type errors say less: this one stands.

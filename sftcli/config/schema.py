@@ -10,9 +10,9 @@ float and a number given to a text key is taken as text (YAML reads run_name=123
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import PrivateAttr, ValidationInfo, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, model_validator
 
 from sftcli.fields import (
     TRACKERS,
@@ -43,8 +43,12 @@ class ModelConfig(Group):
     head_pooling: Literal["auto", "pooler", "mean", "cls", "max"] = key(
         "auto", "what the classifier reads: auto (a sentence-transformers model's own pooling, else pooler) | "
                 "pooler (the model's own head: BERT = CLS + dense + tanh) | mean | cls | max (over non-pad tokens)")
-    # At most what the model's position embeddings reach: checked when the model is loaded.
-    max_length: int = key(128, "tokens per text", ge=8, le=65536)
+    # At most what the model's position embeddings reach: checked when the model is loaded. `auto` is
+    # resolved to a number before the run starts (sftcli/model.py: resolve_max_length), so config.yaml,
+    # checkpoints and everything downstream read an int.
+    max_length: Annotated[int, Field(ge=8, le=65536)] | Literal["auto"] = key(
+        128, "tokens per text (longer texts are cut): a number | auto (the encoder's own limit: a "
+             "sentence-transformers model's max_seq_length, else its tokenizer's model_max_length)")
     dropout: float | None = key(None, "set every dropout probability of the encoder; null keeps the model's own",
                                 ge=0, lt=1)
     class_prior: Literal["labeled", "unlabeled"] = key(

@@ -33,7 +33,7 @@ from sftcli.engine.signals import StopSignals
 from sftcli.engine.steps import ALL_UNLABELED, Restart, RunView, SetTrainPrior, StepView, Term, UnlabeledRows
 from sftcli.errors import ConfigError, NonFiniteError, Preempted
 from sftcli.evaluate import autocast, evaluate, predict_logits, resolve_precision, scalar_metrics
-from sftcli.model import head_pooling_of
+from sftcli.model import head_pooling_of, with_max_length
 from sftcli.objectives.base import Objective
 from sftcli.objectives.registry import term_title
 from sftcli.runlog import MetricsWriter, format_metrics, format_value, write_run_config
@@ -44,6 +44,7 @@ log = logging.getLogger("sft")
 
 class Engine:
     def __init__(self, cfg: TrainConfig, run_dir: Path, env: dist.DistEnv):
+        cfg = with_max_length(cfg)  # the command line resolves it already; a config built in Python may not
         self.cfg, self.tc, self.run_dir, self.env = cfg, cfg.trainer, run_dir, env
         self.ckpt_dir = run_dir / "checkpoints"
         self.metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=env.is_main)
@@ -116,9 +117,10 @@ class Engine:
             self.trackers = build_trackers(self.cfg, self.run_dir, self.step if self.resumed_from else None)
             self.metrics.mirror = self.trackers
         n_params = sum(p.numel() for p in self.model.parameters())
-        log.info("model: %s (%s, head reads %s; %.1fM parameters), device %s, %d process(es), precision %s",
-                 type(self.model).__name__, type(self.model.base_model).__name__, head_pooling_of(self.model),
-                 n_params / 1e6, self.env.device, self.env.world_size, self.precision)
+        log.info("model: %s (%s, head reads %s; %.1fM parameters; texts cut at %d tokens), device %s, "
+                 "%d process(es), precision %s", type(self.model).__name__, type(self.model.base_model).__name__,
+                 head_pooling_of(self.model), n_params / 1e6, self.cfg.model.max_length, self.env.device,
+                 self.env.world_size, self.precision)
 
     # ------------------------------------------------------------------------------------------------
     # the loop
