@@ -11,6 +11,7 @@ COMMANDS = {
     "eval": "evaluate a checkpoint or a run's best checkpoint: sft eval checkpoint=PATH [split=validation]",
     "predict": "label new texts: sft predict checkpoint=PATH input=FILE output=FILE",
     "export": "an ONNX model that serves without sft: sft export RUN format=onnx [quantize=int8]",
+    "select": "the texts to label next: sft select checkpoint=RUN n=N output=FILE (cold start: pool=FILE)",
     "report": "tables and plots over run and sweep dirs: sft report PATH... [metric=test/accuracy]",
 }
 HYDRA_COMMANDS = ("train", "eval")
@@ -74,6 +75,14 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("sft export runs/RUN format=onnx", "runs/RUN/onnx/: onnxruntime or Optimum, no sft needed"),
         ("sft export runs/RUN format=onnx quantize=int8", "runs/RUN/onnx-int8/: int8 weights, faster on CPU"),
         ("sft predict checkpoint=runs/RUN/onnx input=texts.csv output=pred.csv", "sft predict runs the export too"),
+    ],
+    "select": [
+        ("sft select checkpoint=runs/RUN n=50 output=round2.csv", "50 of the run's unlabeled texts, to label next"),
+        ("sft select n=50 pool=texts.csv output=round1.csv", "cold start: 50 texts that stand for the pool"),
+        ("sft select checkpoint=runs/RUN2 n=50 output=round3.csv previous=round2.csv",
+         "and how many predictions changed since round 2"),
+        ("sft train data=files data.train=[round1.csv,round2.csv] data.unlabeled=texts.csv",
+         "train on the rounds labeled so far"),
     ],
     "report": [
         ("sft report runs/sweeps/SWEEP", "tables and plots over runs and sweeps"),

@@ -67,6 +67,8 @@ def _main(argv: list[str]) -> None:
         code = _guarded(lambda: _predict(rest), debug)
     elif command == "export":
         code = _guarded(lambda: _export(rest), debug)
+    elif command == "select":
+        code = _guarded(lambda: _select(rest), debug)
     else:
         code = _guarded(lambda: _report(rest), debug)
     sys.exit(code)
@@ -87,6 +89,9 @@ def _print_help(command: str, args: list[str]) -> int:
         return 0
     if command == "export":
         print(helptext.export_help())
+        return 0
+    if command == "select":
+        print(helptext.select_help())
         return 0
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -250,6 +255,12 @@ def _export(args: list[str]) -> int:
     from sftcli.commands.export import run_export
 
     return run_export(args)
+
+
+def _select(args: list[str]) -> int:
+    from sftcli.commands.select import run_select
+
+    return run_select(args)
 
 
 def _report(args: list[str]) -> int:

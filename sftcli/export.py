@@ -16,6 +16,7 @@ from typing import Any
 
 from sftcli import checkpoint as ckpt
 from sftcli.config import TrainConfig
+from sftcli.data.sources import train_files
 from sftcli.runlog import format_value
 
 log = logging.getLogger("sft")
@@ -122,7 +123,7 @@ def card_metadata(cfg: TrainConfig, summary: dict[str, Any], run_name: str) -> d
         meta["base_model"] = _base_model(cfg)
     dataset = {"trec6": {"name": "TREC-6", "type": _TREC_HUB_ID},
                "hub": {"name": str(cfg.data.name), "type": str(cfg.data.name)},
-               "files": {"name": Path(str(cfg.data.train)).name, "type": "local"}}[cfg.data.source]
+               "files": {"name": ", ".join(Path(p).name for p in train_files(cfg.data)), "type": "local"}}[cfg.data.source]
     if cfg.data.source != "files":
         meta["datasets"] = [dataset["type"]]
     if cfg.data.source == "trec6":
@@ -151,7 +152,7 @@ def model_card(cfg: TrainConfig, summary: dict[str, Any], run_dir: Path, model_t
     remote = needs_remote_code(model_type)
     flag = ", trust_remote_code=True" if remote else ""
     header = yaml.safe_dump(card_metadata(cfg, summary, run_dir.name), sort_keys=False, allow_unicode=True)
-    data = {"trec6": "TREC-6 questions (embedded)", "files": f"local files (train: {cfg.data.train})",
+    data = {"trec6": "TREC-6 questions (embedded)", "files": f"local files (train: {', '.join(train_files(cfg.data))})",
             "hub": f"{cfg.data.name} (datasets)"}[cfg.data.source]
     rows = [("validation", "val"), ("test", "test")]
     metrics = ["| split | accuracy | macro-F1 |", "|---|---|---|"]

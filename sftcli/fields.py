@@ -43,9 +43,9 @@ def key(default: Any, meaning: str, *, note: str | None = None, **limits: Any) -
     return Field(default, description=meaning, json_schema_extra={"note": note} if note else None, **limits)
 
 
-def required(meaning: str) -> Any:
-    """A key without a usable default: the command line must give it."""
-    return Field(description=meaning)
+def required(meaning: str, **limits: Any) -> Any:
+    """A key without a usable default: the command line must give it (limits as for `key`)."""
+    return Field(description=meaning, **limits)
 
 
 def group(cls: type, meaning: str) -> Any:

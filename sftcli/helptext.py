@@ -213,3 +213,11 @@ def _plain_command_help(command: str, schema: Any, usage: str) -> str:
                     for name, tp, default, meaning, _ in optional])
     lines += ["", "examples:", *columns(EXAMPLES[command])]
     return "\n".join(lines)
+
+
+def select_help() -> str:
+    """The help page of `sft select`, from SelectConfig's fields."""
+    from sftcli.config import SelectConfig
+
+    usage = "usage: sft select checkpoint=RUN n=N output=FILE [pool=FILE] [strategy=diverse] [KEY=VALUE ...]"
+    return _plain_command_help("select", SelectConfig, usage)

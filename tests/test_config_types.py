@@ -53,6 +53,9 @@ def wrong_value(tp: Any) -> Any:
         return 123
     if typing.get_origin(tp) in (Union, types.UnionType):
         members = [getattr(a, "__origin__", a) if hasattr(a, "__metadata__") else a for a in typing.get_args(tp)]
+        if str in members:  # a text or a list of texts (data.train): a mapping is neither
+            assert all(a is str or typing.get_origin(a) is list for a in members), tp
+            return {"a": 1}
         if int in members:  # a number or a choice (model.max_length: 128 | 'auto'): text that is neither
             assert all(a is int or typing.get_origin(a) is Literal for a in members), tp
             return "abc"

@@ -137,15 +137,15 @@ def test_predict_error_through_the_cli(checkpoint: Path, tmp_path: Path) -> None
 
 
 def test_pair_checkpoints_need_the_pair_column_in_the_input(tmp_path: Path) -> None:
-    from sftcli.commands.predict import _read_rows
+    from sftcli.commands.predict import read_rows
 
     src = tmp_path / "in.csv"
     src.write_text("premise,other\na,b\n")
     with pytest.raises(DataError, match=r"no column 'hypothesis' \(text_pair_column\); columns found"):
-        list(_read_rows(src, ("premise", "hypothesis")))
+        list(read_rows(src, ("premise", "hypothesis")))
     txt = tmp_path / "in.txt"
     txt.write_text("a\n")
     with pytest.raises(DataError, match="takes text pairs"):
-        list(_read_rows(txt, ("premise", "hypothesis")))
+        list(read_rows(txt, ("premise", "hypothesis")))
     src.write_text("premise,hypothesis\na,b\n")
-    assert list(_read_rows(src, ("premise", "hypothesis"))) == [{"premise": "a", "hypothesis": "b"}]
+    assert list(read_rows(src, ("premise", "hypothesis"))) == [{"premise": "a", "hypothesis": "b"}]

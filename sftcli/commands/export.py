@@ -12,15 +12,12 @@ from sftcli.errors import ConfigError
 
 def export_arguments(args: list[str]) -> dict[str, Any]:
     """`sft export` takes the run as its first word (`sft export RUN format=onnx`) or as checkpoint=RUN."""
-    from omegaconf import OmegaConf
+    from sftcli.commands.predict import dotlist_arguments
 
     words = [a for a in args if "=" not in a]
     if len(words) > 1:
         raise ConfigError(f"sft export takes one run directory and key=value arguments; not understood: {words[1:]}")
-    try:
-        raw: dict[str, Any] = OmegaConf.to_container(OmegaConf.from_dotlist([a for a in args if "=" in a]))  # type: ignore[assignment]
-    except Exception as exc:
-        raise ConfigError(f"sft export: {exc}") from exc
+    raw = dotlist_arguments("export", [a for a in args if "=" in a])
     if words:
         if "checkpoint" in raw:
             raise ConfigError(f"sft export: the run is given twice ({words[0]} and checkpoint={raw['checkpoint']})")

@@ -19,51 +19,51 @@ from sftcli.errors import ConfigError, DataError
 from sftcli.rundir import claim
 
 
-def _read_rows(path: Path, columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
-    """Input rows that hold `columns` (text, and pair if any), streamed; a bad row or an unreadable file
-    is a DataError naming the file and line."""
+def read_rows(path: Path, columns: tuple[str, ...], key: str = "input") -> Iterator[dict[str, Any]]:
+    """Rows of a text file (csv, tsv, jsonl, txt) that hold `columns` (text, and pair if any), streamed; a
+    bad row or an unreadable file is a DataError naming `key`, the file and the line."""
     ext = path.suffix.lower()
     readers = {".csv": _csv_rows, ".tsv": _csv_rows, ".jsonl": _jsonl_rows, ".txt": _txt_rows}
     if ext not in readers:
-        raise DataError(f"input: unsupported file type {ext or '(none)'} for {path}; use .csv, .tsv, .jsonl or .txt")
+        raise DataError(f"{key}: unsupported file type {ext or '(none)'} for {path}; use .csv, .tsv, .jsonl or .txt")
     try:
-        yield from readers[ext](path, columns)
+        yield from readers[ext](path, columns, key)
     except UnicodeDecodeError as exc:
-        raise DataError(f"input: {path} is not UTF-8 text ({exc})") from exc
+        raise DataError(f"{key}: {path} is not UTF-8 text ({exc})") from exc
 
 
-def _csv_rows(path: Path, columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+def _csv_rows(path: Path, columns: tuple[str, ...], key: str) -> Iterator[dict[str, Any]]:
     # utf-8-sig: spreadsheet exports start with a byte-order mark that would rename the first column.
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long texts are fields beyond csv's 128 KiB default
     with path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
         missing = [c for c in columns if c not in (reader.fieldnames or [])]
         if missing:
-            raise DataError(f"input: {path} has no column {missing[0]!r} ({_column_key(columns, missing[0])}); "
+            raise DataError(f"{key}: {path} has no column {missing[0]!r} ({_column_key(columns, missing[0])}); "
                             f"columns found: {reader.fieldnames or []}")
         try:
             for row in reader:
                 if None in row:  # more fields than the header names
-                    raise DataError(f"input: {path}:{reader.line_num} has more fields than the header")
+                    raise DataError(f"{key}: {path}:{reader.line_num} has more fields than the header")
                 yield row
         except csv.Error as exc:
-            raise DataError(f"input: {path}:{reader.line_num}: {exc}") from exc
+            raise DataError(f"{key}: {path}:{reader.line_num}: {exc}") from exc
 
 
-def _jsonl_rows(path: Path, columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+def _jsonl_rows(path: Path, columns: tuple[str, ...], key: str) -> Iterator[dict[str, Any]]:
     from sftcli.data import iter_json_lines
 
-    for lineno, row in iter_json_lines(path, "input"):
+    for lineno, row in iter_json_lines(path, key):
         missing = [c for c in columns if c not in row]
         if missing:
-            raise DataError(f"input: {path}:{lineno} has no field {missing[0]!r} "
+            raise DataError(f"{key}: {path}:{lineno} has no field {missing[0]!r} "
                             f"({_column_key(columns, missing[0])})")
         yield row
 
 
-def _txt_rows(path: Path, columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+def _txt_rows(path: Path, columns: tuple[str, ...], key: str) -> Iterator[dict[str, Any]]:
     if len(columns) > 1:
-        raise DataError(f"input: {path} holds one text per line, but the checkpoint takes text pairs "
+        raise DataError(f"{key}: {path} holds one text per line, but the checkpoint takes text pairs "
                         f"(text_pair_column={columns[1]!r}); use a csv or jsonl input with both columns")
     with path.open(encoding="utf-8") as fh:
         for line in fh:
@@ -122,17 +122,21 @@ def _predict_paths(pc: Any) -> tuple[Path, Path]:
     return inp, outp
 
 
-def run_predict(args: list[str]) -> int:
+def dotlist_arguments(command: str, args: list[str]) -> dict[str, Any]:
+    """key=value arguments as a dict (the form of predict and select); any other word is an exit 2."""
     from omegaconf import OmegaConf
 
     bad = [a for a in args if "=" not in a]
     if bad:
-        raise ConfigError(f"sft predict takes key=value arguments; not understood: {bad}")
+        raise ConfigError(f"sft {command} takes key=value arguments; not understood: {bad}")
     try:
-        raw = OmegaConf.to_container(OmegaConf.from_dotlist(args))
+        return OmegaConf.to_container(OmegaConf.from_dotlist(args))  # type: ignore[return-value]
     except Exception as exc:
-        raise ConfigError(f"sft predict: {exc}") from exc
-    pc = parse_predict(raw)  # type: ignore[arg-type]
+        raise ConfigError(f"sft {command}: {exc}") from exc
+
+
+def run_predict(args: list[str]) -> int:
+    pc = parse_predict(dotlist_arguments("predict", args))
     inp, outp = _predict_paths(pc)
     # The output's folder (its path checked first) is made now and, when this command made it, removed
     # again if the command fails.
@@ -163,7 +167,7 @@ def _predict(pc: Any, inp: Path, outp: Path) -> int:
     try:
         with tmp.open("w", newline="", encoding="utf-8") as fh:
             writer = _PredictionWriter(fh, outp.suffix.lower() == ".jsonl", inp)
-            n = _predict_rows(_read_rows(inp, columns), writer, model, tokenizer, label_names(model), pc, columns,
+            n = _predict_rows(read_rows(inp, columns), writer, model, tokenizer, label_names(model), pc, columns,
                               max_length, device)
         tmp.replace(outp)
     finally:
@@ -213,6 +217,16 @@ def predict_probs(model: Any, tokenizer: Any, texts: list[str], pairs: list[str]
                   max_length: int, device: Any, precision: str) -> np.ndarray:
     """Class probabilities of `texts` (and `pairs`), in order: tokenised at once, scored longest first in
     batches of `batch_size`, so each batch pads to texts of about its own length."""
+    probs, _ = score_texts(model, tokenizer, texts, pairs, batch_size, max_length, device, precision)
+    return probs if probs is not None else np.empty((0, model.config.num_labels), dtype=np.float32)
+
+
+def score_texts(model: Any, tokenizer: Any, texts: list[str], pairs: list[str] | None, batch_size: int,
+                max_length: int, device: Any, precision: str, *,
+                embed: bool = False) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(class probabilities or None, embeddings or None) of `texts`, in order, as predict_probs scores them.
+    A classifier gives probabilities; an encoder (AutoModel) none. embed=True: also each text's mean of the
+    last hidden states over its tokens, scaled to unit length (what `sft select` compares texts by)."""
     import torch
 
     from sftcli.data import cut_long_texts
@@ -222,14 +236,28 @@ def predict_probs(model: Any, tokenizer: Any, texts: list[str], pairs: list[str]
     pairs = cut_long_texts(pairs, max_length) if pairs is not None else None
     enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
     order = np.argsort([-len(ids) for ids in enc["input_ids"]], kind="stable")
-    probs = np.empty((len(texts), model.config.num_labels), dtype=np.float32)
+    probs: np.ndarray | None = None
+    vectors: np.ndarray | None = None
     for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]
         batch = tokenizer.pad({k: [v[i] for i in index] for k, v in enc.items()}, return_tensors="pt")
+        inputs = {k: v.to(device) for k, v in batch.items()}
         with torch.inference_mode(), autocast(device, precision):
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
-        probs[index] = torch.softmax(logits, -1).cpu().numpy()
-    return probs
+            out = model(**inputs, output_hidden_states=True) if embed else model(**inputs)
+        logits = getattr(out, "logits", None)
+        if logits is not None:
+            if probs is None:
+                probs = np.empty((len(texts), logits.shape[-1]), dtype=np.float32)
+            probs[index] = torch.softmax(logits.float(), -1).cpu().numpy()
+        if embed:
+            last = out.hidden_states[-1] if logits is not None else out.last_hidden_state
+            mask = inputs["attention_mask"].unsqueeze(-1).to(last.dtype)
+            mean = ((last * mask).sum(1) / mask.sum(1).clamp(min=1)).float()
+            mean = torch.nn.functional.normalize(mean, dim=-1).cpu().numpy()
+            if vectors is None:
+                vectors = np.empty((len(texts), mean.shape[1]), dtype=np.float32)
+            vectors[index] = mean
+    return probs, vectors
 
 
 def _batched(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:

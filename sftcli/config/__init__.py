@@ -9,6 +9,7 @@ from sftcli.config.parse import (
     parse_eval,
     parse_export,
     parse_predict,
+    parse_select,
     parse_train,
     to_plain,
     to_record,
@@ -24,6 +25,7 @@ from sftcli.config.schema import (
     ModelConfig,
     OptimConfig,
     PredictConfig,
+    SelectConfig,
     StrategyConfig,
     TrainConfig,
     TrainerConfig,
@@ -34,5 +36,5 @@ from sftcli.config.store import register
 register()
 
 __all__ = ["ALIASES", "REMOVED_KEYS", "RENAMED_KEYS", "DataConfig", "EvalConfig", "ExportConfig", "LossConfig", "ModelConfig", "OptimConfig",
-           "PredictConfig", "StrategyConfig", "TrainConfig", "TrainerConfig", "from_plain", "parse_eval", "parse_export",
-           "parse_predict", "parse_train", "register", "to_plain", "to_record", "type_text", "unknown_key_message"]
+           "PredictConfig", "SelectConfig", "StrategyConfig", "TrainConfig", "TrainerConfig", "from_plain", "parse_eval", "parse_export",
+           "parse_predict", "parse_select", "parse_train", "register", "to_plain", "to_record", "type_text", "unknown_key_message"]

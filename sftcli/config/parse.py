@@ -13,7 +13,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from sftcli.config.schema import ALIASES, EvalConfig, ExportConfig, PredictConfig, TrainConfig
+from sftcli.config.schema import ALIASES, EvalConfig, ExportConfig, PredictConfig, SelectConfig, TrainConfig
 from sftcli.errors import ConfigError
 
 # Problems with the fields behind `lambda` and `tau` name the key the user typed; a type error shows both.
@@ -242,6 +242,10 @@ def parse_predict(raw: dict[str, Any]) -> PredictConfig:
 
 def parse_export(raw: dict[str, Any]) -> ExportConfig:
     return validate(ExportConfig, raw, "export")
+
+
+def parse_select(raw: dict[str, Any]) -> SelectConfig:
+    return validate(SelectConfig, raw, "select")
 
 
 def to_plain(obj: BaseModel, resolved: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -79,7 +79,9 @@ _LABELS_PER_CLASS = ("K labeled examples per class from train (seeded); the rest
 class DataConfig(Group):
     source: Literal["trec6", "files", "hub"] = key(
         "trec6", "trec6 (the embedded TREC-6 questions) | files (local files) | hub (datasets.load_dataset)")
-    train: Text | None = key(None, "labeled training file (required with data=files)")
+    train: Text | list[Text] | None = key(
+        None, "labeled training file, or a list of them read as one ([round1.csv,round2.csv]: labeling rounds; a "
+              "text labeled differently in two rows is an error naming both) (required with data=files)")
     validation: Text | None = key(None, "labeled validation file; null = carve validation_fraction of train "
                                         "(seeded, stratified)")
     test: Text | None = key(None, "labeled test file; null = no test metrics")
@@ -387,6 +389,55 @@ class ExportConfig(_OnCheckpoint):
                                   "which onnxruntime >= 1.23 runs fused), or 18 where onnxruntime cannot run "
                                   "the graph at 23", ge=17, le=23)
     debug: bool = key(False, "show full tracebacks for user errors")
+
+
+class SelectConfig(Group):
+    """`sft select checkpoint=RUN n=N output=FILE [pool=FILE] [strategy=...]`, or a cold start without a
+    checkpoint (`sft select n=N pool=FILE output=FILE`)."""
+
+    checkpoint: Text | None = key(None, "the run (its model, as exported) or checkpoint that scores the pool; null = "
+                                        "cold start: the frozen encoder's embeddings alone (needs pool=)")
+    n: int = required("how many texts to propose for labeling", ge=1)
+    output: Text = required("the CSV to write: text, an empty label column to fill in, the predicted label and its "
+                            "probability, the score and why each text was chosen")
+    pool: Text | None = key(None, "texts to choose from: .csv, .tsv, .jsonl or .txt (one per line); null = the "
+                                  "run's unlabeled texts")
+    strategy: Literal["diverse", "margin", "entropy", "random"] = key(
+        "diverse", "diverse (the most uncertain text of each of n clusters of the model's embeddings; cold "
+                   "start: the text nearest each cluster's centre) | margin (smallest gap between the two likeliest "
+                   "labels: BreakingTies) | entropy (of the predicted distribution) | random")
+    encoder: Text | None = key(None, "cold start: the encoder whose embeddings are clustered (a directory or hub "
+                                     "id); null = the embedded all-MiniLM-L6-v2")
+    pool_sample: int = key(16384, "texts of the pool scored at most: a seeded sample, the whole pool when smaller",
+                           ge=1)
+    near_duplicate: float = key(0.95, "cosine similarity of two texts' embeddings from which they count as one "
+                                      "(never both proposed, never one already labeled)", gt=0, le=1)
+    previous: Text | None = key(None, "an earlier round's output CSV: the summary says how many of the pool's "
+                                      "predicted labels changed since (a sign of when more labels stop paying)")
+    seed: int = key(0, "seed of the pool sample, the clustering and strategy=random", ge=0)
+    text_column: Text | None = key(None, "column or field of pool= that holds the text; null = the checkpoint's "
+                                         "data.text_column (cold start: text)")
+    batch_size: int = key(128, "texts per batch", ge=1)
+    device: Literal["auto", "cpu", "cuda"] = key("auto", "where the model runs (auto: cuda when available)")
+    precision: Literal["fp32", "bf16", "fp16"] = key("fp32", "number format of the forward (bf16, fp16: "
+                                                             "autocast)")
+    debug: bool = key(False, "show full tracebacks for user errors")
+
+    @model_validator(mode="after")
+    def _check(self) -> SelectConfig:
+        checks = Checks()
+        for name in ("checkpoint", "pool", "previous"):
+            if getattr(self, name):
+                check_exists(checks, name, getattr(self, name))
+        checks.require(self.checkpoint is not None or self.pool is not None, "pool",
+                       "is required without a checkpoint (a cold start chooses from pool=FILE)")
+        checks.require(self.checkpoint is not None or self.strategy in ("diverse", "random"), "strategy",
+                       f"{self.strategy} scores a model's predictions: give checkpoint=RUN, or use diverse or "
+                       "random for a cold start")
+        checks.require(self.checkpoint is None or self.encoder is None, "encoder",
+                       "is for a cold start; with checkpoint= the run's own model embeds the texts")
+        checks.raise_if_any()
+        return self
 
 
 # The primary config of each Hydra command; their groups are the nested models.

@@ -268,16 +268,28 @@ def _label_values(table: Any, column: str) -> list[Any]:
     return [None if v is None or v < 0 else feature.int2str(int(v)) for v in values]
 
 
+def train_files(cfg: DataConfig) -> list[str]:
+    """data.train as a list: one file, or the files of a list ([round1.csv,round2.csv])."""
+    if not cfg.train:
+        return []
+    return [cfg.train] if isinstance(cfg.train, str) else list(cfg.train)
+
+
 def _files_source(cfg: DataConfig) -> RawSplits:
     assert cfg.train
     rows: dict[str, list[Row]] = {}
     unlabeled = None
     origin: dict[str, str] = {}
     order = None
+    notes: list[str] = []
     for split in ("train", "validation", "test", "unlabeled"):
         path = getattr(cfg, split)
         if not path:
             continue
+        if split == "train" and len(train_files(cfg)) > 1:
+            rows["train"], origin["train"] = _merged_train(train_files(cfg), cfg, notes)
+            continue
+        path = train_files(cfg)[0] if split == "train" else path
         key, labeled = f"data.{split}", split != "unlabeled"
         table = _read_table(path, key, LABELED_EXTENSIONS if labeled else UNLABELED_EXTENSIONS)
         origin[split] = f"{path} ({key})"
@@ -289,7 +301,37 @@ def _files_source(cfg: DataConfig) -> RawSplits:
         if split == "train":
             feature = _class_label(table, cfg.label_column)  # parquet written by datasets keeps ClassLabel
             order = None if feature is None else list(feature.names)
-    return RawSplits(rows["train"], rows.get("validation"), rows.get("test"), unlabeled, origin, order)
+    return RawSplits(rows["train"], rows.get("validation"), rows.get("test"), unlabeled, origin, order, notes)
+
+
+def _merged_train(paths: list[str], cfg: DataConfig, notes: list[str]) -> tuple[list[Row], str]:
+    """The rows of several training files read as one (labeling rounds), each file checked on its own so a
+    message names its file and row. A text (and pair) repeated with the same label is kept once; with
+    another label it is an error naming both rows: which one is right is the person's call."""
+    from sftcli.data.textsets import clean_rows
+    from sftcli.selection import normalise_text
+
+    merged: list[Row] = []
+    first: dict[tuple[str, str], tuple[str, Row]] = {}
+    repeated = 0
+    for i, path in enumerate(paths):
+        where = f"{path} (data.train[{i}])"
+        table = _read_table(path, f"data.train[{i}]", LABELED_EXTENSIONS)
+        for row in clean_rows(_rows(table, where, cfg, True), where, True, notes):
+            key = (normalise_text(str(row["text"])), normalise_text(str(row["pair"] or "")))
+            if key in first:
+                seen_where, seen = first[key]
+                if str(seen["label"]) != str(row["label"]):
+                    raise DataError(f"data.train: {where} row {row['row']} labels {str(row['text'])[:60]!r} as "
+                                    f"{row['label']!r}, but {seen_where} row {seen['row']} labels it {seen['label']!r}; "
+                                    "keep the right one and delete the other")
+                repeated += 1
+                continue
+            first[key] = (where, row)
+            merged.append({**row, "row": len(merged) + 1})
+    if repeated:
+        notes.append(f"data.train: {repeated} text(s) labeled the same in two rows kept once")
+    return merged, f"{len(paths)} files {', '.join(paths)} (data.train, rows numbered as read in that order)"
 
 
 def _load_hub(cfg: DataConfig) -> Any:
