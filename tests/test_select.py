@@ -184,3 +184,20 @@ def test_bad_select_requests_exit_2(sft, tmp_path: Path) -> None:
         assert r.returncode == 2, (args, r.stderr)
         assert message in r.stderr, (args, r.stderr)
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_label_names_let_the_first_rounds_lack_a_class(sft, tmp_path: Path) -> None:
+    # Round one found no text of class x; validation and test have one.
+    (tmp_path / "r1.csv").write_text("text,label\nwhat is alpha ?,q\nthe beta is here,s\nwhat is gamma ?,q\n"
+                                     "the zeta is there,s\n")
+    (tmp_path / "v.csv").write_text("text,label\nwhat is delta ?,q\nthe eta is here,s\nhow are you,x\n")
+    args = [*FAST, "data=files", "data.train=[r1.csv]", "data.validation=v.csv", "data.test=v.csv"]
+    refused = sft("train", *args, "run_name=a")
+    assert refused.returncode == 2 and "row 3 has label 'x', which never occurs in train" in refused.stderr
+    ok = sft("train", *args, "data.label_names=[q,s,x]", "run_name=b", merge_stderr=True)
+    assert ok.returncode == 0, ok.stdout
+    assert "no training text has label(s) x yet" in ok.stdout and "x=0" in ok.stdout
+    config = json.loads((tmp_path / "runs" / "b" / "model" / "config.json").read_text())
+    assert list(config["id2label"].values()) == ["q", "s", "x"]
+    unknown = sft("train", *FAST, "data=files", "data.train=[r1.csv]", "data.label_names=[q,x]")
+    assert unknown.returncode == 2 and "row 2 has label 's', which is not in data.label_names" in unknown.stderr

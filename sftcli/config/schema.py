@@ -96,6 +96,9 @@ class DataConfig(Group):
                                           "metrics skipped)")
     unlabeled_split: Text | None = key(None, "split of unlabeled texts; null = rest of train when labels_per_class "
                                              "is set (data=hub)")
+    label_names: list[Text] | None = key(
+        None, "every label, in this order, when train may lack some (the first labeling rounds, a rare class): "
+              "validation and test may hold them, the model has an output for each; null = the labels train has")
     text_column: Text = key("text", "column that holds the text")
     text_pair_column: Text | None = key(None, "optional second text column (sentence pairs)")
     label_column: Text = key("label", "column that holds the label (strings or integers; a ClassLabel keeps its "
@@ -113,6 +116,11 @@ class DataConfig(Group):
         checks = Checks()
         if self.source == "hub":
             checks.require(bool(self.name), "name", "is required with data=hub")
+        if self.label_names is not None:
+            names = [str(n) for n in self.label_names]
+            checks.require(len(names) >= 2, "label_names", f"needs at least 2 labels, got {names}")
+            twice = sorted({n for n in names if names.count(n) > 1})
+            checks.require(not twice, "label_names", f"names {', '.join(map(repr, twice))} more than once")
         checks.raise_if_any()
         return self
 

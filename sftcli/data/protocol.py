@@ -122,15 +122,23 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
     origin = splits.origin
     notes: list[str] = list(splits.notes)
     train_rows = clean_rows(splits.train, origin["train"], True, notes)
-    label_names = class_names(train_rows, splits.label_order, origin["train"])
+    if cfg.label_names is not None:
+        label_names = [str(name) for name in cfg.label_names]
+        absent = [name for name in label_names if name not in {str(r["label"]) for r in train_rows}]
+        if absent:
+            notes.append(f"no training text has label(s) {', '.join(absent)} yet (data.label_names)")
+    else:
+        label_names = class_names(train_rows, splits.label_order, origin["train"])
     label2id = {name: i for i, name in enumerate(label_names)}
-    train = rows_to_set(train_rows, label2id, origin["train"])
+    train = rows_to_set(train_rows, label2id, origin["train"],
+                        "data.label_names" if cfg.label_names is not None else "")
 
     def labeled_split(name: str) -> TextSet | None:
         rows = getattr(splits, name)
         if rows is None:
             return None
-        return rows_to_set(clean_rows(rows, origin[name], True, notes), label2id, origin[name], origin["train"])
+        known = origin["train"] if cfg.label_names is None else "data.label_names"
+        return rows_to_set(clean_rows(rows, origin[name], True, notes), label2id, origin[name], known)
 
     validation = labeled_split("validation")
     where = origin["train"]

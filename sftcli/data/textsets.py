@@ -257,6 +257,9 @@ def rows_to_set(rows: list[Row], label2id: dict[str, int] | None, where: str, tr
         ids = []
         for row in rows:
             name = str(row["label"])
+            if name not in label2id and train_where == "data.label_names":
+                raise DataError(f"{where}: row {row['row']} has label {row['label']!r}, which is not in "
+                                f"data.label_names {list(label2id)}")
             if name not in label2id:
                 raise DataError(f"{where}: row {row['row']} has label {row['label']!r}, which never occurs in "
                                 f"train{' ' + train_where if train_where else ''} (train labels: {list(label2id)})")
