@@ -42,7 +42,8 @@ def _scores(y_true: Any, y_pred: Any, prefix: str) -> dict[str, float]:
 
 def _data_tag(cfg: Any) -> str:
     if cfg.data.source == "files" and cfg.data.train:
-        return Path(cfg.data.train).resolve().parent.name
+        first = cfg.data.train if isinstance(cfg.data.train, str) else cfg.data.train[0]
+        return Path(first).resolve().parent.name
     return cfg.data.name.replace("/", "_") if cfg.data.source == "hub" and cfg.data.name else cfg.data.source
 
 
