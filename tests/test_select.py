@@ -199,5 +199,9 @@ def test_label_names_let_the_first_rounds_lack_a_class(sft, tmp_path: Path) -> N
     assert "no training text has label(s) x yet" in ok.stdout and "x=0" in ok.stdout
     config = json.loads((tmp_path / "runs" / "b" / "model" / "config.json").read_text())
     assert list(config["id2label"].values()) == ["q", "s", "x"]
+    # Every text of this pool is labeled already: nothing to propose, and nothing written.
+    nothing = sft("select", "checkpoint=runs/b", "n=2", "pool=r1.csv", "output=o.csv")
+    assert nothing.returncode == 2 and "pool: r1.csv has no text that is not labeled already" in nothing.stderr
+    assert not (tmp_path / "o.csv").exists()
     unknown = sft("train", *FAST, "data=files", "data.train=[r1.csv]", "data.label_names=[q,x]")
     assert unknown.returncode == 2 and "row 2 has label 's', which is not in data.label_names" in unknown.stderr

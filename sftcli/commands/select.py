@@ -84,7 +84,8 @@ def _select(sc: Any, outp: Path, previous: dict[str, str] | None) -> int:
     model.to(device).eval()
     pool = _read_pool(sc, columns[0], default_pool, labeled, rng)
     if not pool.texts:
-        raise DataError(f"the pool ({sc.pool or 'the run`s unlabeled texts'}) has no text that is not labeled already")
+        where = sc.pool or "the run's unlabeled texts"
+        raise DataError(f"pool: {where} has no text that is not labeled already")
 
     def score(texts: list[str]) -> tuple[np.ndarray | None, np.ndarray]:
         probs, vectors = score_texts(model, tokenizer, texts, None, sc.batch_size, max_length, device, sc.precision,
