@@ -205,3 +205,32 @@ def test_label_names_let_the_first_rounds_lack_a_class(sft, tmp_path: Path) -> N
     assert not (tmp_path / "o.csv").exists()
     unknown = sft("train", *FAST, "data=files", "data.train=[r1.csv]", "data.label_names=[q,x]")
     assert unknown.returncode == 2 and "row 2 has label 's', which is not in data.label_names" in unknown.stderr
+
+
+@pytest.mark.slow  # four tiny recipe runs and two selections on TREC-6: about three minutes
+def test_the_simulated_annotator_runs_its_rounds_and_continues(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, str(repo / "experiments" / "simulate_labeling.py"), "--budgets", "12,20", "--seeds", "0",
+           "--arms", "random,margin", "--root", str(tmp_path / "sim"), "--", "model=tiny", "trainer.epochs=8"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SFT_CACHE_DIR": str(tmp_path / "cache")}
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    work = tmp_path / "sim" / "trec6"
+    rows = list(csv.DictReader((work / "results.csv").open()))
+    assert [(r["arm"], r["round"], r["labels"]) for r in rows] == [
+        ("random", "1", "12"), ("random", "2", "20"), ("margin", "1", "12"), ("margin", "2", "20")]
+    # The margin arm started from the cold start and then asked the round's model.
+    assert "strategy=diverse, the frozen encoder" in (work / "margin-seed0" / "select1.log").read_text()
+    assert "strategy=margin, the model of" in (work / "margin-seed0" / "select2.log").read_text()
+    round2 = list(csv.DictReader((work / "margin-seed0" / "round2.csv").open()))
+    round1 = {r["text"] for r in csv.DictReader((work / "margin-seed0" / "round1.csv").open())}
+    assert len(round2) == 8 and all(r["label"] for r in round2) and not round1 & {r["text"] for r in round2}
+    # Run again: every round is on record, so nothing runs and the rows stay as they were.
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert list(csv.DictReader((work / "results.csv").open())) == rows
+    assert "| margin |" in (work / "summary.md").read_text()
