@@ -45,8 +45,13 @@ def estimate_prior(probs: np.ndarray) -> np.ndarray:
 
 
 def logit_shift(prior: np.ndarray, train_prior: np.ndarray) -> np.ndarray:
-    """log(pi / pi_L): what to add to the logits of a classifier trained under pi_L to predict under pi."""
-    return np.log(prior) - np.log(train_prior)
+    """log(pi / pi_L): what to add to the logits of a classifier trained under pi_L to predict under pi.
+
+    A class the classifier trained on no text of (data.label_names names it, no labeled text has it yet)
+    has pi_L at the MIN_SHARE floor: it has no learned odds to correct, and dividing by the floor would
+    make it win almost everywhere, so its shift is 0."""
+    shift = np.log(prior) - np.log(train_prior)
+    return np.where(np.asarray(train_prior) > MIN_SHARE, shift, 0.0)
 
 
 def reweight(probs: np.ndarray, shift: np.ndarray) -> np.ndarray:

@@ -30,6 +30,15 @@ def test_the_reweighted_probabilities_are_bayes_rule_and_a_logit_bias() -> None:
                                rtol=1e-6)
 
 
+def test_a_class_trained_on_no_text_keeps_its_logit() -> None:
+    # data.label_names: class 2 has no labeled text (its share is the floor). Its odds were never learned,
+    # so nothing corrects them: dividing by the floor would make it the prediction almost everywhere.
+    train = prior.labeled_prior(np.array([0, 0, 1, 1, 1, 1]), 3)
+    shift = prior.logit_shift(np.array([0.5, 0.4, 0.1]), train)
+    assert shift[2] == 0.0
+    np.testing.assert_allclose(shift[:2], np.log([0.5, 0.4]) - np.log(train[:2]))
+
+
 def test_the_estimate_is_the_mean_probability_and_never_zero() -> None:
     probs = np.array([[0.9, 0.1, 0.0], [0.5, 0.5, 0.0]])
     np.testing.assert_allclose(prior.estimate_prior(probs), [0.7, 0.3, prior.MIN_SHARE])
