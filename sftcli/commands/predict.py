@@ -7,7 +7,7 @@ import csv
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,8 +138,12 @@ def dotlist_arguments(command: str, args: list[str]) -> dict[str, Any]:
 def run_predict(args: list[str]) -> int:
     pc = parse_predict(dotlist_arguments("predict", args))
     inp, outp = _predict_paths(pc)
-    # The output's folder (its path checked first) is made now and, when this command made it, removed
-    # again if the command fails.
+    return in_output_folder(outp, lambda: _predict(pc, inp, outp))
+
+
+def in_output_folder(outp: Path, work: Callable[[], int]) -> int:
+    """work() with the output file's folder (its path checked first) made and writable; when this command
+    made the folder, it is removed again if the command fails (predict and select)."""
     folder = claim(outp.parent, continues=True, what="the output folder", keys="output", hint="")
     try:
         try:
@@ -148,7 +152,7 @@ def run_predict(args: list[str]) -> int:
             raise ConfigError(f"output: cannot create the folder {outp.parent}: {exc.strerror or exc}") from None
         if not os.access(outp.parent, os.W_OK):
             raise ConfigError(f"output: the folder {outp.parent} cannot be written")
-        return _predict(pc, inp, outp)
+        return work()
     except BaseException:
         folder.release(outp.parent)
         raise

@@ -22,10 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from sftcli.commands.predict import dotlist_arguments, read_rows
+from sftcli.commands.predict import dotlist_arguments, in_output_folder, read_rows
 from sftcli.config import parse_select
 from sftcli.errors import ConfigError, DataError
-from sftcli.rundir import claim
 from sftcli.selection import Choice, choose, normalise_text, prediction_change
 
 log = logging.getLogger("sft")
@@ -58,16 +57,7 @@ def run_select(args: list[str]) -> int:
             # A round's CSV may already hold a person's labels: never written over.
             raise ConfigError(f"output: {path} already exists (it may hold labels already given); name a new file")
     previous = _previous_predictions(Path(sc.previous).expanduser()) if sc.previous else None
-    folder = claim(outp.parent, continues=True, what="the output folder", keys="output", hint="")
-    try:
-        try:
-            outp.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"output: cannot create the folder {outp.parent}: {exc.strerror or exc}") from None
-        return _select(sc, outp, previous)
-    except BaseException:
-        folder.release(outp.parent)
-        raise
+    return in_output_folder(outp, lambda: _select(sc, outp, previous))
 
 
 def _select(sc: Any, outp: Path, previous: dict[str, str] | None) -> int:
